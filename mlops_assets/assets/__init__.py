@@ -1,0 +1,1 @@
+"""Dagster assets, grouped by model family."""

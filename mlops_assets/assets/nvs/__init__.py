@@ -1,0 +1,1 @@
+"""Novel-view-synthesis assets (``nvs/...``)."""

@@ -1,0 +1,1 @@
+"""The pure core: versioned storage, scenes and models. Nothing here imports Dagster."""

@@ -1,0 +1,1 @@
+"""Deterministic demo scenes: bi-temporal GeoTIFF pairs and posed captures of a textured object."""

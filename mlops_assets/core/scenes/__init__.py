@@ -1,0 +1,1 @@
+"""Scene layout, validation and ingestion, shared by both stores."""

@@ -1,0 +1,1 @@
+"""Versioned object stores with lakeFS semantics: one interface, embedded and lakeFS backends."""

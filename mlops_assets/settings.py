@@ -1,0 +1,107 @@
+"""Deployment settings: the one place that reads the process environment.
+
+Nothing here runs at import. `Settings.from_env` is called by `mlops_assets.definitions` when
+Dagster loads the code location and by the CLI when it starts; everything else receives a
+`Settings` (or the resources built from it). The embedded default needs no variable at all:
+scenes, Dagster and MLflow state live under ``MLOPS_HOME`` (``./.mlops``). Setting
+``LAKEFS_ENDPOINT`` switches the scene store to a lakeFS server; nothing else changes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from mlops_assets.core.store.base import VersionedStore
+from mlops_assets.core.store.embedded import EmbeddedStore
+from mlops_assets.core.store.lakefs import LakeFSStore
+
+StoreKind = Literal["embedded", "lakefs"]
+
+
+class SettingsError(ValueError):
+    """The environment describes an impossible deployment."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where state lives and which external systems to use."""
+
+    mlops_home: Path
+    dagster_home: Path
+    repository: str = "scenes"
+    main_branch: str = "main"
+    outputs_branch: str = "outputs"
+    lakefs_endpoint: str | None = None
+    lakefs_storage_namespace: str | None = None
+    lakefs_raster_access: Literal["cache", "s3_gateway"] = "cache"
+
+    @property
+    def store_kind(self) -> StoreKind:
+        """``lakefs`` when an endpoint is configured, else the embedded store."""
+        return "lakefs" if self.lakefs_endpoint else "embedded"
+
+    @property
+    def embedded_store_root(self) -> Path:
+        """Root directory of the embedded versioned store."""
+        return self.mlops_home / "lakefs"
+
+    @property
+    def cache_dir(self) -> Path:
+        """Local cache for objects read from a remote store."""
+        return self.mlops_home / "cache"
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, cwd: Path | None = None
+    ) -> Settings:
+        """Read the settings from ``environ`` (default: the process environment)."""
+        env = os.environ if environ is None else environ
+        base = cwd if cwd is not None else Path.cwd()
+        home = Path(env.get("MLOPS_HOME") or base / ".mlops").expanduser()
+        if not home.is_absolute():
+            home = base / home
+        dagster_home = Path(env.get("DAGSTER_HOME") or home / "dagster").expanduser()
+        raster_access = env.get("LAKEFS_RASTER_ACCESS", "cache")
+        if raster_access not in ("cache", "s3_gateway"):
+            raise SettingsError(
+                f"LAKEFS_RASTER_ACCESS={raster_access!r}: expected 'cache' or 's3_gateway'"
+            )
+        return cls(
+            mlops_home=home,
+            dagster_home=dagster_home,
+            repository=env.get("MLOPS_REPOSITORY") or "scenes",
+            main_branch=env.get("MLOPS_MAIN_BRANCH") or "main",
+            outputs_branch=env.get("MLOPS_OUTPUTS_BRANCH") or "outputs",
+            lakefs_endpoint=env.get("LAKEFS_ENDPOINT") or None,
+            lakefs_storage_namespace=env.get("LAKEFS_STORAGE_NAMESPACE") or None,
+            lakefs_raster_access="s3_gateway" if raster_access == "s3_gateway" else "cache",
+        )
+
+    def open_store(self, environ: Mapping[str, str] | None = None) -> VersionedStore:
+        """The scene store these settings describe (credentials read from ``environ``)."""
+        if self.lakefs_endpoint is None:
+            return EmbeddedStore(self.embedded_store_root, self.repository)
+        env = os.environ if environ is None else environ
+        missing = [
+            name
+            for name in ("LAKEFS_ACCESS_KEY_ID", "LAKEFS_SECRET_ACCESS_KEY")
+            if not env.get(name)
+        ]
+        if missing:
+            raise SettingsError(
+                f"LAKEFS_ENDPOINT is set but {' and '.join(missing)} is not: "
+                "set the lakeFS credentials, or unset LAKEFS_ENDPOINT to use the embedded store"
+            )
+        return LakeFSStore(
+            endpoint=self.lakefs_endpoint,
+            access_key_id=env["LAKEFS_ACCESS_KEY_ID"],
+            secret_access_key=env["LAKEFS_SECRET_ACCESS_KEY"],
+            repository=self.repository,
+            storage_namespace=self.lakefs_storage_namespace,
+            raster_access=self.lakefs_raster_access,
+            cache_dir=self.cache_dir,
+        )
