@@ -1,0 +1,208 @@
+"""COLMAP sparse models (cameras, posed images, 3D points with tracks) through pycolmap.
+
+`ColmapModel` is a plain, typed copy of what the pipeline needs from a reconstruction; `read_model`
+and `write_model` convert to and from COLMAP's text or binary files with pycolmap, so both formats
+are handled by COLMAP's own reader and writer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pycolmap
+from numpy.typing import NDArray
+
+ModelFormat = Literal["bin", "txt"]
+
+#: Camera models the pipeline accepts: pinhole ones as they are, radial ones after undistortion.
+PINHOLE_MODELS = ("SIMPLE_PINHOLE", "PINHOLE")
+RADIAL_MODELS = ("SIMPLE_RADIAL", "RADIAL")
+
+
+@dataclass(frozen=True)
+class Camera:
+    """Intrinsics of one COLMAP camera (``params`` in COLMAP's order for ``model``)."""
+
+    camera_id: int
+    model: str
+    width: int
+    height: int
+    params: tuple[float, ...]
+
+    @property
+    def focal(self) -> tuple[float, float]:
+        """(fx, fy) in pixels."""
+        if self.model == "PINHOLE":
+            return self.params[0], self.params[1]
+        return self.params[0], self.params[0]  # SIMPLE_PINHOLE, SIMPLE_RADIAL, RADIAL: f, cx, cy...
+
+    @property
+    def principal_point(self) -> tuple[float, float]:
+        """(cx, cy) in pixels."""
+        if self.model == "PINHOLE":
+            return self.params[2], self.params[3]
+        return self.params[1], self.params[2]
+
+    @property
+    def distortion(self) -> tuple[float, ...]:
+        """Radial distortion coefficients (empty for pinhole models)."""
+        if self.model == "SIMPLE_RADIAL":
+            return self.params[3:4]
+        if self.model == "RADIAL":
+            return self.params[3:5]
+        return ()
+
+    def calibration_matrix(self) -> NDArray[np.float64]:
+        """The 3x3 intrinsic matrix K (distortion not included)."""
+        (fx, fy), (cx, cy) = self.focal, self.principal_point
+        return np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
+
+
+@dataclass(frozen=True)
+class PosedImage:
+    """A registered image: its camera and its world-to-camera pose (x_cam = R x_world + t)."""
+
+    image_id: int
+    name: str
+    camera_id: int
+    rotation: NDArray[np.float64]  # [3, 3]
+    translation: NDArray[np.float64]  # [3]
+
+    def world_to_camera(self) -> NDArray[np.float64]:
+        """The 4x4 world-to-camera matrix."""
+        matrix = np.eye(4)
+        matrix[:3, :3] = self.rotation
+        matrix[:3, 3] = self.translation
+        return matrix
+
+    @property
+    def center(self) -> NDArray[np.float64]:
+        """The camera centre in world coordinates."""
+        return -self.rotation.T @ self.translation
+
+
+@dataclass
+class ColmapModel:
+    """A sparse reconstruction: cameras, registered images and coloured 3D points with tracks."""
+
+    cameras: dict[int, Camera]
+    images: list[PosedImage]
+    points: NDArray[np.float64]  # [N, 3]
+    colours: NDArray[np.uint8]  # [N, 3]
+    #: For each point, the (image_id, x, y) of every image that observes it.
+    observations: list[list[tuple[int, float, float]]] = field(
+        default_factory=lambda: list[list[tuple[int, float, float]]]()
+    )
+    mean_reprojection_error: float | None = None
+
+    @property
+    def num_observations(self) -> int:
+        """Total number of 2D observations of 3D points."""
+        return sum(len(track) for track in self.observations)
+
+
+def model_format(names: list[str]) -> ModelFormat | None:
+    """The format of a complete model among file ``names`` (bin preferred), or None."""
+    for suffix in ("bin", "txt"):
+        if all(f"{stem}.{suffix}" in names for stem in ("cameras", "images", "points3D")):
+            return "bin" if suffix == "bin" else "txt"
+    return None
+
+
+def read_model(directory: Path) -> ColmapModel:
+    """Read the COLMAP model in ``directory``; raise `ValueError` naming it if unreadable."""
+    names = [p.name for p in directory.iterdir()] if directory.is_dir() else []
+    if model_format(names) is None:
+        raise ValueError(
+            f"{directory}: no complete COLMAP model (need cameras, images and points3D, "
+            ".bin or .txt); found {sorted(names)}"
+        )
+    try:
+        rec = pycolmap.Reconstruction(str(directory))
+    except Exception as exc:  # pycolmap raises plain RuntimeError / ValueError from C++
+        raise ValueError(f"{directory}: COLMAP model is unreadable ({exc})") from exc
+    cameras = {
+        int(camera_id): Camera(
+            camera_id=int(camera_id),
+            model=str(camera.model.name),
+            width=int(camera.width),
+            height=int(camera.height),
+            params=tuple(float(p) for p in camera.params),
+        )
+        for camera_id, camera in rec.cameras.items()
+    }
+    images: list[PosedImage] = []
+    for image_id in sorted(rec.reg_image_ids()):
+        image = rec.images[image_id]
+        matrix = np.asarray(image.cam_from_world().matrix(), dtype=np.float64)
+        images.append(
+            PosedImage(
+                image_id=int(image_id),
+                name=str(image.name),
+                camera_id=int(image.camera_id),
+                rotation=matrix[:, :3].copy(),
+                translation=matrix[:, 3].copy(),
+            )
+        )
+    point_ids = sorted(rec.points3D)
+    points = np.array([rec.points3D[i].xyz for i in point_ids], dtype=np.float64).reshape(-1, 3)
+    colours = np.array([rec.points3D[i].color for i in point_ids], dtype=np.uint8).reshape(-1, 3)
+    observations: list[list[tuple[int, float, float]]] = []
+    for i in point_ids:
+        track: list[tuple[int, float, float]] = []
+        for element in rec.points3D[i].track.elements:
+            xy = rec.images[element.image_id].points2D[element.point2D_idx].xy
+            track.append((int(element.image_id), float(xy[0]), float(xy[1])))
+        observations.append(track)
+    error = float(rec.compute_mean_reprojection_error()) if point_ids else None
+    return ColmapModel(cameras, images, points, colours, observations, error)
+
+
+def write_model(model: ColmapModel, directory: Path, fmt: ModelFormat = "bin") -> Path:
+    """Write ``model`` as a COLMAP model (``fmt``: ``bin`` or ``txt``) into ``directory``."""
+    rec = pycolmap.Reconstruction()
+    for camera in model.cameras.values():
+        rec.add_camera_with_trivial_rig(
+            pycolmap.Camera(
+                model=camera.model,
+                width=camera.width,
+                height=camera.height,
+                params=list(camera.params),
+                camera_id=camera.camera_id,
+            )
+        )
+    # Each observation becomes a keypoint of its image; remember its index for the tracks.
+    keypoints: dict[int, list[tuple[float, float]]] = {image.image_id: [] for image in model.images}
+    tracks: list[list[tuple[int, int]]] = []
+    for track in model.observations:
+        elements: list[tuple[int, int]] = []
+        for image_id, x, y in track:
+            elements.append((image_id, len(keypoints[image_id])))
+            keypoints[image_id].append((x, y))
+        tracks.append(elements)
+    for image in model.images:
+        xy = np.asarray(keypoints[image.image_id], dtype=np.float64).reshape(-1, 2)
+        pose = pycolmap.Rigid3d(np.hstack([image.rotation, image.translation.reshape(3, 1)]))
+        rec.add_image_with_trivial_frame(
+            pycolmap.Image(
+                name=image.name, keypoints=xy, camera_id=image.camera_id, image_id=image.image_id
+            ),
+            pose,
+        )
+    for xyz, colour, elements in zip(model.points, model.colours, tracks, strict=True):
+        track = pycolmap.Track()
+        for image_id, point2d_idx in elements:
+            track.add_element(image_id, point2d_idx)
+        rec.add_point3D(
+            np.asarray(xyz, dtype=np.float64), track, np.asarray(colour, dtype=np.uint8)
+        )
+    rec.update_point_3d_errors()
+    directory.mkdir(parents=True, exist_ok=True)
+    if fmt == "bin":
+        rec.write_binary(str(directory))
+    else:
+        rec.write_text(str(directory))
+    return directory
