@@ -38,6 +38,8 @@ class Settings:
     lakefs_endpoint: str | None = None
     lakefs_storage_namespace: str | None = None
     lakefs_raster_access: Literal["cache", "s3_gateway"] = "cache"
+    git_sha: str = ""
+    dagster_url: str = "http://localhost:3000"
 
     @property
     def store_kind(self) -> StoreKind:
@@ -48,6 +50,11 @@ class Settings:
     def embedded_store_root(self) -> Path:
         """Root directory of the embedded versioned store."""
         return self.mlops_home / "lakefs"
+
+    @property
+    def assets_dir(self) -> Path:
+        """Where small asset values (JSON manifests) are stored."""
+        return self.mlops_home / "assets"
 
     @property
     def cache_dir(self) -> Path:
@@ -79,6 +86,8 @@ class Settings:
             lakefs_endpoint=env.get("LAKEFS_ENDPOINT") or None,
             lakefs_storage_namespace=env.get("LAKEFS_STORAGE_NAMESPACE") or None,
             lakefs_raster_access="s3_gateway" if raster_access == "s3_gateway" else "cache",
+            git_sha=env.get("MLOPS_GIT_SHA", ""),
+            dagster_url=env.get("MLOPS_DAGSTER_URL") or "http://localhost:3000",
         )
 
     def open_store(self, environ: Mapping[str, str] | None = None) -> VersionedStore:

@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
+import dagster as dg
 import pytest
+
+from mlops_assets.core.demo.cd import DEMO_CD_SCENES, write_cd_scene
+from mlops_assets.core.demo.nvs import DEMO_NVS_SCENES, write_nvs_scene
+from mlops_assets.core.store.embedded import EmbeddedStore
+from mlops_assets.resources.io_managers import JsonIOManager
+from mlops_assets.resources.lineage import LineageResource
+from mlops_assets.resources.scene_store import EmbeddedSceneStore
 
 _DEPLOYMENT_VARIABLES = (
     "LAKEFS_ENDPOINT",
@@ -28,3 +40,85 @@ def _no_ambient_deployment(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests never pick up a developer's deployment from the environment."""
     for name in _DEPLOYMENT_VARIABLES:
         monkeypatch.delenv(name, raising=False)
+
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> EmbeddedStore:
+    """An empty embedded store with a ``main`` branch."""
+    embedded = EmbeddedStore(tmp_path / "store", "scenes")
+    embedded.ensure_repository()
+    return embedded
+
+
+@pytest.fixture(scope="session")
+def demo_cd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One small generated CD scene (128 px), written once per session."""
+    spec = DEMO_CD_SCENES[0]
+    return write_cd_scene(spec, tmp_path_factory.mktemp("demo-cd") / spec.scene_id, size=128)
+
+
+@pytest.fixture(scope="session")
+def demo_cd_warped_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo CD scene whose post image is on another CRS and resolution (128 px)."""
+    spec = next(s for s in DEMO_CD_SCENES if s.post_epsg is not None)
+    return write_cd_scene(spec, tmp_path_factory.mktemp("demo-cd-warped") / spec.scene_id, size=128)
+
+
+@pytest.fixture(scope="session")
+def demo_nvs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One small generated NVS scene (8 views of 48 px), written once per session."""
+    spec = dataclasses.replace(DEMO_NVS_SCENES[0], views=8)
+    return write_nvs_scene(spec, tmp_path_factory.mktemp("demo-nvs") / spec.scene_id, image_size=48)
+
+
+def commit_folder(store: EmbeddedStore, folder: Path, prefix: str, message: str = "add") -> str:
+    """Upload every file under ``folder`` to ``prefix`` on main and commit; return the commit id."""
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        store.put("main", prefix + path.relative_to(folder).as_posix(), path)
+    return store.commit("main", message).id
+
+
+@pytest.fixture
+def instance() -> Iterator[dg.DagsterInstance]:
+    """A temporary SQLite-backed Dagster instance (pools and dynamic partitions work)."""
+    with dg.instance_for_test() as test_instance:
+        yield test_instance
+
+
+@pytest.fixture
+def resources(store: EmbeddedStore, tmp_path: Path) -> dict[str, Any]:
+    """The embedded resources, all under ``tmp_path``."""
+    return {
+        "scene_store": EmbeddedSceneStore(root=str(store.root), repository=store.repository),
+        "json_io_manager": JsonIOManager(base_dir=str(tmp_path / "assets")),
+        "lineage": LineageResource(git_sha="0123abc"),
+    }
+
+
+def materialize_partition(
+    assets: list[Any],
+    partition: str,
+    instance: dg.DagsterInstance,
+    resources: dict[str, Any],
+    run_config: dict[str, Any] | None = None,
+) -> dg.ExecuteInJobResult:
+    """Materialise one partition of ``assets``, adding the partition key first."""
+    for asset in assets:
+        partitions_def = asset.partitions_def
+        if (
+            isinstance(partitions_def, dg.DynamicPartitionsDefinition)
+            and partitions_def.name
+            and not instance.has_dynamic_partition(partitions_def.name, partition)
+        ):
+            instance.add_dynamic_partitions(partitions_def.name, [partition])
+    return dg.materialize(
+        assets,
+        partition_key=partition,
+        instance=instance,
+        resources=resources,
+        run_config=run_config,
+        raise_on_error=False,
+    )

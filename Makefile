@@ -1,0 +1,75 @@
+# The verbs people look for. Everything runs from the project's own .venv; state lives under
+# MLOPS_HOME (default ./.mlops) and DAGSTER_HOME (default $MLOPS_HOME/dagster), both overridable.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(CURDIR)/$(VENV)/bin
+MLOPS_HOME ?= $(CURDIR)/.mlops
+DAGSTER_HOME ?= $(MLOPS_HOME)/dagster
+export MLOPS_HOME DAGSTER_HOME
+STAMP := $(VENV)/.installed
+INSTANCE := $(DAGSTER_HOME)/dagster.yaml
+COMPOSE ?= docker-compose
+COMPOSE_FILE := docker/compose.yaml
+
+.PHONY: install demo dev test lint format bench lock up down config clean
+
+install: $(STAMP) $(INSTANCE) ## Create .venv and the local Dagster instance.
+
+$(STAMP): pyproject.toml requirements/lock.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c requirements/lock.txt -e '.[dev]'
+	@# torchgeo -> lightly -> hydra-core -> omegaconf pins antlr4 4.9, but Dagster's asset-selection
+	@# parser needs the 4.13 runtime (`--select` dies with "ord() expected string of length 1").
+	@# Installed last, without deps: torchgeo and lightly still work; OmegaConf interpolation does not.
+	$(BIN)/python -m pip install --quiet --no-deps antlr4-python3-runtime==4.13.2
+	touch $@
+
+$(INSTANCE): dagster.yaml $(STAMP)
+	mkdir -p $(DAGSTER_HOME)
+	cp dagster.yaml $@
+	$(BIN)/dagster instance concurrency set gpu 1 >/dev/null
+
+demo: install ## Generate and commit the demo scenes, then materialise every asset.
+	$(BIN)/mlops-assets demo-data
+	$(BIN)/mlops-assets partitions sync
+	BIN=$(BIN) scripts/demo.sh
+
+dev: install ## The Dagster UI (and daemon) on the embedded default: http://localhost:3000
+	$(BIN)/dagster dev -w workspace.yaml
+
+test: install ## Lint, type check and the whole test suite (as CI runs it).
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/pyright
+	$(BIN)/pytest -m "not gpu and not lakefs"
+
+lint: install ## Lint and type check only.
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/pyright
+
+format: install ## Format and fix what ruff can.
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: install ## Speed and quality benchmarks, printed as a table.
+	$(BIN)/python -m benchmarks
+
+lock: $(STAMP) ## Re-pin requirements/lock.txt from the current .venv.
+	{ sed -n '1,/^# 4.13.2/p' requirements/lock.txt; $(BIN)/pip freeze --exclude-editable \
+	  | grep -v '^antlr4-python3-runtime'; echo 'antlr4-python3-runtime==4.9.3'; } > requirements/lock.new
+	mv requirements/lock.new requirements/lock.txt
+
+config: ## Validate the production compose file (no Docker engine needed).
+	$(COMPOSE) -f $(COMPOSE_FILE) --env-file docker/.env.example config --quiet
+
+up: ## Start the production stack (needs Docker).
+	$(COMPOSE) -f $(COMPOSE_FILE) up -d --build
+
+down: ## Stop the production stack.
+	$(COMPOSE) -f $(COMPOSE_FILE) down
+
+clean: ## Remove local state (scenes, runs, models) but keep .venv.
+	rm -rf $(MLOPS_HOME)

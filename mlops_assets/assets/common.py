@@ -1,0 +1,57 @@
+"""Small helpers shared by the asset modules: config, metadata and check results."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import dagster as dg
+from pydantic import Field
+
+from mlops_assets.core.scenes.checks import CheckOutcome
+
+
+class SceneRefConfig(dg.Config):
+    """Which version of the scene to read."""
+
+    ref: str | None = Field(
+        default=None,
+        description=(
+            "Branch, tag or commit id to read the scene at. Empty: the store's branch (main). "
+            "Sensors pass the commit they saw, so a run reads exactly that commit."
+        ),
+    )
+
+
+def metadata_value(value: Any) -> dg.MetadataValue[Any] | str | int | float | bool:
+    """Turn a plain value into something Dagster shows well."""
+    if isinstance(value, dg.MetadataValue):
+        return value  # pyright: ignore[reportUnknownVariableType]
+    if isinstance(value, bool | int | float | str):
+        return value
+    if value is None:
+        return dg.MetadataValue.null()
+    return dg.MetadataValue.json(value)
+
+
+def metadata(values: Mapping[str, Any]) -> dict[str, Any]:
+    """`metadata_value` applied to every entry."""
+    return {key: metadata_value(value) for key, value in values.items()}
+
+
+def check_result(outcome: CheckOutcome) -> dg.AssetCheckResult:
+    """A blocking-severity Dagster check result from a core check outcome."""
+    return dg.AssetCheckResult(
+        check_name=outcome.name,
+        passed=outcome.passed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=outcome.description,
+        metadata=metadata(outcome.metadata),
+    )
+
+
+def markdown_table(header: list[str], rows: list[list[Any]]) -> dg.MetadataValue[Any]:
+    """A small markdown table for the asset page."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return dg.MetadataValue.md("\n".join(lines))

@@ -1,0 +1,95 @@
+"""The scene store as a Dagster resource: one interface, an embedded and a lakeFS implementation.
+
+Assets declare ``scene_store: SceneStoreResource`` and never know which one they got;
+`mlops_assets.definitions` binds `EmbeddedSceneStore` by default and `LakeFSSceneStore` when
+``LAKEFS_ENDPOINT`` is set (its credentials are `EnvVar` fields, resolved at run time and never
+logged).
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Literal
+
+import dagster as dg
+from pydantic import Field, PrivateAttr
+
+from mlops_assets.core.store.base import VersionedStore
+from mlops_assets.core.store.embedded import EmbeddedStore
+from mlops_assets.core.store.lakefs import LakeFSStore
+
+
+# Dagster resources subclass ConfigurableResource unparameterised, as its API intends.
+class SceneStoreResource(dg.ConfigurableResource, abc.ABC):  # pyright: ignore[reportMissingTypeArgument]
+    """Access to the versioned scene repository."""
+
+    repository: str = Field(default="scenes", description="Repository holding the scenes.")
+    branch: str = Field(default="main", description="Branch the pipeline reads scenes from.")
+    outputs_branch: str = Field(
+        default="outputs", description="Branch the pipeline writes its outputs to."
+    )
+
+    _store: VersionedStore | None = PrivateAttr(default=None)
+
+    @abc.abstractmethod
+    def _open(self) -> VersionedStore:
+        """Build the store client."""
+
+    @property
+    @abc.abstractmethod
+    def kind(self) -> str:
+        """``embedded`` or ``lakefs``, for metadata."""
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        """Build the client once per run (or sensor tick)."""
+        self._store = self._open()
+
+    def get_store(self) -> VersionedStore:
+        """The store client: the run's own, or a fresh one outside a run."""
+        return self._store if self._store is not None else self._open()
+
+
+class EmbeddedSceneStore(SceneStoreResource):
+    """The embedded store: content-addressed objects and SQLite under ``root``."""
+
+    root: str = Field(description="Directory of the embedded store (under MLOPS_HOME).")
+
+    @property
+    def kind(self) -> str:
+        """Always ``embedded``."""
+        return "embedded"
+
+    def _open(self) -> VersionedStore:
+        return EmbeddedStore(self.root, self.repository)
+
+
+class LakeFSSceneStore(SceneStoreResource):
+    """A lakeFS server, through lakefs_sdk."""
+
+    endpoint: str = Field(description="lakeFS URL, e.g. http://lakefs:8000")
+    access_key_id: str = Field(description="lakeFS access key id (use EnvVar).")
+    secret_access_key: str = Field(description="lakeFS secret access key (use EnvVar).")
+    storage_namespace: str | None = Field(
+        default=None, description="Namespace for a repository this resource creates."
+    )
+    raster_access: Literal["cache", "s3_gateway"] = Field(
+        default="cache",
+        description="Read rasters from a local checksum-keyed cache, or via GDAL /vsis3/.",
+    )
+    cache_dir: str | None = Field(default=None, description="Cache directory for 'cache'.")
+
+    @property
+    def kind(self) -> str:
+        """Always ``lakefs``."""
+        return "lakefs"
+
+    def _open(self) -> VersionedStore:
+        return LakeFSStore(
+            endpoint=self.endpoint,
+            access_key_id=self.access_key_id,
+            secret_access_key=self.secret_access_key,
+            repository=self.repository,
+            storage_namespace=self.storage_namespace,
+            raster_access=self.raster_access,
+            cache_dir=self.cache_dir,
+        )

@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from mlops_assets.assets.cd.scene import cd_scene
+from mlops_assets.core.store.embedded import EmbeddedStore
+from mlops_assets_tests.conftest import DATA, commit_folder, materialize_partition
+
+
+def _checks(result: dg.ExecuteInJobResult) -> dict[str, dg.AssetCheckEvaluation]:
+    return {e.check_name: e for e in result.get_asset_check_evaluations()}
+
+
+def test_scene_is_pinned_to_a_commit(
+    store: EmbeddedStore,
+    instance: dg.DagsterInstance,
+    resources: dict[str, Any],
+    demo_cd_dir: Path,
+    tmp_path: Path,
+) -> None:
+    commit = commit_folder(store, demo_cd_dir, "cd/farm/")
+    result = materialize_partition([cd_scene], "farm", instance, resources)
+    assert result.success
+    (materialization,) = result.asset_materializations_for_node("cd__scene")
+    meta = materialization.metadata
+    assert meta["lakefs_commit"].value == commit
+    assert meta["lakefs_repository"].value == "scenes"
+    assert meta["lakefs_ref"].value == "main"
+    assert meta["scene_uri"].value == f"lakefs://scenes/{commit}/cd/farm/"
+    assert meta["git_sha"].value == "0123abc"
+    assert meta["store"].value == "embedded"
+    pre = meta["pre"].value
+    assert pre["crs"] == "EPSG:32633" and pre["count"] == 4 and pre["dtype"] == "uint16"
+    assert pre["width"] == pre["height"] == 128
+    assert pre["uri"] == f"lakefs://scenes/{commit}/cd/farm/pre.tif"
+    assert len(pre["checksum"]) == 64 and pre["size_bytes"] > 0
+    assert "cd/farm/post.tif" in meta["files"].value
+    checks = _checks(result)
+    assert checks.keys() == {"files_present_and_readable", "footprints_overlap_and_bands_match"}
+    assert all(c.passed for c in checks.values())
+    # The manifest downstream assets read, as JSON under the IO manager's directory.
+    manifest = json.loads((tmp_path / "assets" / "cd" / "scene" / "farm.json").read_text())
+    assert manifest["commit_id"] == commit and manifest["problems"] == {}
+    # The data version depends on the scene's files only.
+    version = materialization.tags["dagster/data_version"]
+    commit_folder(store, demo_cd_dir, "cd/other/", "unrelated scene")
+    again = materialize_partition([cd_scene], "farm", instance, resources)
+    assert (
+        again.asset_materializations_for_node("cd__scene")[0].tags["dagster/data_version"]
+        == version
+    )
+
+
+def test_reads_the_requested_commit(
+    store: EmbeddedStore, instance: dg.DagsterInstance, resources: dict[str, Any], demo_cd_dir: Path
+) -> None:
+    first = commit_folder(store, demo_cd_dir, "cd/farm/")
+    commit_folder(store, demo_cd_dir, "cd/later/", "later")
+    config = {"ops": {"cd__scene": {"config": {"ref": first}}}}
+    result = materialize_partition([cd_scene], "farm", instance, resources, run_config=config)
+    meta = result.asset_materializations_for_node("cd__scene")[0].metadata
+    assert meta["lakefs_commit"].value == first and meta["lakefs_ref"].value == first
+
+
+def test_broken_scene_fails_its_checks_and_spares_others(
+    store: EmbeddedStore,
+    instance: dg.DagsterInstance,
+    resources: dict[str, Any],
+    demo_cd_dir: Path,
+    tmp_path: Path,
+) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(demo_cd_dir, broken)
+    shutil.copy(DATA / "rasterio" / "corrupt.tif", broken / "post.tif")
+    commit_folder(store, broken, "cd/broken/")
+    commit_folder(store, demo_cd_dir, "cd/good/", "good scene")
+
+    bad = materialize_partition([cd_scene], "broken", instance, resources)
+    assert not bad.success
+    check = _checks(bad)["files_present_and_readable"]
+    assert not check.passed
+    assert check.severity == dg.AssetCheckSeverity.ERROR
+    assert check.description is not None
+    assert "cd/broken/post.tif: not a readable GeoTIFF" in check.description
+    failure = next(e for e in bad.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE)
+    assert "blocking" in str(failure.step_failure_data.error)
+
+    good = materialize_partition([cd_scene], "good", instance, resources)
+    assert good.success
+    assert all(c.passed for c in _checks(good).values())

@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from mlops_assets.cli import main
+from mlops_assets.core.store.embedded import EmbeddedStore
+from mlops_assets_tests.conftest import DATA
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("MLOPS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    (tmp_path / "dagster").mkdir()
+    return tmp_path / "home"
+
+
+def _store(home: Path) -> EmbeddedStore:
+    return EmbeddedStore(home / "lakefs", "scenes")
+
+
+def test_help_lists_the_commands() -> None:
+    result = CliRunner().invoke(main, ["--help"])
+    assert result.exit_code == 0
+    for command in ("demo-data", "ingest", "scenes", "log", "partitions"):
+        assert command in result.output
+
+
+def test_ingest_scenes_and_log(home: Path, demo_cd_dir: Path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(
+        main, ["ingest", "cd", str(demo_cd_dir), "--scene", "farm", "--message", "first farm"]
+    )
+    assert result.exit_code == 0, result.output
+    head = _store(home).resolve("main")
+    assert f"committed cd/farm to 'main' as {head}" in result.output
+    result = runner.invoke(
+        main, ["ingest", "nvs", str(DATA / "kapture" / "maupertuis"), "--scene", "maup"]
+    )
+    assert result.exit_code == 0, result.output
+
+    scenes = runner.invoke(main, ["scenes"])
+    assert scenes.output.split() == ["cd/farm", "nvs/maup"]
+    ids = runner.invoke(main, ["scenes", "--kind", "cd", "--ids"])
+    assert ids.output.split() == ["farm"]
+    log = runner.invoke(main, ["log", "--prefix", "cd/"])
+    assert "first farm" in log.output and "scenes: cd/farm" in log.output
+    assert "Ingest nvs scene maup" not in log.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--scene", "../up"], "error: invalid scene id '../up': it contains '..'"),
+        (["--scene", "farm", "--branch", "nope"], "error: branch 'nope' not found"),
+    ],
+)
+def test_errors_are_one_line(home: Path, demo_cd_dir: Path, args: list[str], message: str) -> None:
+    result = CliRunner().invoke(main, ["ingest", "cd", str(demo_cd_dir), *args])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message)
+    assert _store(home).uncommitted("main") == []
+
+
+def test_corrupt_geotiff_is_refused_and_nothing_committed(
+    home: Path, demo_cd_dir: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "bad"
+    shutil.copytree(demo_cd_dir, folder)
+    shutil.copy(DATA / "rasterio" / "corrupt.tif", folder / "pre.tif")
+    result = CliRunner().invoke(main, ["ingest", "cd", str(folder), "--scene", "bad"])
+    assert result.exit_code == 1
+    assert f"{folder / 'pre.tif'}: not a readable GeoTIFF" in result.output
+    assert [c.message for c in _store(home).log("main")] == ["Repository created"]
+
+
+def test_unknown_ref(home: Path) -> None:
+    result = CliRunner().invoke(main, ["scenes", "--ref", "no-such-ref"])
+    assert result.exit_code == 1
+    assert "error: ref 'no-such-ref' not found" in result.output
+
+
+def test_demo_data_is_idempotent_and_partitions_sync(home: Path) -> None:
+    runner = CliRunner()
+    first = runner.invoke(main, ["demo-data", "--size", "64", "--image-size", "24"])
+    assert first.exit_code == 0, first.output
+    assert "committed 7 demo scenes to 'main'" in first.output
+    second = runner.invoke(main, ["demo-data", "--size", "64", "--image-size", "24"])
+    assert "demo scenes already up to date" in second.output
+    assert len(list(_store(home).log("main"))) == 2
+
+    synced = runner.invoke(main, ["partitions", "sync"])
+    assert synced.exit_code == 0, synced.output
+    assert "cd: 4 scene partition(s), 4 new" in synced.output
+    assert "nvs: 3 scene partition(s), 3 new" in synced.output
+    again = runner.invoke(main, ["partitions", "sync"])
+    assert "cd: 4 scene partition(s), 0 new: -" in again.output
