@@ -8,7 +8,6 @@ recorded as problems rather than raised, so the checks can report all of them at
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,10 +21,10 @@ from rasterio.crs import CRS
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
-from mlops_assets.core.scenes.checks import CheckOutcome
+from mlops_assets.core.scenes.checks import CheckOutcome, content_hash
 from mlops_assets.core.scenes.layout import CDPaths
 from mlops_assets.core.store.base import RasterLocation, VersionedStore
-from mlops_assets.core.store.types import NotFoundError
+from mlops_assets.core.store.types import NotFoundError, lakefs_uri
 
 #: Bytes decoded per read while proving that a raster decodes end to end.
 _DECODE_CHUNK_BYTES = 64 << 20
@@ -133,17 +132,12 @@ class CDScene:
 
     def uri(self, path: str) -> str:
         """A commit-pinned ``lakefs://`` URI."""
-        return f"lakefs://{self.repository}/{self.commit_id}/{path}"
+        return lakefs_uri(self.repository, self.commit_id, path)
 
     @property
     def content_hash(self) -> str:
         """A hash of the scene's files only: unchanged when other scenes change."""
-        digest = hashlib.sha256()
-        for raster in self.rasters:
-            digest.update(f"{raster.path}\0{raster.checksum}\n".encode())
-        for path, problem in sorted(self.problems.items()):
-            digest.update(f"{path}\0{problem}\n".encode())
-        return digest.hexdigest()[:16]
+        return content_hash(((r.path, r.checksum) for r in self.rasters), self.problems)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable manifest."""

@@ -7,7 +7,6 @@ they decode. Problems are recorded, not raised, so `check_nvs_scene` reports all
 
 from __future__ import annotations
 
-import hashlib
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from mlops_assets.core.scenes.checks import CheckOutcome
+from mlops_assets.core.scenes.checks import CheckOutcome, content_hash
 from mlops_assets.core.scenes.colmap import (
     PINHOLE_MODELS,
     RADIAL_MODELS,
@@ -25,6 +24,7 @@ from mlops_assets.core.scenes.colmap import (
 )
 from mlops_assets.core.scenes.layout import IMAGE_SUFFIXES, NVSPaths
 from mlops_assets.core.store.base import VersionedStore
+from mlops_assets.core.store.types import lakefs_uri
 
 FILES_CHECK = "files_present_and_readable"
 MODEL_CHECK = "model_readable_and_images_present"
@@ -73,17 +73,13 @@ class NVSScene:
 
     def uri(self, path: str) -> str:
         """A commit-pinned ``lakefs://`` URI."""
-        return f"lakefs://{self.repository}/{self.commit_id}/{path}"
+        return lakefs_uri(self.repository, self.commit_id, path)
 
     @property
     def content_hash(self) -> str:
         """A hash of the scene's files only: unchanged when other scenes change."""
-        digest = hashlib.sha256()
-        for obj in [*self.images, *self.model_files]:
-            digest.update(f"{obj.path}\0{obj.checksum}\n".encode())
-        for path, problem in sorted(self.problems.items()):
-            digest.update(f"{path}\0{problem}\n".encode())
-        return digest.hexdigest()[:16]
+        objects = [*self.images, *self.model_files]
+        return content_hash(((o.path, o.checksum) for o in objects), self.problems)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable manifest."""

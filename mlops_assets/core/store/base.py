@@ -24,6 +24,7 @@ from mlops_assets.core.store.types import (
     MergeStrategy,
     NotFoundError,
     ObjectStat,
+    lakefs_uri,
 )
 
 #: Chunk size for every streamed copy: large enough to be fast, small enough to stay flat.
@@ -65,7 +66,7 @@ class VersionedStore(abc.ABC):
 
     def uri(self, ref: str, path: str) -> str:
         """A ``lakefs://`` URI for ``path`` at ``ref`` (pass a commit id to pin it)."""
-        return f"lakefs://{self.repository}/{ref}/{path}"
+        return lakefs_uri(self.repository, ref, path)
 
     # Repository and refs -------------------------------------------------------------------
 

@@ -108,6 +108,11 @@ class Commit:
     creation_date: float = 0.0
 
 
+def lakefs_uri(repository: str, ref: str, path: str = "") -> str:
+    """A ``lakefs://repository/ref/path`` URI (pass a commit id as ``ref`` to pin it)."""
+    return f"lakefs://{repository}/{ref}/{path}"
+
+
 def validate_repository_name(name: str) -> str:
     """Return ``name`` if it is a valid repository name, else raise `InvalidNameError`."""
     if not REPOSITORY_RE.match(name):
