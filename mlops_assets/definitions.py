@@ -10,11 +10,21 @@ from __future__ import annotations
 from typing import Any
 
 import dagster as dg
+from dagster_aws.s3 import S3Resource
 
+from mlops_assets.assets.cd.change_map import cd_change_map
+from mlops_assets.assets.cd.model import cd_model, cd_registered_model
 from mlops_assets.assets.cd.scene import cd_scene
+from mlops_assets.assets.cd.tiles import cd_tiles
 from mlops_assets.assets.nvs.scene import nvs_scene
 from mlops_assets.resources.io_managers import JsonIOManager
 from mlops_assets.resources.lineage import LineageResource
+from mlops_assets.resources.mlflow import MLflowResource
+from mlops_assets.resources.outputs import (
+    LocalOutputStoreResource,
+    OutputStoreResource,
+    S3OutputStoreResource,
+)
 from mlops_assets.resources.scene_store import (
     EmbeddedSceneStore,
     LakeFSSceneStore,
@@ -43,10 +53,36 @@ def build_scene_store(settings: Settings) -> SceneStoreResource:
     )
 
 
+def build_output_store(settings: Settings) -> OutputStoreResource:
+    """Local directory by default; S3 (credentials from the AWS_* environment) with a bucket."""
+    cache = str(settings.cache_dir / "outputs")
+    if settings.output_bucket is None:
+        return LocalOutputStoreResource(root=str(settings.outputs_dir), cache_dir=cache)
+    return S3OutputStoreResource(
+        s3=S3Resource(endpoint_url=settings.s3_endpoint_url),
+        bucket=settings.output_bucket,
+        prefix=settings.output_prefix,
+        cache_dir=cache,
+    )
+
+
+def build_mlflow(settings: Settings) -> MLflowResource:
+    """SQLite under MLOPS_HOME, or the server in MLFLOW_TRACKING_URI (kept an `EnvVar`)."""
+    if settings.mlflow_tracking_uri is None:
+        return MLflowResource(
+            tracking_uri=settings.tracking_uri,
+            artifact_root=str(settings.mlflow_artifact_root),
+            ui_url=settings.mlflow_url,
+        )
+    return MLflowResource(tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI"), ui_url=settings.mlflow_url)
+
+
 def build_resources(settings: Settings) -> dict[str, Any]:
     """Every resource the assets use."""
     return {
         "scene_store": build_scene_store(settings),
+        "output_store": build_output_store(settings),
+        "mlflow": build_mlflow(settings),
         "json_io_manager": JsonIOManager(base_dir=str(settings.assets_dir)),
         "lineage": LineageResource(git_sha=settings.git_sha, dagster_url=settings.dagster_url),
     }
@@ -55,7 +91,7 @@ def build_resources(settings: Settings) -> dict[str, Any]:
 def build_defs(settings: Settings) -> dg.Definitions:
     """The code location: assets, checks and resources for ``settings``."""
     return dg.Definitions(
-        assets=[cd_scene, nvs_scene],
+        assets=[cd_scene, cd_tiles, cd_model, cd_registered_model, cd_change_map, nvs_scene],
         resources=build_resources(settings),
     )
 

@@ -4,7 +4,8 @@ Nothing here runs at import. `Settings.from_env` is called by `mlops_assets.defi
 Dagster loads the code location and by the CLI when it starts; everything else receives a
 `Settings` (or the resources built from it). The embedded default needs no variable at all:
 scenes, Dagster and MLflow state live under ``MLOPS_HOME`` (``./.mlops``). Setting
-``LAKEFS_ENDPOINT`` switches the scene store to a lakeFS server; nothing else changes.
+``LAKEFS_ENDPOINT`` switches the scene store to a lakeFS server, ``MLFLOW_TRACKING_URI`` MLflow to a
+tracking server, ``MLOPS_OUTPUT_BUCKET`` the tile store to S3; nothing else changes.
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ class Settings:
     lakefs_raster_access: Literal["cache", "s3_gateway"] = "cache"
     git_sha: str = ""
     dagster_url: str = "http://localhost:3000"
+    mlflow_tracking_uri: str | None = None  # None: SQLite under MLOPS_HOME
+    mlflow_url: str = "http://localhost:5000"
+    output_bucket: str | None = None  # None: tiles under MLOPS_HOME/outputs
+    output_prefix: str = ""
+    s3_endpoint_url: str | None = None  # AWS_ENDPOINT_URL: MinIO or another S3-compatible server
 
     @property
     def store_kind(self) -> StoreKind:
@@ -55,6 +61,21 @@ class Settings:
     def assets_dir(self) -> Path:
         """Where small asset values (JSON manifests) are stored."""
         return self.mlops_home / "assets"
+
+    @property
+    def tracking_uri(self) -> str:
+        """MLFLOW_TRACKING_URI, else SQLite under MLOPS_HOME."""
+        return self.mlflow_tracking_uri or f"sqlite:///{self.mlops_home / 'mlflow.db'}"
+
+    @property
+    def mlflow_artifact_root(self) -> Path | None:
+        """Where the embedded MLflow keeps artifacts (a server decides for itself)."""
+        return None if self.mlflow_tracking_uri else self.mlops_home / "mlartifacts"
+
+    @property
+    def outputs_dir(self) -> Path:
+        """Root of the local output store (tiles)."""
+        return self.mlops_home / "outputs"
 
     @property
     def cache_dir(self) -> Path:
@@ -88,6 +109,11 @@ class Settings:
             lakefs_raster_access="s3_gateway" if raster_access == "s3_gateway" else "cache",
             git_sha=env.get("MLOPS_GIT_SHA", ""),
             dagster_url=env.get("MLOPS_DAGSTER_URL") or "http://localhost:3000",
+            mlflow_tracking_uri=env.get("MLFLOW_TRACKING_URI") or None,
+            mlflow_url=env.get("MLOPS_MLFLOW_URL") or "http://localhost:5000",
+            output_bucket=env.get("MLOPS_OUTPUT_BUCKET") or None,
+            output_prefix=env.get("MLOPS_OUTPUT_PREFIX", ""),
+            s3_endpoint_url=env.get("AWS_ENDPOINT_URL") or None,
         )
 
     def open_store(self, environ: Mapping[str, str] | None = None) -> VersionedStore:

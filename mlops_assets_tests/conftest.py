@@ -16,6 +16,8 @@ from mlops_assets.core.demo.nvs import DEMO_NVS_SCENES, write_nvs_scene
 from mlops_assets.core.store.embedded import EmbeddedStore
 from mlops_assets.resources.io_managers import JsonIOManager
 from mlops_assets.resources.lineage import LineageResource
+from mlops_assets.resources.mlflow import MLflowResource
+from mlops_assets.resources.outputs import LocalOutputStoreResource
 from mlops_assets.resources.scene_store import EmbeddedSceneStore
 
 _DEPLOYMENT_VARIABLES = (
@@ -95,6 +97,13 @@ def resources(store: EmbeddedStore, tmp_path: Path) -> dict[str, Any]:
         "scene_store": EmbeddedSceneStore(root=str(store.root), repository=store.repository),
         "json_io_manager": JsonIOManager(base_dir=str(tmp_path / "assets")),
         "lineage": LineageResource(git_sha="0123abc"),
+        "output_store": LocalOutputStoreResource(
+            root=str(tmp_path / "outputs"), cache_dir=str(tmp_path / "cache")
+        ),
+        "mlflow": MLflowResource(
+            tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+            artifact_root=str(tmp_path / "mlartifacts"),
+        ),
     }
 
 

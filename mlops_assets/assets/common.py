@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import io
 from collections.abc import Mapping
 from typing import Any
 
 import dagster as dg
+from PIL import Image
 from pydantic import Field
 
 from mlops_assets.core.scenes.checks import CheckOutcome
@@ -55,3 +58,18 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> dg.MetadataValue
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return dg.MetadataValue.md("\n".join(lines))
+
+
+def image_md(image: Image.Image, alt: str, max_side: int = 512) -> dg.MetadataValue[Any]:
+    """An inline PNG the asset page shows (kept small: it lives in the event log)."""
+    preview = image.copy()
+    preview.thumbnail((max_side, max_side))
+    buffer = io.BytesIO()
+    preview.save(buffer, format="PNG", optimize=True)
+    encoded = base64.b64encode(buffer.getvalue()).decode()
+    return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{encoded})")
+
+
+def lakefs_links(links: Mapping[str, str]) -> dict[str, str]:
+    """LakeFS commit metadata that its UI shows as buttons (``::lakefs::<Name>::url[url:ui]``)."""
+    return {f"::lakefs::{name}::url[url:ui]": url for name, url in links.items() if url}

@@ -1,0 +1,143 @@
+"""Run configuration of the change-detection assets: a preset plus optional overrides.
+
+Each Dagster `Config` here converts into a frozen dataclass of the pure core (`to_core`), so
+the core never sees Dagster and the UI's launchpad shows every knob with its description. An
+unset override (None) keeps the preset's value.
+"""
+
+import enum
+
+import dagster as dg
+from pydantic import Field
+
+from mlops_assets.core.cd.config import (
+    GateConfig,
+    InferenceConfig,
+    TilingConfig,
+    TrainConfig,
+    preset,
+)
+from mlops_assets.core.tracking import CHAMPION
+
+DEFAULT_MODEL_NAME = "change-detection-unet"
+EXPERIMENT = "change-detection"
+
+
+class Preset(enum.StrEnum):
+    """Named settings: tiny (tests, seconds), default (demo, CPU minutes), quality (GPU)."""
+
+    # Dagster's launchpad shows member names: keep them identical to the values.
+    tiny = "tiny"
+    default = "default"
+    quality = "quality"
+
+
+class Device(enum.StrEnum):
+    """Where tensors live: ``auto`` is CUDA when present."""
+
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+_PRESET = Field(default=Preset.default, description=Preset.__doc__)
+
+
+class TilesConfig(dg.Config):
+    """How ``cd/tiles`` cuts a scene."""
+
+    preset: Preset = _PRESET
+    tile_size: int | None = Field(default=None, description="Window side in pixels.")
+    overlap: int | None = Field(default=None, description="Overlap between windows in pixels.")
+    max_nodata_fraction: float | None = Field(
+        default=None, description="Windows with more nodata than this are dropped."
+    )
+    min_label_fraction: float = Field(
+        default=0.001, description="Label-balance check: least share of changed labelled pixels."
+    )
+    max_label_fraction: float = Field(
+        default=0.5, description="Label-balance check: largest share of changed labelled pixels."
+    )
+    max_residual_px: float = Field(
+        default=0.5, description="Alignment check: largest median pre/post residual (pixels)."
+    )
+
+    def to_core(self) -> TilingConfig:
+        """The core tiling config."""
+        return preset(
+            TilingConfig,
+            self.preset.value,
+            tile_size=self.tile_size,
+            overlap=self.overlap,
+            max_nodata_fraction=self.max_nodata_fraction,
+        )
+
+
+class ModelConfig(dg.Config):
+    """How ``cd/model`` trains."""
+
+    preset: Preset = _PRESET
+    epochs: int | None = Field(default=None, description="Training epochs.")
+    batch_size: int | None = Field(default=None, description="Tiles per batch.")
+    learning_rate: float | None = Field(default=None, description="AdamW learning rate.")
+    seed: int | None = Field(default=None, description="Seed for weights, split and batches.")
+    device: Device | None = Field(default=None, description=Device.__doc__)
+
+    def to_core(self) -> TrainConfig:
+        """The core training config."""
+        return preset(
+            TrainConfig,
+            self.preset.value,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            learning_rate=self.learning_rate,
+            seed=self.seed,
+            device=None if self.device is None else self.device.value,
+        )
+
+
+class RegistrationConfig(dg.Config):
+    """How ``cd/registered_model`` gates, registers and promotes."""
+
+    preset: Preset = _PRESET
+    model_name: str = Field(default=DEFAULT_MODEL_NAME, description="Registered model name.")
+    min_f1: float | None = Field(default=None, description="Least validation F1 to register.")
+    tolerance: float | None = Field(
+        default=None, description="How much worse than the champion's F1 is still accepted."
+    )
+    auto_promote: bool | None = Field(
+        default=None, description="Move the champion alias when the gate passes."
+    )
+
+    def to_core(self) -> GateConfig:
+        """The core gate config."""
+        return preset(
+            GateConfig,
+            self.preset.value,
+            min_f1=self.min_f1,
+            tolerance=self.tolerance,
+            auto_promote=self.auto_promote,
+        )
+
+
+class ChangeMapConfig(dg.Config):
+    """Which model ``cd/change_map`` uses and how it slides over the scene."""
+
+    preset: Preset = _PRESET
+    model_name: str = Field(default=DEFAULT_MODEL_NAME, description="Registered model name.")
+    alias: str = Field(default=CHAMPION, description="Alias of the version to use.")
+    tile_size: int | None = Field(default=None, description="Inference window side in pixels.")
+    overlap: int | None = Field(default=None, description="Blended overlap in pixels.")
+    threshold: float | None = Field(default=None, description="Probability for 'changed'.")
+    device: Device | None = Field(default=None, description=Device.__doc__)
+
+    def to_core(self) -> InferenceConfig:
+        """The core inference config."""
+        return preset(
+            InferenceConfig,
+            self.preset.value,
+            tile_size=self.tile_size,
+            overlap=self.overlap,
+            threshold=self.threshold,
+            device=None if self.device is None else self.device.value,
+        )

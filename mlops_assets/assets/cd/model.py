@@ -1,0 +1,300 @@
+"""The trained change-detection model and its registered, gated MLflow version.
+
+``cd/model`` trains a U-Net on every labelled scene's tiles and logs the run to MLflow;
+``cd/registered_model`` registers it behind the promotion gate and moves the aliases.
+"""
+
+import dataclasses
+import json
+from typing import Any
+
+import dagster as dg
+
+from mlops_assets.assets.cd.config import EXPERIMENT, ModelConfig, RegistrationConfig
+from mlops_assets.assets.cd.tiles import KEY as TILES_KEY
+from mlops_assets.assets.common import image_md, markdown_table, metadata
+from mlops_assets.core.cd.dataset import tile_refs
+from mlops_assets.core.cd.registry import log_cd_model
+from mlops_assets.core.cd.tiles import TileIndex
+from mlops_assets.core.cd.train import EpochMetrics, TrainingError, train_change_model
+from mlops_assets.core.tracking import CHALLENGER, CHAMPION, DatasetRef, TrackingError, gate
+from mlops_assets.resources.lineage import LineageResource
+from mlops_assets.resources.mlflow import MLflowResource
+from mlops_assets.resources.outputs import OutputStoreResource
+
+KEY = dg.AssetKey(["cd", "model"])
+REGISTERED_KEY = dg.AssetKey(["cd", "registered_model"])
+GATE_CHECK = "promotion_gate"
+_METRICS = ("f1", "iou", "precision", "recall")
+
+
+def _training_sets(
+    tiles: dict[str, dict[str, Any]], output_store: OutputStoreResource, log: Any
+) -> list[tuple[Any, TileIndex, dict[str, Any]]]:
+    """The published, labelled tile sets, fetched locally; the rest are logged and skipped."""
+    sets: list[tuple[Any, TileIndex, dict[str, Any]]] = []
+    for scene_id, value in sorted(tiles.items()):
+        if not value.get("published"):
+            log.warning(f"cd/{scene_id}: no published tiles (its tile checks failed); skipped")
+        elif not value.get("labelled_tiles"):
+            log.info(f"cd/{scene_id}: no label; not used for training")
+        else:
+            directory = output_store.fetch(value["key"])
+            sets.append((directory, TileIndex.load(directory), value))
+    return sets
+
+
+@dg.asset(
+    key=KEY,
+    ins={"tiles": dg.AssetIn(key=TILES_KEY, metadata={"allow_missing_partitions": True})},
+    group_name="change_detection",
+    kinds={"pytorch", "mlflow"},
+    io_manager_key="json_io_manager",
+    pool="gpu",
+    description=(
+        "An early-fusion U-Net (segmentation-models-pytorch) trained on the tiles of every "
+        "labelled scene, split by spatial block; run, metrics, datasets and model in MLflow."
+    ),
+)
+def cd_model(
+    context: dg.AssetExecutionContext,
+    config: ModelConfig,
+    tiles: dict[str, dict[str, Any]],
+    output_store: OutputStoreResource,
+    mlflow: MLflowResource,
+    lineage: LineageResource,
+) -> dg.MaterializeResult[dict[str, Any]]:
+    """Train on every labelled scene's tiles and log the run to MLflow."""
+    train_config = config.to_core()
+    tracker = mlflow.tracker(EXPERIMENT)
+    try:
+        tracker.check_reachable()
+    except TrackingError as exc:
+        raise dg.Failure(description=str(exc), allow_retries=True) from exc
+    sets = _training_sets(tiles, output_store, context.log)
+    if not sets:
+        raise dg.Failure(
+            description="no labelled, published tiles: materialise cd/tiles for labelled scenes "
+            f"first (partitions seen: {', '.join(sorted(tiles)) or 'none'})"
+        )
+    git_sha = lineage.code_version()
+    commits = {index.scene_id: index.commit_id for _, index, _ in sets}
+    tags = {
+        "dagster.run_id": context.run.run_id,
+        "dagster.run_url": lineage.run_url(context.run.run_id),
+        "git_sha": git_sha,
+        "lakefs.repository": sets[0][1].repository,
+        "lakefs.commits": json.dumps(commits, sort_keys=True),
+        "preset": config.preset.value,
+    }
+    with tracker.run(f"cd-unet-{context.run.run_id[:8]}", tags) as run_id:
+        context.log.info(f"MLflow run {run_id} in {mlflow.display_uri}")
+        tracker.log_params(
+            run_id,
+            {
+                **dataclasses.asdict(train_config),
+                "scenes": ",".join(sorted(commits)),
+                "tile_config_hash": ",".join(sorted({i.config_hash for _, i, _ in sets})),
+                "tile_size": sets[0][1].config["tile_size"],
+            },
+        )
+        tracker.log_datasets(
+            run_id,
+            [
+                DatasetRef(
+                    name=f"cd/tiles/{index.scene_id}",
+                    digest=f"{index.commit_id[:16]}-{index.config_hash}",
+                    uri=index.sources["pre"].rsplit("/", 1)[0],
+                )
+                for _, index, _ in sets
+            ],
+        )
+
+        def on_epoch(m: EpochMetrics) -> None:
+            values = {k: v for k, v in dataclasses.asdict(m).items() if k != "epoch"}
+            tracker.log_metrics(run_id, values, step=m.epoch)
+            context.log.info(
+                f"epoch {m.epoch}/{train_config.epochs}: loss {m.train_loss:.3f}, "
+                f"val F1 {m.f1:.3f}, IoU {m.iou:.3f} ({m.samples_per_second:.1f} samples/s)"
+            )
+
+        try:
+            result = train_change_model(
+                tile_refs([(d, i) for d, i, _ in sets]), train_config, on_epoch
+            )
+        except TrainingError as exc:
+            raise dg.Failure(description=f"training failed: {exc}") from exc
+        best = {f"val_{k}": getattr(result.best, k) for k in _METRICS}
+        tracker.log_metrics(run_id, {**best, "best_epoch": result.best.epoch}, step=0)
+        tracker.set_tags(run_id, {"device": result.device})
+        for name, image in result.overlays:
+            tracker.log_image(run_id, image, f"validation/{name}.png")
+        tracker.log_dict(run_id, [dataclasses.asdict(h) for h in result.history], "history.json")
+        model_uri = log_cd_model(tracker, run_id, result, train_config.threshold)
+    run_url = tracker.run_url(run_id, mlflow.ui_url)
+    value = {
+        "run_id": run_id,
+        "model_uri": model_uri,
+        "experiment": EXPERIMENT,
+        "metrics": best,
+        "best_epoch": result.best.epoch,
+        "lakefs_commits": commits,
+        "lakefs_repository": sets[0][1].repository,
+        "git_sha": git_sha,
+        "tiles": {index.scene_id: value["key"] for _, index, value in sets},
+    }
+    history = [
+        [h.epoch, f"{h.train_loss:.4f}", f"{h.val_loss:.4f}", f"{h.f1:.4f}", f"{h.iou:.4f}"]
+        for h in result.history
+    ]
+    return dg.MaterializeResult(
+        value=value,
+        data_version=dg.DataVersion(run_id),
+        metadata=metadata(
+            {
+                "mlflow_run_id": run_id,
+                "mlflow_run": dg.MetadataValue.url(run_url),
+                "model_uri": model_uri,
+                **{k: round(v, 4) for k, v in best.items()},
+                "best_epoch": result.best.epoch,
+                "train_tiles": result.train_tiles,
+                "val_tiles": result.val_tiles,
+                "buffer_tiles": result.buffer_tiles,
+                "device": result.device,
+                "lakefs_commits": commits,
+                "git_sha": git_sha,
+                "history": markdown_table(
+                    ["epoch", "train loss", "val loss", "F1", "IoU"], history
+                ),
+                **(
+                    {"validation_overlay": image_md(result.overlays[0][1], "prediction | label")}
+                    if result.overlays
+                    else {}
+                ),
+            }
+        ),
+    )
+
+
+@dg.asset(
+    key=REGISTERED_KEY,
+    ins={"model": dg.AssetIn(key=KEY)},
+    group_name="change_detection",
+    kinds={"mlflow"},
+    io_manager_key="json_io_manager",
+    check_specs=[
+        dg.AssetCheckSpec(
+            GATE_CHECK,
+            asset=REGISTERED_KEY,
+            blocking=True,
+            description="Validation F1 reaches the minimum and trails the champion by at most the "
+            "tolerance; only then is a version registered.",
+        )
+    ],
+    description=(
+        "The trained model as a registered MLflow model version: 'challenger' on every version, "
+        "'champion' when the promotion gate passes and auto-promotion is on. Aliases, no stages."
+    ),
+)
+def cd_registered_model(
+    context: dg.AssetExecutionContext,
+    config: RegistrationConfig,
+    model: dict[str, Any],
+    mlflow: MLflowResource,
+):  # Dagster derives the outputs (value + checks) from the decorator
+    """Gate the trained model against the threshold and the champion; register and alias it."""
+    gate_config = config.to_core()
+    tracker = mlflow.tracker(EXPERIMENT)
+    try:
+        tracker.check_reachable()
+    except TrackingError as exc:
+        raise dg.Failure(description=str(exc), allow_retries=True) from exc
+    name = config.model_name
+    champion = tracker.version_by_alias(name, CHAMPION)
+    champion_f1 = None
+    if champion is not None:
+        tagged = champion.tags.get("val_f1")
+        champion_f1 = (
+            float(tagged) if tagged else tracker.run_metric(str(champion.run_id), "val_f1")
+        )
+    decision = gate(
+        float(model["metrics"]["val_f1"]),
+        champion_f1,
+        gate_config.min_f1,
+        gate_config.tolerance,
+        champion_version=None if champion is None else str(champion.version),
+    )
+    value: dict[str, Any] = {
+        "model_name": name,
+        "run_id": model["run_id"],
+        "registered": False,
+        "version": None,
+        "aliases": [],
+        "gate": decision.reason,
+        "metrics": model["metrics"],
+        "lakefs_commits": model["lakefs_commits"],
+        "git_sha": model["git_sha"],
+    }
+    if decision.passed:
+        tags = {
+            **{k: f"{v:.6f}" for k, v in model["metrics"].items()},
+            "lakefs.repository": model["lakefs_repository"],
+            "lakefs.commits": json.dumps(model["lakefs_commits"], sort_keys=True),
+            "git_sha": model["git_sha"],
+            "dagster.run_id": context.run.run_id,
+            "mlflow.run_id": model["run_id"],
+        }
+        version = tracker.register(name, model["model_uri"], model["run_id"], tags, decision.reason)
+        aliases = [CHALLENGER]
+        tracker.set_alias(name, CHALLENGER, str(version.version))
+        if gate_config.auto_promote:
+            tracker.set_alias(name, CHAMPION, str(version.version))
+            aliases.append(CHAMPION)
+        value.update(registered=True, version=str(version.version), aliases=aliases)
+        context.log.info(f"Registered {name} v{version.version} as {', '.join(aliases)}")
+    else:
+        context.log.warning(f"Not registered: {decision.reason}")
+    return dg.MaterializeResult(
+        value=value,
+        data_version=dg.DataVersion(
+            f"{name}-v{value['version']}" if value["registered"] else "none"
+        ),
+        metadata=metadata(
+            {
+                "model_name": name,
+                "version": value["version"],
+                "aliases": value["aliases"],
+                "mlflow_run_id": model["run_id"],
+                **(
+                    {
+                        "model_version": dg.MetadataValue.url(
+                            mlflow.model_url(name, value["version"])
+                        )
+                    }
+                    if value["registered"]
+                    else {}
+                ),
+                "gate": decision.reason,
+                "champion_before": decision.champion_version,
+                "val_f1": round(decision.candidate, 4),
+                "lakefs_commits": model["lakefs_commits"],
+            }
+        ),
+        check_results=[
+            dg.AssetCheckResult(
+                check_name=GATE_CHECK,
+                passed=decision.passed,
+                severity=dg.AssetCheckSeverity.ERROR,
+                description=decision.reason,
+                metadata=metadata(
+                    {
+                        "candidate_f1": decision.candidate,
+                        "champion_f1": decision.champion,
+                        "champion_version": decision.champion_version,
+                        "min_f1": gate_config.min_f1,
+                        "tolerance": gate_config.tolerance,
+                    }
+                ),
+            )
+        ],
+    )

@@ -1,0 +1,213 @@
+"""``cd/tiles``: a scene aligned onto its pre image's grid, cut into normalised windows."""
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+from PIL import Image
+
+from mlops_assets.assets.cd.config import TilesConfig
+from mlops_assets.assets.cd.scene import KEY as SCENE_KEY
+from mlops_assets.assets.common import image_md, markdown_table, metadata
+from mlops_assets.core.cd.raster import AlignmentError, open_aligned
+from mlops_assets.core.cd.tiles import TileIndex, tile_key, tile_scene
+from mlops_assets.core.outputs import OutputStore
+from mlops_assets.core.scenes.layout import CDPaths
+from mlops_assets.partitions import cd_scenes
+from mlops_assets.resources.outputs import OutputStoreResource
+from mlops_assets.resources.scene_store import SceneStoreResource
+
+KEY = dg.AssetKey(["cd", "tiles"])
+NONEMPTY_CHECK = "tiles_nonempty"
+BALANCE_CHECK = "label_balance"
+RESIDUAL_CHECK = "alignment_residual"
+
+
+def _tile(
+    scene: dict[str, Any], store_resource: SceneStoreResource, config: TilesConfig, work: Path
+) -> TileIndex:
+    store = store_resource.get_store()
+    commit, paths = scene["commit_id"], CDPaths(scene["scene_id"])
+    label = store.raster_location(commit, paths.label) if scene.get("label") else None
+    sources = {"pre": store.uri(commit, paths.pre), "post": store.uri(commit, paths.post)}
+    if label is not None:
+        sources["label"] = store.uri(commit, paths.label)
+    prefix = f"{scene['scene_id']}/"
+    core = config.to_core()
+    with open_aligned(
+        store.raster_location(commit, paths.pre),
+        store.raster_location(commit, paths.post),
+        label,
+        resampling=core.resampling,
+        names=(prefix + "pre.tif", prefix + "post.tif", prefix + "label.tif"),
+    ) as pair:
+        return tile_scene(pair, work, core, scene["scene_id"], scene["repository"], commit, sources)
+
+
+def _checks(index: TileIndex, config: TilesConfig) -> list[dg.AssetCheckResult]:
+    count = len(index.tiles)
+    dropped = ", ".join(f"{n} {why}" for why, n in sorted(index.dropped.items())) or "none"
+    fraction = index.label_fraction
+    residual = index.alignment_residual_px
+    if fraction is None:
+        balance_ok, balance = True, "no label: nothing to balance"
+    else:
+        balance_ok = config.min_label_fraction <= fraction <= config.max_label_fraction
+        balance = (
+            f"{100 * fraction:.2f}% of labelled pixels changed; allowed "
+            f"{100 * config.min_label_fraction:.2f}%..{100 * config.max_label_fraction:.2f}%"
+        )
+    if residual is None:
+        residual_ok = count == 0
+        residual_text = (
+            "no tiles to measure" if count == 0 else "no textured window to measure alignment on"
+        )
+    else:
+        residual_ok = residual < config.max_residual_px
+        residual_text = (
+            f"median residual {residual:.3f} px over {index.alignment_samples} windows "
+            f"(limit {config.max_residual_px} px)"
+        )
+    return [
+        dg.AssetCheckResult(
+            check_name=NONEMPTY_CHECK,
+            passed=count > 0,
+            severity=dg.AssetCheckSeverity.ERROR,
+            description=(
+                f"{count} of {index.windows_total} windows kept; dropped: {dropped}"
+                if count
+                else f"{index.scene_id}: all {index.windows_total} windows dropped "
+                f"({dropped}); nothing was published"
+            ),
+            metadata={"tile_count": count, "windows_total": index.windows_total},
+        ),
+        dg.AssetCheckResult(
+            check_name=BALANCE_CHECK,
+            passed=balance_ok,
+            severity=dg.AssetCheckSeverity.WARN,
+            description=balance,
+            metadata=metadata({"label_fraction": fraction}),
+        ),
+        dg.AssetCheckResult(
+            check_name=RESIDUAL_CHECK,
+            passed=residual_ok,
+            severity=dg.AssetCheckSeverity.ERROR,
+            description=residual_text,
+            metadata=metadata({"residual_px": residual}),
+        ),
+    ]
+
+
+def _stats_table(index: TileIndex) -> dg.MetadataValue[Any]:
+    rows = [
+        [
+            band + 1,
+            f"{index.pre_stats.mean[band]:.1f}",
+            f"{index.pre_stats.std[band]:.1f}",
+            f"{index.post_stats.mean[band]:.1f}",
+            f"{index.post_stats.std[band]:.1f}",
+        ]
+        for band in range(index.bands)
+    ]
+    return markdown_table(["band", "pre mean", "pre std", "post mean", "post std"], rows)
+
+
+@dg.asset(
+    key=KEY,
+    ins={"scene": dg.AssetIn(key=SCENE_KEY)},
+    partitions_def=cd_scenes,
+    group_name="change_detection",
+    kinds={"numpy", "rasterio"},
+    io_manager_key="json_io_manager",
+    check_specs=[
+        dg.AssetCheckSpec(
+            NONEMPTY_CHECK, asset=KEY, blocking=True, description="At least one window is kept."
+        ),
+        dg.AssetCheckSpec(
+            BALANCE_CHECK,
+            asset=KEY,
+            description="The share of changed labelled pixels is within the configured range.",
+        ),
+        dg.AssetCheckSpec(
+            RESIDUAL_CHECK,
+            asset=KEY,
+            blocking=True,
+            description="Median pre/post misalignment after warping is under the limit.",
+        ),
+    ],
+    description=(
+        "The scene's post image warped onto pre's grid and cut into overlapping windows, "
+        "normalised per band; published under a key of the scene commit and the tiling config."
+    ),
+)
+def cd_tiles(
+    context: dg.AssetExecutionContext,
+    config: TilesConfig,
+    scene: dict[str, Any],
+    scene_store: SceneStoreResource,
+    output_store: OutputStoreResource,
+):  # Dagster derives the outputs (value + checks) from the decorator
+    """Tile one scene (or reuse the identical published tile set) and describe it."""
+    core = config.to_core()
+    key = tile_key(scene["scene_id"], scene["commit_id"], core)
+    store: OutputStore = output_store.get_output_store()
+    reused = store.is_published(key)
+    preview: Image.Image | None = None
+    if reused:
+        directory = output_store.fetch(key)
+        index = TileIndex.load(directory)
+        preview = Image.open(directory / "preview.png")
+        context.log.info(f"Tiles for this commit and config already published at {store.uri(key)}")
+    else:
+        Path(output_store.cache_dir).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="tiles-", dir=output_store.cache_dir) as tmp:
+            try:
+                index = _tile(scene, scene_store, config, Path(tmp))
+            except AlignmentError as exc:
+                raise dg.Failure(
+                    description=f"cd/{scene['scene_id']} at {scene['commit_id'][:12]}: {exc}",
+                    allow_retries=False,
+                ) from exc
+            preview = Image.open(Path(tmp) / "preview.png")
+            preview.load()
+            if index.tiles:  # an empty set is never published: later assets find nothing
+                store.publish(Path(tmp), key)
+    published = bool(index.tiles)
+    value = {
+        "scene_id": index.scene_id,
+        "repository": index.repository,
+        "commit_id": index.commit_id,
+        "key": key,
+        "uri": store.uri(key),
+        "published": published,
+        "tile_count": len(index.tiles),
+        "labelled_tiles": sum(1 for t in index.tiles if t.labelled_pixels),
+        "has_label": index.has_label,
+        "config_hash": index.config_hash,
+        "sources": index.sources,
+    }
+    return dg.MaterializeResult(
+        value=value,
+        data_version=dg.DataVersion(f"{index.commit_id[:16]}-{index.config_hash}"),
+        metadata=metadata(
+            {
+                "tile_count": len(index.tiles),
+                "windows_total": index.windows_total,
+                "dropped": index.dropped,
+                "label_fraction": index.label_fraction,
+                "labelled_tiles": value["labelled_tiles"],
+                "alignment_residual_px": index.alignment_residual_px,
+                "tiles_uri": dg.MetadataValue.url(store.uri(key)) if published else "not published",
+                "output_store": output_store.kind,
+                "reused": reused,
+                "lakefs_commit": index.commit_id,
+                "config": index.config,
+                "config_hash": index.config_hash,
+                "grid": f"{index.width}x{index.height} {index.crs}",
+                "band_stats": _stats_table(index),
+                "preview": image_md(preview, "pre | post | label"),
+            }
+        ),
+        check_results=_checks(index, config),
+    )

@@ -1,0 +1,1 @@
+"""Change detection: alignment, tiling, training and inference (no Dagster here)."""

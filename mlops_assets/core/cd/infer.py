@@ -1,0 +1,221 @@
+"""Sliding-window change prediction over a whole scene, streamed to a GeoTIFF.
+
+Windows overlap and are blended with weights that ramp down over the overlap, so seams vanish.
+Rows are predicted one window-row at a time; an accumulator of one window height holds the
+weighted sums, and rows no later window touches are finished and written at once. Memory depends
+on the scene's width and the window size, not on its height.
+
+The output has the pre image's CRS, transform and size: band 1 is the change probability, band 2
+the binary change mask (probability > threshold); nodata (-1) wherever pre or post has none.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+import torch
+from numpy.typing import NDArray
+from PIL import Image
+from rasterio.windows import Window
+from torch import nn
+
+from mlops_assets.core.cd.config import InferenceConfig
+from mlops_assets.core.cd.raster import AlignedPair, overlay_image, positions, rgb_bands, rgb_image
+from mlops_assets.core.cd.tiles import BandStats
+
+NODATA = -1.0
+
+
+@dataclass(frozen=True)
+class ChangeMapSummary:
+    """What a change map says about its scene."""
+
+    width: int
+    height: int
+    valid_pixels: int
+    changed_pixels: int
+    pixel_area_m2: float
+    f1: float | None  # against the label, where one exists
+    precision: float | None
+    recall: float | None
+    labelled_pixels: int
+
+    @property
+    def changed_area_m2(self) -> float:
+        """Area predicted as changed."""
+        return self.changed_pixels * self.pixel_area_m2
+
+    @property
+    def changed_percent(self) -> float:
+        """Share of the valid area predicted as changed, in percent."""
+        return 100.0 * self.changed_pixels / max(self.valid_pixels, 1)
+
+
+def pixel_area_m2(pair: AlignedPair) -> float:
+    """Ground area of a pixel: exact in a projected CRS, at the scene centre in a geographic one."""
+    t = pair.transform
+    area = abs(t.a * t.e - t.b * t.d)
+    if pair.crs.is_geographic:
+        lat = math.radians(t.f + t.e * pair.height / 2 + t.d * pair.width / 2)
+        metres_per_degree = 111_320.0
+        return area * metres_per_degree**2 * math.cos(lat)
+    _, factor = pair.crs.linear_units_factor
+    return area * factor**2
+
+
+def blend_weights(size: int, overlap: int) -> NDArray[np.float32]:
+    """2-D weights: 1 inside, ramping linearly down over ``overlap`` pixels at each edge."""
+    ramp = np.ones(size, np.float32)
+    if overlap > 0:
+        edge = (np.arange(overlap, dtype=np.float32) + 1) / (overlap + 1)
+        ramp[:overlap] = edge
+        ramp[-overlap:] = edge[::-1]
+    return np.outer(ramp, ramp)
+
+
+def _pad_multiple(size: int, multiple: int) -> int:
+    return -(-size // multiple) * multiple
+
+
+@torch.no_grad()
+def predict_windows(
+    model: nn.Module,
+    images: NDArray[np.float32],  # [B, 2C, T, T]
+    device: torch.device,
+    multiple: int,
+) -> NDArray[np.float32]:
+    """Change probabilities [B, T, T] for a batch of normalised windows (padded as needed)."""
+    _, _, h, w = images.shape
+    ph, pw = _pad_multiple(h, multiple), _pad_multiple(w, multiple)
+    batch = torch.from_numpy(images).to(device)
+    if (ph, pw) != (h, w):
+        mode = "reflect" if ph - h < h and pw - w < w else "replicate"
+        batch = torch.nn.functional.pad(batch, (0, pw - w, 0, ph - h), mode=mode)
+    probs = torch.sigmoid(model(batch)[:, 0, :h, :w])
+    return probs.float().cpu().numpy()
+
+
+def predict_scene(
+    pair: AlignedPair,
+    model: nn.Module,
+    pre_stats: BandStats,
+    post_stats: BandStats,
+    config: InferenceConfig,
+    out_path: Path,
+    device: torch.device,
+    size_multiple: int = 32,
+) -> ChangeMapSummary:
+    """Predict ``pair`` into the GeoTIFF ``out_path``; return what it contains."""
+    model = model.to(device).eval()
+    height, width = pair.height, pair.width
+    size = min(config.tile_size, height, width)
+    overlap = min(config.overlap, size // 2)
+    stride = size - overlap
+    rows, cols = positions(height, size, stride), positions(width, size, stride)
+    weights = blend_weights(size, overlap)
+    profile: dict[str, Any] = {
+        "driver": "GTiff",
+        "width": width,
+        "height": height,
+        "count": 2,
+        "dtype": "float32",
+        "crs": pair.crs,
+        "transform": pair.transform,
+        "nodata": NODATA,
+        "tiled": True,
+        "blockxsize": 256,
+        "blockysize": 256,
+        "compress": "deflate",
+        "predictor": 3,
+    }
+    acc = np.zeros((size + stride, width), np.float32)  # weighted probability sums
+    norm = np.zeros((size + stride, width), np.float32)  # weight sums
+    valid_acc = np.zeros((size + stride, width), bool)
+    label_acc = np.full((size + stride, width), 255, np.uint8)
+    acc_start = 0
+    valid_pixels = changed_pixels = tp = fp = fn = labelled = 0
+
+    with rasterio.open(out_path, "w", **profile) as dst:
+        dst.descriptions = ("change_probability", "change_mask")
+        dst.update_tags(threshold=str(config.threshold))
+
+        def flush(until: int) -> None:
+            """Write rows [acc_start, until) and shift the accumulators."""
+            nonlocal acc_start, valid_pixels, changed_pixels, tp, fp, fn, labelled
+            n = until - acc_start
+            if n <= 0:
+                return
+            valid = valid_acc[:n]
+            prob = np.where(norm[:n] > 0, acc[:n] / np.maximum(norm[:n], 1e-12), 0.0)
+            change = (prob > config.threshold) & valid
+            out = np.stack([np.where(valid, prob, NODATA), np.where(valid, change, NODATA)])
+            dst.write(
+                out.astype(np.float32), window=Window.from_slices((acc_start, until), (0, width))
+            )
+            valid_pixels += int(valid.sum())
+            changed_pixels += int(change.sum())
+            has_label = (label_acc[:n] != 255) & valid
+            truth = label_acc[:n] == 1
+            tp += int((change & truth & has_label).sum())
+            fp += int((change & ~truth & has_label).sum())
+            fn += int((~change & truth & has_label).sum())
+            labelled += int(has_label.sum())
+            for array in (acc, norm, valid_acc, label_acc):
+                array[:-n] = array[n:].copy()
+            acc[-n:], norm[-n:], valid_acc[-n:], label_acc[-n:] = 0.0, 0.0, False, 255
+            acc_start = until
+
+        for i, row in enumerate(rows):
+            strip = pair.read_rows(row, size)
+            pre = pre_stats.normalise(strip.pre, strip.valid)
+            post = post_stats.normalise(strip.post, strip.valid)
+            stacked = np.concatenate([pre, post])
+            r0 = row - acc_start
+            valid_acc[r0 : r0 + size] |= strip.valid
+            if strip.label is not None:
+                label_acc[r0 : r0 + size] = strip.label
+            for start in range(0, len(cols), config.batch_size):
+                batch_cols = cols[start : start + config.batch_size]
+                windows = np.stack([stacked[:, :, c : c + size] for c in batch_cols])
+                probs = predict_windows(model, windows, device, size_multiple)
+                for c, prob in zip(batch_cols, probs, strict=True):
+                    acc[r0 : r0 + size, c : c + size] += prob * weights
+                    norm[r0 : r0 + size, c : c + size] += weights
+            next_row = rows[i + 1] if i + 1 < len(rows) else height
+            flush(min(next_row, height))
+
+    precision = tp / (tp + fp) if labelled and tp + fp else (None if not labelled else 0.0)
+    recall = tp / (tp + fn) if labelled and tp + fn else (None if not labelled else 0.0)
+    f1 = None
+    if labelled:
+        f1 = 2 * tp / (2 * tp + fp + fn) if (2 * tp + fp + fn) else 1.0
+    pixel_area = pixel_area_m2(pair)
+    return ChangeMapSummary(
+        width=width,
+        height=height,
+        valid_pixels=valid_pixels,
+        changed_pixels=changed_pixels,
+        pixel_area_m2=float(pixel_area),
+        f1=f1,
+        precision=precision,
+        recall=recall,
+        labelled_pixels=labelled,
+    )
+
+
+def change_overlay(pair: AlignedPair, change_map: Path, max_side: int = 1024) -> Image.Image:
+    """The post image (on pre's grid) with predicted change tinted, at most ``max_side`` px."""
+    scale = max(pair.width, pair.height) / max_side
+    h = max(1, round(pair.height / max(scale, 1)))
+    w = max(1, round(pair.width / max(scale, 1)))
+    bands = rgb_bands(pair.pre)
+    post = pair.post.read(bands, out_shape=(3, h, w))
+    valid = pair.post.dataset_mask(out_shape=(h, w)) > 0
+    with rasterio.open(change_map) as src:
+        mask = src.read(2, out_shape=(h, w))
+    return overlay_image(rgb_image(post, valid), mask == 1)

@@ -1,0 +1,256 @@
+"""Training the change-detection U-Net: seeded, CPU by default, CUDA when present.
+
+`train_change_model` splits the tiles spatially, trains with BCE + Dice, evaluates F1, IoU,
+precision and recall on validation pixels after every epoch (torchmetrics, label 255 ignored), keeps
+the best epoch by F1, and renders a few validation predictions as overlay images. It reports each
+epoch through a callback, so the caller can log to MLflow without this module knowing about it.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader
+from torchmetrics.classification import (
+    BinaryF1Score,
+    BinaryJaccardIndex,
+    BinaryPrecision,
+    BinaryRecall,
+)
+
+from mlops_assets.core.cd.config import TrainConfig
+from mlops_assets.core.cd.dataset import (
+    IGNORE,
+    ChangeTileDataset,
+    Split,
+    TileRef,
+    split_by_block,
+    split_by_scene,
+)
+from mlops_assets.core.cd.model import BceDiceLoss, build_unet, model_spec
+from mlops_assets.core.cd.raster import label_image, overlay_image, rgb_image, side_by_side
+
+
+class TrainingError(RuntimeError):
+    """Training cannot start or diverged."""
+
+
+@dataclass(frozen=True)
+class EpochMetrics:
+    """What one epoch achieved."""
+
+    epoch: int
+    train_loss: float
+    val_loss: float
+    f1: float
+    iou: float
+    precision: float
+    recall: float
+    seconds: float
+    samples_per_second: float
+
+
+@dataclass
+class TrainResult:
+    """A trained model, how it was trained, and how well it does on held-out tiles."""
+
+    model: nn.Module
+    spec: dict[str, Any]
+    history: list[EpochMetrics]
+    best: EpochMetrics
+    train_tiles: int
+    val_tiles: int
+    buffer_tiles: int
+    device: str
+    overlays: list[tuple[str, Image.Image]] = field(
+        default_factory=lambda: list[tuple[str, Image.Image]]()
+    )
+
+
+def select_device(preference: str) -> torch.device:
+    """``cuda`` when asked or available (``auto``), else ``cpu``."""
+    if preference == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("device='cuda' was requested but CUDA is not available")
+    if preference in ("cuda", "auto") and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and PyTorch; return a generator for data loading."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    return torch.Generator().manual_seed(seed)
+
+
+def make_split(refs: Sequence[TileRef], config: TrainConfig) -> Split:
+    """The train/validation split ``config`` asks for."""
+    if config.split == "scene":
+        return split_by_scene(refs, config.val_scenes)
+    stride = min(int(r.index.config["tile_size"]) - int(r.index.config["overlap"]) for r in refs)
+    return split_by_block(refs, config.block_tiles * stride, config.val_fraction, config.seed)
+
+
+def _metrics(device: torch.device, threshold: float) -> dict[str, Any]:
+    return {
+        "f1": BinaryF1Score(threshold=threshold, ignore_index=IGNORE).to(device),
+        "iou": BinaryJaccardIndex(threshold=threshold, ignore_index=IGNORE).to(device),
+        "precision": BinaryPrecision(threshold=threshold, ignore_index=IGNORE).to(device),
+        "recall": BinaryRecall(threshold=threshold, ignore_index=IGNORE).to(device),
+    }
+
+
+def evaluate(
+    model: nn.Module,
+    loader: DataLoader[dict[str, torch.Tensor]],
+    loss_fn: nn.Module,
+    device: torch.device,
+    threshold: float,
+) -> dict[str, float]:
+    """Loss and pixel metrics over a loader (labels 255 ignored)."""
+    metrics = _metrics(device, threshold)
+    model.eval()
+    total, batches = 0.0, 0
+    with torch.no_grad():
+        for batch in loader:
+            image, mask = batch["image"].to(device), batch["mask"].to(device)
+            logits = model(image)
+            total += float(loss_fn(logits, mask))
+            batches += 1
+            probs = torch.sigmoid(logits[:, 0]).flatten()
+            for metric in metrics.values():
+                metric.update(probs, mask.flatten())
+    values = {name: float(metric.compute()) for name, metric in metrics.items()}
+    values["loss"] = total / max(batches, 1)
+    return values
+
+
+def render_overlays(
+    model: nn.Module, refs: Sequence[TileRef], device: torch.device, threshold: float
+) -> list[tuple[str, Image.Image]]:
+    """For each tile: post image with predicted change tinted | the label."""
+    images: list[tuple[str, Image.Image]] = []
+    dataset = ChangeTileDataset(refs)
+    model.eval()
+    with torch.no_grad():
+        for ref, sample in zip(refs, (dataset[i] for i in range(len(dataset))), strict=True):
+            logits = model(sample["image"][None].to(device))
+            predicted = (torch.sigmoid(logits[0, 0]) > threshold).cpu().numpy()
+            bands = sample["image"].shape[0] // 2
+            post = sample["image"][bands:].numpy()
+            rgb = post[[2, 1, 0]] if bands >= 3 else post[[0, 0, 0]]
+            mask = sample["mask"].numpy()
+            valid = mask != IGNORE
+            panel = side_by_side(
+                [
+                    overlay_image(rgb_image(rgb, np.ones_like(valid)), predicted),
+                    label_image(mask, valid),
+                ]
+            )
+            images.append((f"{ref.index.scene_id}_{ref.tile.name}", panel))
+    return images
+
+
+def train_change_model(
+    refs: Sequence[TileRef],
+    config: TrainConfig,
+    on_epoch: Callable[[EpochMetrics], None] | None = None,
+) -> TrainResult:
+    """Train a U-Net on ``refs``; return the best epoch's model (on the CPU, in eval mode)."""
+    if not refs:
+        raise TrainingError("no tiles to train on")
+    generator = seed_everything(config.seed)
+    device = select_device(config.device)
+    split = make_split(refs, config)
+    if not split.train or not split.val:
+        raise TrainingError(
+            f"need labelled tiles on both sides of the split; got {len(split.train)} for training "
+            f"and {len(split.val)} for validation (labelled scenes: "
+            f"{sorted({r.index.scene_id for r in refs if r.tile.labelled_pixels})})"
+        )
+    bands = refs[0].index.bands
+    if any(r.index.bands != bands for r in refs):
+        raise TrainingError("tile sets have different band counts; train one model per sensor")
+    model = build_unet(2 * bands, config).to(device)
+    loss_fn = BceDiceLoss(config.dice_weight)
+    train_loader: DataLoader[dict[str, torch.Tensor]] = DataLoader(
+        ChangeTileDataset(split.train, augment=config.augment),
+        batch_size=config.batch_size,
+        shuffle=True,
+        generator=generator,
+        num_workers=0,
+    )
+    val_loader: DataLoader[dict[str, torch.Tensor]] = DataLoader(
+        ChangeTileDataset(split.val), batch_size=config.batch_size, num_workers=0
+    )
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=max(1, config.epochs * len(train_loader))
+    )
+    history: list[EpochMetrics] = []
+    best: EpochMetrics | None = None
+    best_state: dict[str, torch.Tensor] = {}
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        started = time.perf_counter()
+        total, samples = 0.0, 0
+        for batch in train_loader:
+            image, mask = batch["image"].to(device), batch["mask"].to(device)
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(image), mask)
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"loss became {float(loss)} at epoch {epoch}: training diverged"
+                )
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total += float(loss.detach()) * image.shape[0]
+            samples += image.shape[0]
+        seconds = time.perf_counter() - started
+        values = evaluate(model, val_loader, loss_fn, device, config.threshold)
+        metrics = EpochMetrics(
+            epoch=epoch,
+            train_loss=total / max(samples, 1),
+            val_loss=values["loss"],
+            f1=values["f1"],
+            iou=values["iou"],
+            precision=values["precision"],
+            recall=values["recall"],
+            seconds=seconds,
+            samples_per_second=samples / max(seconds, 1e-9),
+        )
+        history.append(metrics)
+        if on_epoch is not None:
+            on_epoch(metrics)
+        if best is None or metrics.f1 >= best.f1:
+            best = metrics
+            best_state = copy.deepcopy(model.state_dict())
+    assert best is not None
+    model.load_state_dict(best_state)
+    overlays = render_overlays(model, split.val[: config.overlay_images], device, config.threshold)
+    return TrainResult(
+        model=model.cpu().eval(),
+        spec=model_spec(2 * bands, config),
+        history=history,
+        best=best,
+        train_tiles=len(split.train),
+        val_tiles=len(split.val),
+        buffer_tiles=split.buffer,
+        device=str(device),
+        overlays=overlays,
+    )

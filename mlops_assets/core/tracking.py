@@ -1,0 +1,318 @@
+"""MLflow, as every model family uses it: experiments, runs, registered versions and aliases.
+
+The embedded default keeps MLflow in ``sqlite:///<MLOPS_HOME>/mlflow.db`` with artifacts under
+``<MLOPS_HOME>/mlartifacts``; the production stack points ``MLFLOW_TRACKING_URI`` at an MLflow
+server. Both go through `Tracker`, which talks to MLflow only through an explicit `MlflowClient`
+and the tracking URI it was given (never the process-global one), so two trackers in one process
+do not interfere.
+
+Model versions are promoted with aliases only (``challenger``, ``champion``); stages are never
+used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+import urllib.parse
+from collections.abc import Generator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import filelock
+import mlflow
+import requests
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+
+
+class TrackingError(RuntimeError):
+    """MLflow is unreachable, or refuses what was asked of it."""
+
+
+class AliasNotFoundError(TrackingError):
+    """A registered model has no version under the requested alias."""
+
+
+def redact_uri(uri: str) -> str:
+    """``uri`` without a password (``https://user:***@host``), safe for logs and metadata."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.password is None:
+        return uri
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    """A commit-pinned input of a run (``lakefs://repo/commit/path``), logged as a dataset."""
+
+    name: str
+    digest: str
+    uri: str
+    context: str = "train"  # train | validation | ...
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """Whether a candidate may be registered and promoted, and why."""
+
+    passed: bool
+    reason: str
+    candidate: float
+    champion: float | None
+    champion_version: str | None
+
+
+def gate(
+    candidate: float,
+    champion: float | None,
+    minimum: float,
+    tolerance: float,
+    metric: str = "f1",
+    champion_version: str | None = None,
+) -> GateDecision:
+    """Pass if ``candidate`` reaches ``minimum`` and trails the champion by <= ``tolerance``."""
+    if candidate != candidate or candidate < minimum:  # NaN never passes
+        reason = f"{metric} {candidate:.4f} is below the minimum {minimum:.4f}"
+        return GateDecision(False, reason, candidate, champion, champion_version)
+    if champion is not None and candidate < champion - tolerance:
+        reason = (
+            f"{metric} {candidate:.4f} is worse than champion v{champion_version} "
+            f"({champion:.4f}) by more than the tolerance {tolerance:.4f}"
+        )
+        return GateDecision(False, reason, candidate, champion, champion_version)
+    against = (
+        f"champion v{champion_version} has {champion:.4f}, tolerance {tolerance:.4f}"
+        if champion is not None
+        else "no champion yet"
+    )
+    reason = f"{metric} {candidate:.4f} >= minimum {minimum:.4f}; {against}"
+    return GateDecision(True, reason, candidate, champion, champion_version)
+
+
+class Tracker:
+    """One MLflow tracking server (or SQLite file) and one experiment in it."""
+
+    def __init__(
+        self, tracking_uri: str, experiment: str, artifact_root: Path | None = None
+    ) -> None:
+        self.tracking_uri = tracking_uri
+        self.experiment_name = experiment
+        self.artifact_root = artifact_root
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        self._experiment_id: str | None = None
+
+    @property
+    def is_local(self) -> bool:
+        """True for a SQLite (or file) store written by this process directly."""
+        return not self.tracking_uri.startswith(("http://", "https://", "databricks"))
+
+    def check_reachable(self, timeout: float = 5.0) -> None:
+        """Fail fast, with the address, when a tracking server does not answer."""
+        if self.is_local:
+            return
+        url = self.tracking_uri.rstrip("/") + "/health"
+        try:
+            response = requests.get(url, timeout=timeout)
+            response.raise_for_status()
+        except requests.RequestException as exc:
+            raise TrackingError(
+                f"MLflow tracking server {redact_uri(self.tracking_uri)} is unreachable: "
+                f"{type(exc).__name__}: {redact_uri(str(exc))}"
+            ) from exc
+
+    def experiment_id(self) -> str:
+        """The experiment's id, creating it (artifacts under ``artifact_root``) on first use."""
+        if self._experiment_id is not None:
+            return self._experiment_id
+        self.check_reachable()
+        lock: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+        if self.tracking_uri.startswith("sqlite:///"):
+            # A new SQLite store initialised by two processes at once ends up corrupt.
+            db = Path(self.tracking_uri.removeprefix("sqlite:///"))
+            db.parent.mkdir(parents=True, exist_ok=True)
+            lock = filelock.FileLock(str(db) + ".lock", timeout=120)
+        with lock:
+            found = self.client.get_experiment_by_name(self.experiment_name)
+            if found is not None:
+                self._experiment_id = str(found.experiment_id)
+                return self._experiment_id
+            location = None
+            if self.artifact_root is not None:
+                location = (self.artifact_root / self.experiment_name).resolve().as_uri()
+            try:
+                self._experiment_id = str(
+                    self.client.create_experiment(self.experiment_name, artifact_location=location)
+                )
+            except MlflowException:  # created concurrently by another process
+                found = self.client.get_experiment_by_name(self.experiment_name)
+                if found is None:
+                    raise
+                self._experiment_id = str(found.experiment_id)
+        return self._experiment_id
+
+    @contextlib.contextmanager
+    def run(self, name: str, tags: Mapping[str, str]) -> Generator[str]:
+        """A run that ends FINISHED when the block completes and FAILED when it raises."""
+        run = self.client.create_run(self.experiment_id(), run_name=name, tags=dict(tags))
+        run_id = run.info.run_id
+        try:
+            yield run_id
+        except BaseException:
+            self.client.set_terminated(run_id, "FAILED")
+            raise
+        self.client.set_terminated(run_id, "FINISHED")
+
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        """Log ``params`` (values stringified, 100 per batch as MLflow allows)."""
+        items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
+        for start in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[start : start + 100])
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int) -> None:
+        """Log ``metrics`` at ``step`` in one request."""
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()]
+        )
+
+    def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
+        """Set run tags in one request."""
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_datasets(self, run_id: str, datasets: Sequence[DatasetRef]) -> None:
+        """Record commit-pinned inputs, shown under the run's Datasets."""
+        inputs = [
+            DatasetInput(
+                Dataset(
+                    name=d.name,
+                    digest=d.digest[:36],
+                    source_type="lakefs",
+                    source=json.dumps({"uri": d.uri}),
+                ),
+                tags=[InputTag("mlflow.data.context", d.context)],
+            )
+            for d in datasets
+        ]
+        if inputs:
+            self.client.log_inputs(run_id, datasets=inputs)
+
+    def log_image(self, run_id: str, image: Image.Image, path: str) -> None:
+        """An image artifact shown in the run's Artifacts tab."""
+        self.client.log_image(run_id, image, artifact_file=path)
+
+    def log_dict(self, run_id: str, value: Any, path: str) -> None:
+        """A JSON artifact."""
+        self.client.log_dict(run_id, value, path)
+
+    def run_url(self, run_id: str, ui_url: str) -> str:
+        """The MLflow UI page of a run."""
+        return f"{ui_url.rstrip('/')}/#/experiments/{self.experiment_id()}/runs/{run_id}"
+
+    # Registry ----------------------------------------------------------------------------------
+
+    def version_by_alias(self, name: str, alias: str) -> ModelVersion | None:
+        """The version of ``name`` under ``alias``, or None when there is none."""
+        try:
+            return self.client.get_model_version_by_alias(name, alias)
+        except MlflowException as exc:
+            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                return None
+            raise
+
+    def require_alias(self, name: str, alias: str) -> ModelVersion:
+        """The version under ``alias``; `AliasNotFoundError` naming what exists otherwise."""
+        version = self.version_by_alias(name, alias)
+        if version is not None:
+            return version
+        try:
+            aliases = self.client.get_registered_model(name).aliases
+        except MlflowException:
+            raise AliasNotFoundError(
+                f"registered model {name!r} does not exist in {redact_uri(self.tracking_uri)}: "
+                "materialise cd/registered_model first"
+            ) from None
+        known = ", ".join(f"{a}->v{v}" for a, v in sorted(aliases.items())) or "none"
+        raise AliasNotFoundError(
+            f"registered model {name!r} has no version under alias {alias!r} (aliases: {known})"
+        )
+
+    def register(
+        self, name: str, model_uri: str, run_id: str, tags: Mapping[str, str], description: str
+    ) -> ModelVersion:
+        """A new version of ``name`` (created if needed) from a logged model."""
+        try:
+            self.client.get_registered_model(name)
+        except MlflowException:
+            with contextlib.suppress(MlflowException):  # created concurrently
+                self.client.create_registered_model(name)
+        # Resolve the logged model here: the registry store would look a ``models:/m-...`` URI up
+        # through the process-global tracking URI, not this client's.
+        model_id = model_uri.removeprefix("models:/")
+        source = self.client.get_logged_model(model_id).artifact_location
+        return self.client.create_model_version(
+            name=name,
+            source=source,
+            run_id=run_id,
+            model_id=model_id,
+            tags={k: str(v) for k, v in tags.items()},
+            description=description,
+        )
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        """Point ``alias`` at ``version``."""
+        self.client.set_registered_model_alias(name, alias, version)
+
+    def run_metric(self, run_id: str, key: str) -> float | None:
+        """The last logged value of ``key`` in a run."""
+        value = self.client.get_run(run_id).data.metrics.get(key)
+        return None if value is None else float(value)
+
+
+def log_pyfunc(
+    tracker: Tracker,
+    run_id: str,
+    code_path: Path,
+    artifacts: Mapping[str, str],
+    pip_requirements: Sequence[str],
+    signature: Any,
+    input_example: Any = None,
+) -> str:
+    """Log a models-from-code pyfunc in ``run_id``; return its ``models:/m-...`` URI."""
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(tracker.tracking_uri)
+    try:
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=str(code_path),
+                artifacts=dict(artifacts),
+                pip_requirements=list(pip_requirements),
+                signature=signature,
+                input_example=input_example,
+            )
+    finally:
+        mlflow.set_tracking_uri(previous)
+    return info.model_uri
+
+
+def load_pyfunc(tracker: Tracker, model_uri: str) -> Any:
+    """The Python model object behind a pyfunc URI (``models:/name@alias`` works)."""
+    previous = mlflow.get_tracking_uri()
+    previous_registry = mlflow.get_registry_uri()
+    mlflow.set_tracking_uri(tracker.tracking_uri)
+    mlflow.set_registry_uri(tracker.tracking_uri)
+    try:
+        return mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
+    finally:
+        mlflow.set_tracking_uri(previous)
+        mlflow.set_registry_uri(previous_registry)
