@@ -81,7 +81,7 @@ def main() -> None:
 
 
 @main.command("demo-data")
-@click.option("--size", default=512, show_default=True, help="Side of each CD scene in pixels.")
+@click.option("--size", default=768, show_default=True, help="Side of each CD scene in pixels.")
 @click.option(
     "--image-size", default=128, show_default=True, help="Side of each NVS photo in pixels."
 )
@@ -200,6 +200,25 @@ def log(ref: str | None, limit: int, prefixes: tuple[str, ...]) -> None:
         click.echo(f"{commit.id[:12]}  {when}  {commit.message}")
         for key, value in sorted(commit.metadata.items()):
             click.echo(f"{'':14}{key}: {value}")
+
+
+@main.command()
+@click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--ref", default=None, help="Branch, tag or commit (default: the outputs branch).")
+@click.option("--prefix", default="", help="Only objects under this prefix, e.g. cd/farm/.")
+@_fail_cleanly
+def export(dest: Path, ref: str | None, prefix: str) -> None:
+    """Copy the objects under PREFIX at REF into the local folder DEST (keeping their paths)."""
+    settings = _settings()
+    store = _store(settings)
+    at = ref or settings.outputs_branch
+    objects = list(store.list(at, prefix))
+    if not objects:
+        raise StoreError(f"nothing under {prefix or '/'} at {at!r} in {store.repository!r}")
+    for obj in objects:
+        target = dest / obj.path
+        store.download(at, obj.path, target)
+        click.echo(str(target))
 
 
 @main.group()

@@ -8,10 +8,19 @@ import dagster as dg
 import pytest
 
 from mlops_assets.definitions import build_defs
+from mlops_assets.resources.mlflow import MLflowResource
+from mlops_assets.resources.outputs import LocalOutputStoreResource, S3OutputStoreResource
 from mlops_assets.resources.scene_store import EmbeddedSceneStore, LakeFSSceneStore
 from mlops_assets.settings import Settings
 
-EXPECTED_ASSETS = {dg.AssetKey(["cd", "scene"]), dg.AssetKey(["nvs", "scene"])}
+EXPECTED_ASSETS = {
+    dg.AssetKey(["cd", "scene"]),
+    dg.AssetKey(["cd", "tiles"]),
+    dg.AssetKey(["cd", "model"]),
+    dg.AssetKey(["cd", "registered_model"]),
+    dg.AssetKey(["cd", "change_map"]),
+    dg.AssetKey(["nvs", "scene"]),
+}
 
 
 def _asset_keys(defs: dg.Definitions) -> set[dg.AssetKey]:
@@ -26,6 +35,34 @@ def test_embedded_definitions_load(tmp_path: Path) -> None:
     store = defs.resources["scene_store"]
     assert isinstance(store, EmbeddedSceneStore)
     assert store.root == str(tmp_path / ".mlops" / "lakefs")
+    mlflow = defs.resources["mlflow"]
+    assert isinstance(mlflow, MLflowResource)
+    assert mlflow.tracking_uri == f"sqlite:///{tmp_path / '.mlops' / 'mlflow.db'}"
+    assert mlflow.artifact_root == str(tmp_path / ".mlops" / "mlartifacts")
+    outputs = defs.resources["output_store"]
+    assert isinstance(outputs, LocalOutputStoreResource)
+    assert outputs.root == str(tmp_path / ".mlops" / "outputs")
+
+
+def test_production_settings_switch_mlflow_and_outputs_by_configuration(tmp_path: Path) -> None:
+    env = {
+        "MLFLOW_TRACKING_URI": "http://mlflow:5000",
+        "MLOPS_OUTPUT_BUCKET": "tiles",
+        "MLOPS_OUTPUT_PREFIX": "prod",
+        "AWS_ENDPOINT_URL": "http://minio:9000",
+    }
+    defs = build_defs(Settings.from_env(env, cwd=tmp_path))
+    dg.Definitions.validate_loadable(defs)
+    assert defs.resources is not None
+    mlflow = defs.resources["mlflow"]
+    assert isinstance(mlflow, MLflowResource)
+    # The URI may hold credentials: it stays an environment-variable reference.
+    assert isinstance(mlflow.tracking_uri, dg.EnvVar)
+    assert mlflow.tracking_uri.env_var_name == "MLFLOW_TRACKING_URI"
+    outputs = defs.resources["output_store"]
+    assert isinstance(outputs, S3OutputStoreResource)
+    assert (outputs.bucket, outputs.prefix) == ("tiles", "prod")
+    assert outputs.s3.endpoint_url == "http://minio:9000"
 
 
 def test_lakefs_definitions_take_credentials_from_env_vars(tmp_path: Path) -> None:

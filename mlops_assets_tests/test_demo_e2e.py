@@ -23,6 +23,7 @@ def test_demo_materialises_every_scene_with_the_dagster_cli(tmp_path: Path) -> N
         "MLOPS_HOME": str(tmp_path / "home"),
         "DAGSTER_HOME": str(tmp_path / "home" / "dagster"),
         "BIN": str(BIN),
+        "PRESET": "tiny",
     }
     (tmp_path / "home" / "dagster").mkdir(parents=True)
     shutil.copy(REPO / "dagster.yaml", tmp_path / "home" / "dagster" / "dagster.yaml")
@@ -32,18 +33,38 @@ def test_demo_materialises_every_scene_with_the_dagster_cli(tmp_path: Path) -> N
         assert done.returncode == 0, done.stdout + done.stderr
         return done.stdout
 
-    run(str(BIN / "mlops-assets"), "demo-data", "--size", "96", "--image-size", "32")
+    run(str(BIN / "mlops-assets"), "demo-data", "--size", "128", "--image-size", "32")
     run(str(BIN / "mlops-assets"), "partitions", "sync")
     out = run(str(REPO / "scripts" / "demo.sh"))
-    assert out.count("  ok      cd/scene") == 4 and out.count("  ok      nvs/scene") == 3
-    assert "FAILED" not in out
+    assert "FAILED" not in out, out
+    assert out.count("  ok      cd/scene,cd/tiles") == 4 and out.count("  ok      nvs/scene") == 3
+    assert out.count("  ok      cd/model,cd/registered_model") == 1
+    assert out.count("  ok      cd/change_map") == 4
+    assert "mlflow ui --backend-store-uri sqlite:///" in out
+    exported = tmp_path / "home" / "exports" / "cd"
+    assert sorted(p.name for p in exported.iterdir()) == [
+        "farmland-north",
+        "forest-ridge",
+        "riverside-utm32",
+        "suburb-east",
+    ]
+    assert (exported / "suburb-east" / "change_map.tif").stat().st_size > 0
 
     os.environ["DAGSTER_HOME"] = env["DAGSTER_HOME"]
     try:
         with dg.DagsterInstance.get() as instance:
             cd = instance.get_materialized_partitions(dg.AssetKey(["cd", "scene"]))
             nvs = instance.get_materialized_partitions(dg.AssetKey(["nvs", "scene"]))
-        assert cd == {"farmland-north", "suburb-east", "forest-ridge", "riverside-utm32"}
+            maps = instance.get_materialized_partitions(dg.AssetKey(["cd", "change_map"]))
+            registered = instance.get_latest_materialization_event(
+                dg.AssetKey(["cd", "registered_model"])
+            )
+        assert cd == maps == {"farmland-north", "suburb-east", "forest-ridge", "riverside-utm32"}
+        assert registered is not None and registered.asset_materialization is not None
+        assert registered.asset_materialization.metadata["aliases"].value == [
+            "challenger",
+            "champion",
+        ]
         assert nvs == {"globe", "ring", "toy-blocks"}
     finally:
         del os.environ["DAGSTER_HOME"]
