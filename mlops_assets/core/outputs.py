@@ -67,10 +67,10 @@ class LocalOutputStore(OutputStore):
             )
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = target.parent / f".{target.name}.{uuid.uuid4().hex}"
-        shutil.copytree(local_dir, staging)
         try:
+            shutil.copytree(local_dir, staging)
             staging.rename(target)
-        except OSError:
+        except (OSError, shutil.Error):
             shutil.rmtree(staging, ignore_errors=True)
             if not self.is_published(key):  # not a concurrent publisher that won the race
                 raise
@@ -134,13 +134,15 @@ class S3OutputStore(OutputStore):
         staging = target.parent / f".{target.name}.{uuid.uuid4().hex}"
         paginator = self.client.get_paginator("list_objects_v2")
         base = self._key(key) + "/"
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=base):
-            for obj in page.get("Contents", []):
-                dest = staging / obj["Key"][len(base) :]
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                self.client.download_file(self.bucket, obj["Key"], str(dest))
         try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=base):
+                for obj in page.get("Contents", []):
+                    dest = staging / obj["Key"][len(base) :]
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    self.client.download_file(self.bucket, obj["Key"], str(dest))
             staging.rename(target)
-        except OSError:
+        except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
+            if not (target / MARKER).is_file():  # not a concurrent fetch that won the race
+                raise
         return target

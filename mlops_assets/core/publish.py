@@ -57,17 +57,16 @@ def publish_files(
     message: str,
     metadata: Mapping[str, str],
 ) -> Publication:
-    """Make ``prefix`` on ``outputs_branch`` hold exactly ``files`` (names relative to it)."""
+    """Write ``files`` (names relative to ``prefix``) to ``outputs_branch`` in one merge."""
     prefix = prefix.rstrip("/") + "/"
     ensure_branch(store, outputs_branch, base)
     slug = re.sub(r"[^\w-]+", "-", prefix.strip("/"))[:40]
     work = f"publish-{slug}-{uuid.uuid4().hex[:8]}"
     store.create_branch(work, outputs_branch)
     try:
+        # Only the named files are written. Nothing else under the prefix is removed: outputs is
+        # cut from main, so the scene's own inputs live there too.
         targets = {prefix + name: path for name, path in files.items()}
-        for existing in store.list(work, prefix):
-            if existing.path not in targets:
-                store.delete(work, existing.path)
         for target, path in sorted(targets.items()):
             store.put(
                 work, target, path, _CONTENT_TYPES.get(path.suffix, "application/octet-stream")

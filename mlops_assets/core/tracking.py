@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 import urllib.parse
 from collections.abc import Generator, Mapping, Sequence
@@ -47,8 +48,8 @@ def redact_uri(uri: str) -> str:
     parts = urllib.parse.urlsplit(uri)
     if parts.password is None:
         return uri
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    host = parts.netloc.rsplit("@", 1)[1]  # as written: keeps an IPv6 literal's brackets
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
 @dataclass(frozen=True)
@@ -108,8 +109,29 @@ class Tracker:
         self.tracking_uri = tracking_uri
         self.experiment_name = experiment
         self.artifact_root = artifact_root
-        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        self._client: MlflowClient | None = None
         self._experiment_id: str | None = None
+
+    def _lock(self) -> contextlib.AbstractContextManager[Any]:
+        """A file lock for a SQLite store (a new one initialised by two processes breaks)."""
+        if not self.tracking_uri.startswith("sqlite:///"):
+            return contextlib.nullcontext()
+        db = Path(self.tracking_uri.removeprefix("sqlite:///"))
+        db.parent.mkdir(parents=True, exist_ok=True)
+        return filelock.FileLock(str(db) + ".lock", timeout=120)
+
+    @property
+    def client(self) -> MlflowClient:
+        """The MLflow client, created on first use (for SQLite: creating the schema, locked)."""
+        if self._client is None:
+            with self._lock():
+                client = MlflowClient(
+                    tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri
+                )
+                if self.is_local:
+                    client.search_experiments(max_results=1)  # creates/migrates the schema now
+                self._client = client
+        return self._client
 
     @property
     def is_local(self) -> bool:
@@ -135,14 +157,9 @@ class Tracker:
         if self._experiment_id is not None:
             return self._experiment_id
         self.check_reachable()
-        lock: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
-        if self.tracking_uri.startswith("sqlite:///"):
-            # A new SQLite store initialised by two processes at once ends up corrupt.
-            db = Path(self.tracking_uri.removeprefix("sqlite:///"))
-            db.parent.mkdir(parents=True, exist_ok=True)
-            lock = filelock.FileLock(str(db) + ".lock", timeout=120)
-        with lock:
-            found = self.client.get_experiment_by_name(self.experiment_name)
+        client = self.client  # before the lock: creating it takes the lock itself
+        with self._lock():
+            found = client.get_experiment_by_name(self.experiment_name)
             if found is not None:
                 self._experiment_id = str(found.experiment_id)
                 return self._experiment_id
@@ -151,10 +168,10 @@ class Tracker:
                 location = (self.artifact_root / self.experiment_name).resolve().as_uri()
             try:
                 self._experiment_id = str(
-                    self.client.create_experiment(self.experiment_name, artifact_location=location)
+                    client.create_experiment(self.experiment_name, artifact_location=location)
                 )
             except MlflowException:  # created concurrently by another process
-                found = self.client.get_experiment_by_name(self.experiment_name)
+                found = client.get_experiment_by_name(self.experiment_name)
                 if found is None:
                     raise
                 self._experiment_id = str(found.experiment_id)
@@ -278,6 +295,32 @@ class Tracker:
         return None if value is None else float(value)
 
 
+_URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+@contextlib.contextmanager
+def _fluent_uris(uri: str) -> Generator[None]:
+    """Point MLflow's fluent API at ``uri`` for the block, then put everything back as it was.
+
+    ``mlflow.set_tracking_uri`` also writes ``os.environ``; restoring with it would leave the
+    variables set where they were unset (and `Settings` reads them as a deployment).
+    """
+    saved_env = {name: os.environ.get(name) for name in _URI_VARIABLES}
+    saved = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved[0])
+        mlflow.set_registry_uri(saved[1])
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def log_pyfunc(
     tracker: Tracker,
     run_id: str,
@@ -288,31 +331,19 @@ def log_pyfunc(
     input_example: Any = None,
 ) -> str:
     """Log a models-from-code pyfunc in ``run_id``; return its ``models:/m-...`` URI."""
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(tracker.tracking_uri)
-    try:
-        with mlflow.start_run(run_id=run_id):
-            info = mlflow.pyfunc.log_model(
-                name="model",
-                python_model=str(code_path),
-                artifacts=dict(artifacts),
-                pip_requirements=list(pip_requirements),
-                signature=signature,
-                input_example=input_example,
-            )
-    finally:
-        mlflow.set_tracking_uri(previous)
+    with _fluent_uris(tracker.tracking_uri), mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(code_path),
+            artifacts=dict(artifacts),
+            pip_requirements=list(pip_requirements),
+            signature=signature,
+            input_example=input_example,
+        )
     return info.model_uri
 
 
 def load_pyfunc(tracker: Tracker, model_uri: str) -> Any:
     """The Python model object behind a pyfunc URI (``models:/name@alias`` works)."""
-    previous = mlflow.get_tracking_uri()
-    previous_registry = mlflow.get_registry_uri()
-    mlflow.set_tracking_uri(tracker.tracking_uri)
-    mlflow.set_registry_uri(tracker.tracking_uri)
-    try:
+    with _fluent_uris(tracker.tracking_uri):
         return mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
-    finally:
-        mlflow.set_tracking_uri(previous)
-        mlflow.set_registry_uri(previous_registry)

@@ -189,10 +189,11 @@ def predict_scene(
             next_row = rows[i + 1] if i + 1 < len(rows) else height
             flush(min(next_row, height))
 
-    precision = tp / (tp + fp) if labelled and tp + fp else (None if not labelled else 0.0)
-    recall = tp / (tp + fn) if labelled and tp + fn else (None if not labelled else 0.0)
-    f1 = None
+    precision = recall = f1 = None
     if labelled:
+        # No change labelled and none predicted is a perfect score, not an undefined one.
+        precision = tp / (tp + fp) if tp + fp else (1.0 if fn == 0 else 0.0)
+        recall = tp / (tp + fn) if tp + fn else (1.0 if fp == 0 else 0.0)
         f1 = 2 * tp / (2 * tp + fp + fn) if (2 * tp + fp + fn) else 1.0
     pixel_area = pixel_area_m2(pair)
     return ChangeMapSummary(

@@ -98,7 +98,10 @@ def seed_everything(seed: int) -> torch.Generator:
 def make_split(refs: Sequence[TileRef], config: TrainConfig) -> Split:
     """The train/validation split ``config`` asks for."""
     if config.split == "scene":
-        return split_by_scene(refs, config.val_scenes)
+        try:
+            return split_by_scene(refs, config.val_scenes)
+        except ValueError as exc:
+            raise TrainingError(str(exc)) from exc
     stride = min(int(r.index.config["tile_size"]) - int(r.index.config["overlap"]) for r in refs)
     return split_by_block(refs, config.block_tiles * stride, config.val_fraction, config.seed)
 

@@ -1,0 +1,253 @@
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import Affine
+from scipy import ndimage
+
+from mlops_assets.core.cd.config import TilingConfig, config_hash, preset
+from mlops_assets.core.cd.raster import AlignedPair, Strip, open_aligned
+from mlops_assets.core.cd.tiles import (
+    BandStats,
+    TileIndex,
+    alignment_residual,
+    phase_shift,
+    tile_key,
+)
+from mlops_assets.core.outputs import MARKER
+from mlops_assets_tests.conftest import DATA
+from mlops_assets_tests.core.cd import (
+    COMMIT,
+    locations,
+    read_raster,
+    textured,
+    tile_folder,
+    write_raster,
+)
+
+TINY = preset(TilingConfig, "tiny")  # 64 px windows every 48 px
+
+
+@pytest.fixture(scope="module")
+def demo_tiles(
+    demo_cd_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, TileIndex]:
+    out = tmp_path_factory.mktemp("tiles")
+    return out, tile_folder(demo_cd_dir, out, TINY, scene_id="farm")
+
+
+def test_a_tile_set_is_a_directory_with_its_index_written_last(
+    demo_tiles: tuple[Path, TileIndex],
+) -> None:
+    out, index = demo_tiles
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert files == [MARKER, "preview.png", *(f"tiles/{t.name}.npz" for t in index.tiles)]
+    marker = (out / MARKER).stat().st_mtime_ns
+    assert all(marker >= p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file())
+    assert index.windows_total == 9 and len(index.tiles) == 9 and index.dropped == {}
+    assert [(t.row, t.col) for t in index.tiles] == [
+        (r, c) for r in (0, 48, 64) for c in (0, 48, 64)
+    ]
+    assert [t.name for t in index.tiles] == [f"{i:06d}" for i in range(9)]
+    assert index.scene_id == "farm" and index.commit_id == COMMIT
+    assert index.sources["label"] == f"lakefs://scenes/{COMMIT}/cd/farm/label.tif"
+    assert index.crs == "EPSG:32633" and (index.width, index.height, index.bands) == (128, 128, 4)
+    assert index.transform == [2.0, 0.0, 452000.0, 0.0, -2.0, 5411000.0]
+    assert index.config == dataclasses.asdict(TINY) and index.config_hash == config_hash(TINY)
+
+
+def test_tiles_hold_the_aligned_windows_with_unlabelled_pixels_masked(
+    demo_tiles: tuple[Path, TileIndex], demo_cd_dir: Path
+) -> None:
+    out, index = demo_tiles
+    with open_aligned(*locations(demo_cd_dir)) as pair:
+        whole = pair.read_rows(0, pair.height)
+    assert whole.label is not None
+    for tile in index.tiles:
+        rows, cols = slice(tile.row, tile.row + 64), slice(tile.col, tile.col + 64)
+        with np.load(out / "tiles" / f"{tile.name}.npz") as data:
+            assert data["pre"].dtype == np.uint16 and data["pre"].shape == (4, 64, 64)
+            np.testing.assert_array_equal(data["pre"], whole.pre[:, rows, cols])
+            np.testing.assert_array_equal(data["post"], whole.post[:, rows, cols])
+            np.testing.assert_array_equal(data["valid"], whole.valid[rows, cols])
+            expected = np.where(whole.valid[rows, cols], whole.label[rows, cols], 255)
+            np.testing.assert_array_equal(data["mask"], expected)
+        assert tile.change_pixels == int((expected == 1).sum())
+        assert tile.labelled_pixels == int((expected != 255).sum())
+        assert tile.nodata_fraction == round(1 - whole.valid[rows, cols].mean(), 4)
+
+
+def test_band_statistics_and_label_balance_count_every_valid_pixel_once(
+    demo_tiles: tuple[Path, TileIndex], demo_cd_dir: Path
+) -> None:
+    _, index = demo_tiles
+    pre, _ = read_raster(demo_cd_dir / "pre.tif")
+    post, _ = read_raster(demo_cd_dir / "post.tif")
+    label, _ = read_raster(demo_cd_dir / "label.tif")
+    valid = (pre[0] != 0) & (post[0] != 0)
+    for stats, data in ((index.pre_stats, pre), (index.post_stats, post)):
+        values = data[:, valid].astype(np.float64)
+        np.testing.assert_allclose(stats.mean, values.mean(axis=1), rtol=1e-9)
+        np.testing.assert_allclose(stats.std, values.std(axis=1), rtol=1e-6)
+    labelled = valid & (label[0] != 255)
+    assert index.labelled_pixels == int(labelled.sum())
+    assert index.change_pixels == int((labelled & (label[0] == 1)).sum())
+    assert index.label_fraction == pytest.approx(index.change_pixels / index.labelled_pixels)
+    assert 0.01 < (index.label_fraction or 0) < 0.3
+
+
+def test_normalise_centres_each_band_and_zeroes_invalid_pixels() -> None:
+    stats = BandStats(mean=[10.0, 100.0], std=[2.0, 50.0])
+    data = np.array([[[10, 14]], [[100, 0]]], np.uint16)  # [2, 1, 2]
+    out = stats.normalise(data, np.array([[True, False]]))
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, [[[0.0, 0.0]], [[0.0, 0.0]]])
+    np.testing.assert_array_equal(
+        stats.normalise(data, np.ones((1, 2), bool)), [[[0, 2]], [[0, -2]]]
+    )
+
+
+def test_the_scene_is_read_in_one_pass_of_bounded_strips(
+    demo_cd_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads: list[tuple[int, int]] = []
+    original = AlignedPair.read_rows
+
+    def recording(self: AlignedPair, row: int, height: int) -> Strip:
+        reads.append((row, height))
+        return original(self, row, height)
+
+    monkeypatch.setattr(AlignedPair, "read_rows", recording)
+    index = tile_folder(demo_cd_dir, tmp_path, TilingConfig(tile_size=32, overlap=8))
+    assert len(index.tiles) > 0
+    assert max(h for _, h in reads) <= 32
+    # Consecutive, disjoint ranges that cover the scene: every row is read exactly once.
+    assert reads[0][0] == 0 and sum(h for _, h in reads) == 128
+    assert all(r + h == nxt for (r, h), (nxt, _) in itertools.pairwise(reads))
+
+
+def test_a_tall_all_nodata_scene_keeps_nothing_and_says_why(tmp_path: Path) -> None:
+    scene = tmp_path / "empty"
+    scene.mkdir()
+    for role in ("pre", "post"):  # real file: 71 x 2475, 4 bands, every pixel nodata
+        shutil.copy(DATA / "rasterio" / "all-nodata.tif", scene / f"{role}.tif")
+    index = tile_folder(scene, tmp_path / "out", TINY, label=False)
+    assert index.tiles == [] and index.windows_total == 52 * 2
+    assert index.dropped == {"nodata": index.windows_total}
+    assert not index.has_label and index.label_fraction is None
+    assert index.alignment_residual_px is None and index.alignment_samples == 0
+    assert TileIndex.load(tmp_path / "out").tiles == []
+    assert (tmp_path / "out" / "preview.png").is_file()
+
+
+def test_windows_with_too_much_nodata_are_dropped(demo_cd_dir: Path, tmp_path: Path) -> None:
+    strict = dataclasses.replace(TINY, max_nodata_fraction=0.0)
+    index = tile_folder(demo_cd_dir, tmp_path, strict)
+    pre, _ = read_raster(demo_cd_dir / "pre.tif")
+    post, _ = read_raster(demo_cd_dir / "post.tif")
+    valid = (pre[0] != 0) & (post[0] != 0)
+    expected = [
+        (r, c) for r in (0, 48, 64) for c in (0, 48, 64) if valid[r : r + 64, c : c + 64].all()
+    ]
+    assert 0 < len(expected) < 9  # the swath edges touch the border windows
+    assert [(t.row, t.col) for t in index.tiles] == expected
+    assert index.dropped == {"nodata": 9 - len(expected)}
+    assert all(t.nodata_fraction == 0.0 for t in index.tiles)
+
+
+def test_a_scene_smaller_than_a_window_gives_no_windows(demo_cd_dir: Path, tmp_path: Path) -> None:
+    index = tile_folder(demo_cd_dir, tmp_path, TilingConfig(tile_size=144, overlap=0))
+    assert index.windows_total == 0 and index.tiles == [] and index.dropped == {}
+
+
+def test_index_round_trips_through_json(demo_tiles: tuple[Path, TileIndex]) -> None:
+    out, index = demo_tiles
+    loaded = TileIndex.load(out)
+    assert loaded == index
+    assert json.loads((out / MARKER).read_text()) == json.loads(json.dumps(index.to_dict()))
+    assert TileIndex.from_dict(index.to_dict()) == index
+    assert loaded.version == 1
+
+
+def test_tile_key_names_the_commit_and_config_and_is_stable() -> None:
+    key = tile_key("farm", COMMIT, TINY)
+    assert key == f"cd/tiles/farm/{COMMIT[:16]}-{config_hash(TINY)}"
+    assert key == tile_key("farm", COMMIT, preset(TilingConfig, "tiny"))
+    assert tile_key("farm", COMMIT, dataclasses.replace(TINY, overlap=8)) != key
+    assert tile_key("farm", "f" * 64, TINY) != key
+    assert tile_key("river", COMMIT, TINY) != key
+
+
+@pytest.mark.parametrize("shift", [(3, -2), (0, 5), (-4, -4), (1, 0)])
+def test_phase_shift_recovers_an_integer_offset(shift: tuple[int, int]) -> None:
+    ground = textured((160, 160), seed=1).astype(np.float32)
+    dy, dx = shift
+    a = ground[48:112, 48:112]
+    b = ground[48 - dy : 112 - dy, 48 - dx : 112 - dx]  # b(y, x) = a(y - dy, x - dx)
+    # The shift that moves b back onto a. The Hann window both windows share pulls large shifts
+    # slightly towards zero (measured: 5 px reads 4.85 px); near the 0.5 px check it is exact.
+    assert phase_shift(a, b) == pytest.approx((-dy, -dx), abs=0.2)
+
+
+@pytest.mark.parametrize("shift", [(0.5, 0.0), (1.25, -0.75), (0.0, -2.5)])
+def test_phase_shift_recovers_a_subpixel_offset(shift: tuple[float, float]) -> None:
+    ground = textured((128, 128), seed=2, smooth=1.0)
+    moved = np.fft.ifftn(ndimage.fourier_shift(np.fft.fftn(ground), shift)).real
+    a = ground[32:96, 32:96].astype(np.float32)
+    b = moved[32:96, 32:96].astype(np.float32)
+    dy, dx = phase_shift(a, b)
+    assert (dy, dx) == pytest.approx((-shift[0], -shift[1]), abs=0.1)
+
+
+def test_alignment_residual_needs_mostly_valid_pixels_and_ignores_radiometry() -> None:
+    ground = textured((64, 64), seed=3)
+    pre = np.stack([ground * 1000 + 3000] * 4)
+    post = pre * 1.3 + 250  # another date: gain and offset, same place
+    valid = np.ones((64, 64), bool)
+    assert alignment_residual(pre, post, valid) == pytest.approx(0.0, abs=1e-6)
+    valid[:, :7] = False  # 89 % valid
+    assert alignment_residual(pre, post, valid) is None
+
+
+def test_residual_of_the_warped_demo_scene_is_small(
+    demo_cd_warped_dir: Path, tmp_path: Path
+) -> None:
+    index = tile_folder(demo_cd_warped_dir, tmp_path, TINY)
+    assert index.alignment_samples > 0
+    assert index.alignment_residual_px is not None and index.alignment_residual_px < 0.3
+
+
+def _misregister(scene: Path, out: Path, dx: float, dy: float = 0.0) -> TileIndex:
+    """Tile ``scene`` with its post image's georeference moved by (dx, dy) pixels."""
+    moved = out / "scene"
+    shutil.copytree(scene, moved)
+    post, profile = read_raster(scene / "post.tif")
+    transform = profile["transform"] * Affine.translation(dx, dy)
+    write_raster(moved / "post.tif", post, transform=transform)
+    return tile_folder(moved, out / "tiles", dataclasses.replace(TINY, alignment_samples=12))
+
+
+def test_residual_measures_a_known_misregistration(demo_cd_dir: Path, tmp_path: Path) -> None:
+    index = _misregister(demo_cd_dir, tmp_path, 2, -1)  # post's grid 2 px east, 1 px north
+    with (
+        rasterio.open(tmp_path / "scene" / "post.tif") as src,
+        rasterio.open(demo_cd_dir / "post.tif") as original,
+    ):
+        assert src.transform == original.transform * Affine.translation(2, -1)
+    assert index.alignment_samples >= 2
+    assert index.alignment_residual_px == pytest.approx(np.hypot(2, 1), abs=0.1)
+
+
+@pytest.mark.parametrize("dx", [0.4, 0.6])
+def test_residual_measures_a_subpixel_misregistration(
+    demo_cd_dir: Path, tmp_path: Path, dx: float
+) -> None:
+    index = _misregister(demo_cd_dir, tmp_path, dx)
+    assert index.alignment_residual_px == pytest.approx(dx, abs=0.1)

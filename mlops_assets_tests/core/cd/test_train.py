@@ -1,0 +1,130 @@
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from mlops_assets.core.cd.config import TilingConfig, TrainConfig, preset
+from mlops_assets.core.cd.dataset import TileRef, tile_refs
+from mlops_assets.core.cd.model import BceDiceLoss
+from mlops_assets.core.cd.train import EpochMetrics, TrainingError, train_change_model
+from mlops_assets.core.demo.cd import DEMO_CD_SCENES, write_cd_scene
+from mlops_assets_tests.core.cd import tile_folder
+
+TILING = preset(TilingConfig, "tiny")
+TINY = preset(TrainConfig, "tiny", device="cpu")
+TIMING = ("seconds", "samples_per_second")
+
+
+@pytest.fixture(scope="module")
+def two_scenes(demo_cd_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[TileRef]:
+    """Tiles of two labelled 128 px demo scenes (9 windows each): one block per scene."""
+    root = tmp_path_factory.mktemp("train")
+    suburb = write_cd_scene(DEMO_CD_SCENES[1], root / "suburb-east", size=128)
+    sets = [
+        (root / "t-farm", tile_folder(demo_cd_dir, root / "t-farm", TILING, "farmland-north")),
+        (root / "t-suburb", tile_folder(suburb, root / "t-suburb", TILING, "suburb-east")),
+    ]
+    return tile_refs(sets)
+
+
+def _without_timing(history: list[EpochMetrics]) -> list[dict[str, float]]:
+    return [{k: v for k, v in dataclasses.asdict(m).items() if k not in TIMING} for m in history]
+
+
+@pytest.mark.slow
+def test_training_is_seeded_reports_every_epoch_and_keeps_the_best(
+    two_scenes: list[TileRef],
+) -> None:
+    seen: list[EpochMetrics] = []
+    first = train_change_model(two_scenes, TINY, on_epoch=seen.append)
+    second = train_change_model(two_scenes, TINY)
+
+    assert [m.epoch for m in seen] == [1, 2] and seen == first.history
+    assert _without_timing(first.history) == _without_timing(second.history)
+    for a, b in zip(
+        first.model.state_dict().values(), second.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b)
+    # One whole scene validates, the other trains: no buffer is needed between them.
+    assert (first.train_tiles, first.val_tiles, first.buffer_tiles) == (9, 9, 0)
+    assert first.best.f1 == max(m.f1 for m in first.history)
+    assert first.best in first.history
+    for m in first.history:
+        assert 0.0 <= m.f1 <= 1.0 and 0.0 <= m.iou <= m.f1
+        assert m.train_loss > 0 and m.val_loss > 0 and m.samples_per_second > 0
+    assert first.device == "cpu" and not first.model.training
+    assert all(p.device.type == "cpu" for p in first.model.parameters())
+    assert first.spec == {
+        "in_channels": 8,
+        "encoder": "timm-regnetx_002",
+        "encoder_depth": 3,
+        "decoder_channels": [16, 8, 8],
+    }
+    assert len(first.overlays) == TINY.overlay_images == 2
+    for name, image in first.overlays:
+        assert name.split("_")[0] in {"farmland-north", "suburb-east"}
+        assert image.size == (64 + 4 + 64, 64)  # prediction | label
+
+
+def test_no_tiles_is_an_error() -> None:
+    with pytest.raises(TrainingError, match=r"^no tiles to train on$"):
+        train_change_model([], TINY)
+
+
+def test_one_scene_in_one_block_leaves_nothing_to_train_on(two_scenes: list[TileRef]) -> None:
+    farm = [r for r in two_scenes if r.index.scene_id == "farmland-north"]
+    with pytest.raises(
+        TrainingError,
+        match=r"need labelled tiles on both sides of the split; got 0 for training and 9 for "
+        r"validation \(labelled scenes: \['farmland-north'\]\)",
+    ):
+        train_change_model(farm, TINY)
+
+
+def test_unlabelled_tiles_are_not_trained_on(two_scenes: list[TileRef]) -> None:
+    unlabelled = [
+        dataclasses.replace(r, tile=dataclasses.replace(r.tile, labelled_pixels=0, change_pixels=0))
+        for r in two_scenes
+    ]
+    with pytest.raises(TrainingError, match=r"got 0 for training and 0 for validation"):
+        train_change_model(unlabelled, TINY)
+
+
+def test_tile_sets_of_different_sensors_are_refused(two_scenes: list[TileRef]) -> None:
+    suburb = next(r.index for r in two_scenes if r.index.scene_id == "suburb-east")
+    three_bands = dataclasses.replace(suburb, bands=3)
+    mixed = [
+        dataclasses.replace(r, index=three_bands) if r.index is suburb else r for r in two_scenes
+    ]
+    with pytest.raises(TrainingError, match="different band counts; train one model per sensor"):
+        train_change_model(mixed, TINY)
+
+
+def test_a_diverging_run_fails_and_says_so(two_scenes: list[TileRef]) -> None:
+    with pytest.raises(TrainingError, match=r"^loss became nan at epoch 1: training diverged$"):
+        train_change_model(two_scenes, dataclasses.replace(TINY, learning_rate=1e30))
+
+
+def test_a_nan_loss_stops_training_before_the_step(
+    two_scenes: list[TileRef], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(BceDiceLoss, "forward", lambda self, logits, target: logits.sum() * 0 / 0)
+    epochs: list[EpochMetrics] = []
+    with pytest.raises(TrainingError, match=r"^loss became nan at epoch 1: training diverged$"):
+        train_change_model(two_scenes, TINY, on_epoch=epochs.append)
+    assert epochs == []
+
+
+def test_a_validation_scene_without_tiles_is_a_training_error(two_scenes: list[TileRef]) -> None:
+    config = dataclasses.replace(TINY, split="scene", val_scenes=("river",))
+    with pytest.raises(TrainingError, match=r"\['river'\]"):
+        train_change_model(two_scenes, config)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="only where there is no CUDA")
+def test_cuda_requested_without_cuda_is_an_error(two_scenes: list[TileRef]) -> None:
+    with pytest.raises(TrainingError, match="device='cuda' was requested but CUDA is not"):
+        train_change_model(two_scenes, dataclasses.replace(TINY, device="cuda"))
