@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import shutil
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
 from mlops_assets.core.outputs import MARKER, LocalOutputStore, S3OutputStore
 
@@ -141,15 +139,6 @@ def test_local_publish_loses_a_race_gracefully(
 
 
 # S3OutputStore against a real S3 API (moto's server) -----------------------------------------
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
 
 
 @dataclass(frozen=True)

@@ -7,18 +7,14 @@ import json
 import math
 import multiprocessing
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
 import pytest
-import requests
 
 from mlops_assets.core.tracking import (
     CHALLENGER,
@@ -30,6 +26,7 @@ from mlops_assets.core.tracking import (
     gate,
     redact_uri,
 )
+from mlops_assets_tests.conftest import free_port
 from mlops_assets_tests.core.cd import mlflow_uri
 
 
@@ -37,13 +34,6 @@ from mlops_assets_tests.core.cd import mlflow_uri
 def tracker(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> Tracker:
     """A tracker on an empty SQLite store, artifacts under ``tmp_path/artifacts``."""
     return Tracker(mlflow_uri(tmp_path_factory, tmp_path / "db"), "cd", tmp_path / "artifacts")
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on (bound once by the OS, then released)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 # The promotion gate ---------------------------------------------------------------------------
@@ -289,60 +279,6 @@ def test_aliases_resolve_and_missing_ones_name_what_exists(tracker: Tracker) -> 
 
 
 # Against a real MLflow server ----------------------------------------------------------------
-
-
-@pytest.fixture
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> Iterator[str]:
-    """``mlflow server`` on a free port, serving artifacts; stopped with everything it started."""
-    uri = mlflow_uri(tmp_path_factory, tmp_path / "server")  # migrated already: starts faster
-    port = free_port()
-    log = (tmp_path / "server.log").open("wb")
-    process = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "mlflow"),
-            "server",
-            "--backend-store-uri",
-            uri,
-            "--artifacts-destination",
-            str(tmp_path / "server-artifacts"),
-            "--serve-artifacts",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own process group: the finaliser stops all of it
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-    )
-    try:
-        address = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 90
-        while True:
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(f"{address}/health", timeout=2).ok:
-                    break
-            if process.poll() is not None or time.monotonic() > deadline:
-                log.flush()
-                pytest.fail(
-                    f"mlflow server did not come up on {address}:\n"
-                    + (tmp_path / "server.log").read_text()[-3000:]
-                )
-            time.sleep(0.25)
-        yield address
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=15)
-        log.close()
 
 
 @pytest.mark.slow
