@@ -30,6 +30,9 @@ from mlops_assets.resources.scene_store import (
     LakeFSSceneStore,
     SceneStoreResource,
 )
+from mlops_assets.schedules import build_cd_retrain_schedule
+from mlops_assets.sensors.lakefs import build_lakefs_commit_sensor
+from mlops_assets.sensors.mlflow_alias import build_mlflow_alias_sensor
 from mlops_assets.settings import Settings
 
 
@@ -92,6 +95,11 @@ def build_defs(settings: Settings) -> dg.Definitions:
     """The code location: assets, checks and resources for ``settings``."""
     return dg.Definitions(
         assets=[cd_scene, cd_tiles, cd_model, cd_registered_model, cd_change_map, nvs_scene],
+        sensors=[
+            build_lakefs_commit_sensor(minimum_interval_seconds=settings.sensor_interval_s),
+            build_mlflow_alias_sensor(minimum_interval_seconds=settings.sensor_interval_s),
+        ],
+        schedules=[build_cd_retrain_schedule(cron_schedule=settings.retrain_cron)],
         resources=build_resources(settings),
     )
 

@@ -27,6 +27,15 @@ class SettingsError(ValueError):
     """The environment describes an impossible deployment."""
 
 
+def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) < 1:
+        raise SettingsError(f"{name}={raw!r}: expected a whole number of seconds >= 1")
+    return int(raw)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Where state lives and which external systems to use."""
@@ -46,6 +55,8 @@ class Settings:
     output_bucket: str | None = None  # None: tiles under MLOPS_HOME/outputs
     output_prefix: str = ""
     s3_endpoint_url: str | None = None  # AWS_ENDPOINT_URL: MinIO or another S3-compatible server
+    sensor_interval_s: int = 30
+    retrain_cron: str = "0 3 * * 1"  # Mondays 03:00
 
     @property
     def store_kind(self) -> StoreKind:
@@ -114,6 +125,8 @@ class Settings:
             output_bucket=env.get("MLOPS_OUTPUT_BUCKET") or None,
             output_prefix=env.get("MLOPS_OUTPUT_PREFIX", ""),
             s3_endpoint_url=env.get("AWS_ENDPOINT_URL") or None,
+            sensor_interval_s=_positive_int(env, "MLOPS_SENSOR_INTERVAL_S", 30),
+            retrain_cron=env.get("MLOPS_RETRAIN_CRON") or "0 3 * * 1",
         )
 
     def open_store(self, environ: Mapping[str, str] | None = None) -> VersionedStore:

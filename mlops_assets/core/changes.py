@@ -123,7 +123,8 @@ def batch_commits(
     """
     if cursor is None:
         commit = store.get_commit(head)
-        return [BatchCommit(commit.id, commit.parents, commit.message)], False
+        source = merge_source(store, commit, branch)
+        return [BatchCommit(commit.id, commit.parents, commit.message, source)], False
     commits: list[BatchCommit] = []
     for commit in store.log(head, limit=MAX_BATCH_COMMITS + 1):
         if commit.id == cursor:

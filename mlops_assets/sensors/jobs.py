@@ -3,16 +3,14 @@
 A sensor (or schedule) whose target mixes partitions definitions cannot be built: Dagster resolves
 a target to one asset job, and one job has one partitions definition. The per-scene CD assets
 (``cd_scenes``), the NVS assets (``nvs_scenes``) and the unpartitioned model therefore get a job
-each, and every run request names its job. The asset keys are spelled out here rather than
-imported from the asset modules, so that loading a sensor does not import PyTorch; a test checks
-them against the assets.
+each (its partitions follow from its assets), and every run request names its job. The asset keys
+are spelled out here rather than imported from the asset modules, so that loading a sensor does not
+import PyTorch; a test checks them against the assets.
 """
 
 from __future__ import annotations
 
 import dagster as dg
-
-from mlops_assets.partitions import cd_scenes, nvs_scenes
 
 CD_SCENE_KEY = dg.AssetKey(["cd", "scene"])
 CD_TILES_KEY = dg.AssetKey(["cd", "tiles"])
@@ -28,14 +26,12 @@ NVS_SCENE_OP = "nvs__scene"
 cd_scene_refresh = dg.define_asset_job(
     "cd_scene_refresh",
     selection=dg.AssetSelection.assets(CD_SCENE_KEY, CD_TILES_KEY, CD_CHANGE_MAP_KEY),
-    partitions_def=cd_scenes,
     description="One CD scene at one commit: cd/scene, cd/tiles and cd/change_map.",
 )
 
 nvs_scene_refresh = dg.define_asset_job(
     "nvs_scene_refresh",
     selection=dg.AssetSelection.assets(NVS_SCENE_KEY),
-    partitions_def=nvs_scenes,
     description="One NVS scene at one commit: nvs/scene.",
 )
 
@@ -48,6 +44,5 @@ cd_retrain = dg.define_asset_job(
 cd_change_map_refresh = dg.define_asset_job(
     "cd_change_map_refresh",
     selection=dg.AssetSelection.assets(CD_CHANGE_MAP_KEY),
-    partitions_def=cd_scenes,
     description="One CD scene's change map, with the model version under the alias.",
 )

@@ -53,6 +53,8 @@ UNREACHABLE: tuple[type[BaseException], ...] = (
     TimeoutError,
 )
 
+PartitionRequest = dg.AddDynamicPartitionsRequest | dg.DeleteDynamicPartitionsRequest
+
 _FINISHED = frozenset(
     {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
 )
@@ -84,9 +86,7 @@ def batch_tags(changes: SceneChanges, repository: str) -> dict[str, str]:
 
 def plan_scene_runs(
     changes: SceneChanges, known: Mapping[SceneKind, set[str]], repository: str
-) -> tuple[
-    list[dg.RunRequest], list[dg.AddDynamicPartitionsRequest | dg.DeleteDynamicPartitionsRequest]
-]:
+) -> tuple[list[dg.RunRequest], list[PartitionRequest]]:
     """The scene runs and partition changes for ``changes``, given the partitions that exist.
 
     A full comparison (first tick, lost cursor) has no list of deleted scenes: every partition
@@ -94,7 +94,7 @@ def plan_scene_runs(
     """
     tags = batch_tags(changes, repository)
     runs: list[dg.RunRequest] = []
-    partitions: list[dg.AddDynamicPartitionsRequest | dg.DeleteDynamicPartitionsRequest] = []
+    partitions: list[PartitionRequest] = []
     for kind in SceneKind:
         definition = SCENE_PARTITIONS[kind]
         changed = changes.changed[kind]

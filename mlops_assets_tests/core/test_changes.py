@@ -143,6 +143,7 @@ def test_a_merge_reports_the_source_branch_and_its_scenes(
     assert [c.id for c in changes.commits] == [merge, source]  # the merged commit came in too
     assert changes.merge_sources == ["feature"]
     assert [m.id for m in changes.merges] == [merge]
+    assert scene_changes(store, "main", None).merge_sources == ["feature"]  # first tick too
 
 
 def test_merge_source_from_metadata_then_from_a_branch_head(

@@ -51,8 +51,9 @@ class TilingConfig:
 class TrainConfig:
     """How the U-Net is trained."""
 
-    # A 2.7M-parameter RegNetX-200MF encoder and a slim decoder: 3x the CPU throughput of
-    # ResNet-18 at the same F1 on the demo scenes (measured; see benchmarks/RESULTS.md).
+    # A 2.7M-parameter RegNetX-200MF encoder and a slim decoder. Measured on 2 CPU cores, 128 px
+    # tiles, batch 8: 32.3 samples/s against 9.6 for ResNet-18 with the (128, 64, 32, 16)
+    # decoder, and validation F1 0.892 against 0.884 on the 512 px demo scenes.
     encoder: str = "timm-regnetx_002"
     encoder_depth: int = 4
     decoder_channels: tuple[int, ...] = (64, 32, 16, 8)

@@ -1,0 +1,1 @@
+"""Speed, memory and quality benchmarks of the change-detection core (see RESULTS.md)."""

@@ -1,0 +1,211 @@
+"""``python -m benchmarks``: run the benchmarks and print one table.
+
+Options: ``--only NAME`` (repeatable) runs a subset, ``--quick`` uses small sizes (and a short
+training run for the F1 benchmark, shown but not judged), ``--out PATH`` writes the results as
+JSON, ``--strict`` exits 1 when a target is missed. A benchmark that raises is shown as ERROR and
+makes the exit status 2; nothing is hidden behind a zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import BenchResult, cache_root, load_average, machine
+
+
+@dataclass(frozen=True)
+class Bench:
+    """A benchmark: what it checks and how to run it at full and at quick size."""
+
+    name: str
+    about: str
+    full: Callable[[], BenchResult]
+    quick: Callable[[], BenchResult]
+
+
+def _benches() -> list[Bench]:
+    # Imported here so `--help` and `--list` stay fast.
+    from benchmarks.inference import bench_inference_rss, bench_inference_throughput
+    from benchmarks.tiling import bench_tiling_rss, bench_tiling_throughput
+    from benchmarks.training import bench_heldout_f1, bench_training_throughput
+
+    return [
+        Bench(
+            "tiling",
+            "tile_scene vs a rasterio windowed copy (2048 px; quick 512)",
+            lambda: bench_tiling_throughput(2048),
+            lambda: bench_tiling_throughput(512),
+        ),
+        Bench(
+            "tiling-rss",
+            "peak RSS tiling 8192 px vs 1024 px (quick 1024 vs 256)",
+            lambda: bench_tiling_rss(1024, 8192),
+            lambda: bench_tiling_rss(256, 1024),
+        ),
+        Bench(
+            "training",
+            "train_change_model vs a bare PyTorch loop (2 scenes, 512 px; quick 256)",
+            lambda: bench_training_throughput(512),
+            lambda: bench_training_throughput(256, epochs=2, rounds=1),
+        ),
+        Bench(
+            "inference",
+            "predict_scene vs a bare forward over the same windows (2048 px; quick 512)",
+            lambda: bench_inference_throughput(2048),
+            lambda: bench_inference_throughput(512, repeats=2),
+        ),
+        Bench(
+            "inference-rss",
+            "peak RSS of predict_scene 4096 px vs 1024 px (quick 1024 vs 256)",
+            lambda: bench_inference_rss(1024, 4096),
+            lambda: bench_inference_rss(256, 1024),
+        ),
+        Bench(
+            "f1",
+            "held-out F1, default preset, demo scenes at 768 px (quick: 3 epochs)",
+            lambda: bench_heldout_f1(),
+            lambda: bench_heldout_f1(epochs=3),
+        ),
+    ]
+
+
+# The table -----------------------------------------------------------------------------------
+
+
+def _number(value: float | None, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    text = f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
+    return f"{text} {unit}".rstrip()
+
+
+def _verdict(result: BenchResult) -> str:
+    if not result.judged:
+        return "info"
+    return {True: "PASS", False: "FAIL", None: "-"}[result.passed]
+
+
+def table_rows(results: list[BenchResult], errors: dict[str, str]) -> list[list[str]]:
+    """Header and one row per result (and per error)."""
+    rows = [["name", "measured", "reference", "ratio", "target", "pass/fail"]]
+    for r in results:
+        rows.append(
+            [
+                r.name,
+                _number(r.measured, r.unit),
+                _number(r.reference, r.unit),
+                "-" if r.ratio is None else f"{r.ratio:.2f}",
+                str(r.target),
+                _verdict(r),
+            ]
+        )
+    rows += [[name, "-", "-", "-", "-", "ERROR"] for name in errors]
+    return rows
+
+
+def render_table(rows: list[list[str]]) -> str:
+    """A Markdown table, padded so it also reads as plain text."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+
+    def line(row: list[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |"
+
+    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    lines = [line(rows[0]), rule, *(line(row) for row in rows[1:])]
+    return "\n".join(lines)
+
+
+# Running -------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the selected benchmarks, print the table, and return the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--only", action="append", metavar="NAME", help="run only NAME")
+    parser.add_argument("--quick", action="store_true", help="small sizes, short training")
+    parser.add_argument("--out", type=Path, metavar="PATH", help="write the results as JSON")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
+    args = parser.parse_args(argv)
+
+    benches = _benches()
+    known = {b.name for b in benches}
+    if args.list:
+        for b in benches:
+            print(f"{b.name:14} {b.about}")
+        return 0
+    unknown = sorted(set(args.only or ()) - known)
+    if unknown:
+        names = ", ".join(b.name for b in benches)
+        parser.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {names}")
+    selected = [b for b in benches if not args.only or b.name in args.only]
+
+    host = machine()
+    started_at = dt.datetime.now(dt.UTC)
+    load_before = load_average()
+    mode = " (quick)" if args.quick else ""
+    print(f"mlops-assets benchmarks, {started_at:%Y-%m-%d %H:%M} UTC{mode}")
+    print(
+        f"CPU: {host['cpu']}, {host['cores']} cores (torch threads {host['torch_threads']}); "
+        f"GPU: {host['gpu'] or 'none'}; torch {host['torch']}; GDAL {host['gdal']}; "
+        f"Python {host['python']}"
+    )
+    print(f"scene cache: {cache_root()}; load average before: {_load(load_before)}")
+
+    results: list[BenchResult] = []
+    errors: dict[str, str] = {}
+    seconds: dict[str, float] = {}
+    for bench in selected:
+        print(f"... {bench.name}: {bench.about}", flush=True)
+        t0 = time.perf_counter()
+        try:
+            results.append(bench.quick() if args.quick else bench.full())
+        except Exception:  # shown as ERROR with its traceback, and fails the run
+            errors[bench.name] = traceback.format_exc()
+            print(errors[bench.name], file=sys.stderr)
+        seconds[bench.name] = time.perf_counter() - t0
+    load_after = load_average()
+
+    print()
+    print(render_table(table_rows(results, errors)))
+    print()
+    for r in results:
+        if r.note:
+            print(f"- {r.name}: {r.note}")
+    print(f"load average after: {_load(load_after)}; took {sum(seconds.values()) / 60:.1f} min")
+
+    if args.out:
+        report: dict[str, Any] = {
+            "date": started_at.isoformat(timespec="seconds"),
+            "quick": args.quick,
+            "machine": host,
+            "load_before": load_before,
+            "load_after": load_after,
+            "seconds": seconds,
+            "results": [r.to_dict() for r in results],
+            "errors": errors,
+        }
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=1))
+    if errors:
+        return 2
+    if args.strict and any(r.passed is False for r in results):
+        return 1
+    return 0
+
+
+def _load(values: tuple[float, float, float]) -> str:
+    return " ".join(f"{v:.2f}" for v in values)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
