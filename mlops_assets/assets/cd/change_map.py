@@ -1,6 +1,6 @@
 """``cd/change_map``: the champion model slid over a whole scene, published to ``outputs``."""
 
-import json
+import dataclasses
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -158,7 +158,7 @@ def cd_change_map(
                 "overlay_uri": value["overlay"],
                 "size": f"{summary.width}x{summary.height}",
                 "git_sha": git_sha,
-                "inference": json.loads(json.dumps(inference.__dict__)),
+                "inference": dataclasses.asdict(inference),
                 "preview": image_md(overlay, "change overlay"),
             }
         ),
