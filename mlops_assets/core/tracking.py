@@ -29,6 +29,8 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunT
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.tracking._model_registry import utils as registry_utils
+from mlflow.tracking._tracking_service import utils as tracking_utils
 from PIL import Image
 
 CHAMPION = "champion"
@@ -302,18 +304,18 @@ _URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 def _fluent_uris(uri: str) -> Generator[None]:
     """Point MLflow's fluent API at ``uri`` for the block, then put everything back as it was.
 
-    ``mlflow.set_tracking_uri`` also writes ``os.environ``; restoring with it would leave the
-    variables set where they were unset (and `Settings` reads them as a deployment).
+    ``mlflow.set_tracking_uri`` also writes ``os.environ``, and "restoring" through the setters
+    would pin what were defaults (an unset registry URI follows each client's tracking URI; a set
+    one does not). So the module state itself is saved and restored, with the variables.
     """
     saved_env = {name: os.environ.get(name) for name in _URI_VARIABLES}
-    saved = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
+    saved = (tracking_utils._tracking_uri, registry_utils._registry_uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(saved[0])
-        mlflow.set_registry_uri(saved[1])
+        tracking_utils._tracking_uri, registry_utils._registry_uri = saved
         for name, value in saved_env.items():
             if value is None:
                 os.environ.pop(name, None)
