@@ -11,14 +11,14 @@ from mlops_assets.assets.cd.config import EXPERIMENT, ChangeMapConfig
 from mlops_assets.assets.cd.model import REGISTERED_KEY
 from mlops_assets.assets.cd.scene import KEY as SCENE_KEY
 from mlops_assets.assets.cd.tiles import KEY as TILES_KEY
+from mlops_assets.assets.cd.tiles import open_scene
 from mlops_assets.assets.common import image_md, lakefs_links, metadata
 from mlops_assets.core.cd.infer import change_overlay, predict_scene
-from mlops_assets.core.cd.raster import AlignmentError, open_aligned
+from mlops_assets.core.cd.raster import AlignmentError
 from mlops_assets.core.cd.registry import load_cd_model
 from mlops_assets.core.cd.tiles import TileIndex
 from mlops_assets.core.cd.train import select_device
 from mlops_assets.core.publish import publish_files
-from mlops_assets.core.scenes.layout import CDPaths
 from mlops_assets.core.tracking import TrackingError
 from mlops_assets.partitions import cd_scenes
 from mlops_assets.resources.lineage import LineageResource
@@ -68,20 +68,12 @@ def cd_change_map(
     index = TileIndex.load(output_store.fetch(tiles["key"]))
     inference = config.to_core()
     store = scene_store.get_store()
-    paths = CDPaths(scene_id)
-    label = store.raster_location(commit, paths.label) if scene.get("label") else None
-    prefix = f"{scene_id}/"
     Path(output_store.cache_dir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="change-map-", dir=output_store.cache_dir) as tmp:
         out, overlay_path = Path(tmp) / MAP_FILE, Path(tmp) / OVERLAY_FILE
         try:
-            with open_aligned(
-                store.raster_location(commit, paths.pre),
-                store.raster_location(commit, paths.post),
-                label,
-                resampling=str(index.config.get("resampling", "bilinear")),
-                names=(prefix + "pre.tif", prefix + "post.tif", prefix + "label.tif"),
-            ) as pair:
+            resampling = str(index.config.get("resampling", "bilinear"))
+            with open_scene(scene, store, resampling) as pair:
                 summary = predict_scene(
                     pair,
                     model.net,

@@ -1,5 +1,6 @@
 """``cd/tiles``: a scene aligned onto its pre image's grid, cut into normalised windows."""
 
+import contextlib
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -10,10 +11,11 @@ from PIL import Image
 from mlops_assets.assets.cd.config import TilesConfig
 from mlops_assets.assets.cd.scene import KEY as SCENE_KEY
 from mlops_assets.assets.common import image_md, markdown_table, metadata
-from mlops_assets.core.cd.raster import AlignmentError, open_aligned
+from mlops_assets.core.cd.raster import AlignedPair, AlignmentError, open_aligned
 from mlops_assets.core.cd.tiles import TileIndex, tile_key, tile_scene
 from mlops_assets.core.outputs import OutputStore
 from mlops_assets.core.scenes.layout import CDPaths
+from mlops_assets.core.store.base import VersionedStore
 from mlops_assets.partitions import cd_scenes
 from mlops_assets.resources.outputs import OutputStoreResource
 from mlops_assets.resources.scene_store import SceneStoreResource
@@ -24,24 +26,31 @@ BALANCE_CHECK = "label_balance"
 RESIDUAL_CHECK = "alignment_residual"
 
 
+def open_scene(
+    scene: dict[str, Any], store: VersionedStore, resampling: str
+) -> contextlib.AbstractContextManager[AlignedPair]:
+    """The ``cd/scene`` manifest's rasters at its commit, post on pre's grid (errors name files)."""
+    commit, paths = scene["commit_id"], CDPaths(scene["scene_id"])
+    prefix = f"{scene['scene_id']}/"
+    return open_aligned(
+        store.raster_location(commit, paths.pre),
+        store.raster_location(commit, paths.post),
+        store.raster_location(commit, paths.label) if scene.get("label") else None,
+        resampling=resampling,
+        names=(prefix + "pre.tif", prefix + "post.tif", prefix + "label.tif"),
+    )
+
+
 def _tile(
     scene: dict[str, Any], store_resource: SceneStoreResource, config: TilesConfig, work: Path
 ) -> TileIndex:
     store = store_resource.get_store()
     commit, paths = scene["commit_id"], CDPaths(scene["scene_id"])
-    label = store.raster_location(commit, paths.label) if scene.get("label") else None
     sources = {"pre": store.uri(commit, paths.pre), "post": store.uri(commit, paths.post)}
-    if label is not None:
+    if scene.get("label"):
         sources["label"] = store.uri(commit, paths.label)
-    prefix = f"{scene['scene_id']}/"
     core = config.to_core()
-    with open_aligned(
-        store.raster_location(commit, paths.pre),
-        store.raster_location(commit, paths.post),
-        label,
-        resampling=core.resampling,
-        names=(prefix + "pre.tif", prefix + "post.tif", prefix + "label.tif"),
-    ) as pair:
+    with open_scene(scene, store, core.resampling) as pair:
         return tile_scene(pair, work, core, scene["scene_id"], scene["repository"], commit, sources)
 
 
