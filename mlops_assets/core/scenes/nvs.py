@@ -3,17 +3,25 @@
 `read_nvs_scene` pins a scene to one commit, lists its photos with checksums, downloads the COLMAP
 model (a few small files) and reads it with pycolmap; photos are streamed one at a time to prove
 they decode. Problems are recorded, not raised, so `check_nvs_scene` reports all of them.
+
+A scene with photos and no ``sparse/`` at all is valid input: `recover_model_with_sfm` poses the
+photos with structure-from-motion and publishes the model to the outputs branch (never to the
+branch the sensors watch). Either way the scene records a `ModelLocation`, the commit and prefix
+the model is read from, and `materialize_nvs_scene` downloads photos and model from there.
 """
 
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from PIL import Image, UnidentifiedImageError
 
+from mlops_assets.core.nvs.sfm import SfMError, run_sfm
+from mlops_assets.core.publish import publish_files
 from mlops_assets.core.scenes.checks import CheckOutcome, content_hash
 from mlops_assets.core.scenes.colmap import (
     PINHOLE_MODELS,
@@ -22,7 +30,7 @@ from mlops_assets.core.scenes.colmap import (
     model_format,
     read_model,
 )
-from mlops_assets.core.scenes.layout import IMAGE_SUFFIXES, NVSPaths
+from mlops_assets.core.scenes.layout import IMAGE_SUFFIXES, NVSPaths, SceneError
 from mlops_assets.core.store.base import VersionedStore
 from mlops_assets.core.store.types import lakefs_uri
 
@@ -52,6 +60,47 @@ class ModelSummary:
     image_names: list[str]
 
 
+ModelSource = Literal["scene", "sfm"]
+
+
+@dataclass(frozen=True)
+class ModelLocation:
+    """Where a scene's COLMAP model is read from: a commit and a prefix of the same repository.
+
+    ``source`` is ``scene`` for a model committed with the photos, ``sfm`` for one recovered by
+    structure-from-motion and published to the outputs branch (``branch``).
+    """
+
+    source: ModelSource
+    branch: str
+    commit_id: str
+    prefix: str
+    files: list[ObjectRef] = field(default_factory=lambda: list[ObjectRef]())
+
+
+@dataclass(frozen=True)
+class SfMSummary:
+    """How structure-from-motion posed a scene's photos."""
+
+    images: int
+    registered_images: int
+    unregistered: list[str]
+    mean_reprojection_error_px: float | None
+    seconds: float | None  # None when an earlier run's model was reused
+    reused: bool = False
+
+
+@dataclass(frozen=True)
+class SfMSettings:
+    """The structure-from-motion knobs `recover_model_with_sfm` passes to `run_sfm`."""
+
+    min_registered: int = 3
+    max_image_size: int | None = 1600
+    num_threads: int | None = None
+    reuse: bool = True  # reuse a model an earlier run published for the same photos and settings
+    enabled: bool = True  # False: a scene without a model fails instead
+
+
 @dataclass(frozen=True)
 class NVSScene:
     """A novel-view-synthesis scene pinned to one commit."""
@@ -65,6 +114,18 @@ class NVSScene:
     model: ModelSummary | None = None
     missing_images: list[str] = field(default_factory=lambda: list[str]())
     problems: dict[str, str] = field(default_factory=lambda: dict[str, str]())
+    model_location: ModelLocation | None = None
+    sfm: SfMSummary | None = None
+
+    @property
+    def needs_sfm(self) -> bool:
+        """Photos that all decode and no model files at all: structure-from-motion can pose them."""
+        return (
+            not self.model_files
+            and bool(self.images)
+            and self.model_location is None
+            and not self.problems
+        )
 
     @property
     def paths(self) -> NVSPaths:
@@ -93,6 +154,19 @@ class NVSScene:
             "model": vars(self.model) if self.model else None,
             "missing_images": list(self.missing_images),
             "problems": dict(self.problems),
+            "model_location": None
+            if self.model_location is None
+            else {
+                "source": self.model_location.source,
+                "branch": self.model_location.branch,
+                "commit_id": self.model_location.commit_id,
+                "prefix": self.model_location.prefix,
+                "uri": lakefs_uri(
+                    self.repository, self.model_location.commit_id, self.model_location.prefix
+                ),
+                "files": [vars(o) for o in self.model_location.files],
+            },
+            "sfm": None if self.sfm is None else vars(self.sfm),
         }
 
 
@@ -119,16 +193,17 @@ def summarise_model(model: ColmapModel, fmt: str) -> ModelSummary:
     )
 
 
-def _model_problems(model: ColmapModel, where: str) -> list[str]:
+def _model_problems(model: ColmapModel) -> list[str]:
+    """What makes a readable model unusable (zero registered images, an unsupported camera)."""
     problems: list[str] = []
     if not model.images:
-        problems.append(f"{where}: the COLMAP model has zero registered images")
+        problems.append("the COLMAP model has zero registered images")
     unsupported = sorted(
         {c.model for c in model.cameras.values()} - set(PINHOLE_MODELS) - set(RADIAL_MODELS)
     )
     if unsupported:
         problems.append(
-            f"{where}: unsupported camera model(s) {', '.join(unsupported)} "
+            f"unsupported camera model(s) {', '.join(unsupported)} "
             f"(supported: {', '.join(PINHOLE_MODELS + RADIAL_MODELS)})"
         )
     return problems
@@ -153,6 +228,7 @@ def read_nvs_scene(store: VersionedStore, ref: str, scene_id: str) -> NVSScene:
     if not images:
         problems[paths.images] = f"missing: scene {scene_id!r} has no .png/.jpg photos"
     summary: ModelSummary | None = None
+    location: ModelLocation | None = None
     missing: list[str] = []
     with tempfile.TemporaryDirectory(prefix="nvs-scene-") as tmp:
         for image in images:
@@ -164,19 +240,26 @@ def read_nvs_scene(store: VersionedStore, ref: str, scene_id: str) -> NVSScene:
         for obj in model_files:
             store.download(commit_id, obj.path, model_dir / obj.path[len(paths.sparse) :])
         fmt = model_format([o.path[len(paths.sparse) :] for o in model_files])
-        if fmt is None:
+        if fmt is None and model_files:
+            found = ", ".join(sorted(o.path[len(paths.sparse) :] for o in model_files))
             problems[paths.sparse] = (
-                "missing: no complete COLMAP model (cameras, images, points3D as .bin or .txt)"
+                "incomplete: no complete COLMAP model (cameras, images, points3D as .bin or "
+                f".txt); found {found}"
             )
+        elif fmt is None:
+            pass  # photos only: structure-from-motion can pose them (`recover_model_with_sfm`)
         else:
             try:
                 model = read_model(model_dir)
             except ValueError as exc:
-                problems[paths.sparse] = str(exc).replace(str(model_dir), paths.sparse)
+                problems[paths.sparse] = str(exc).removeprefix(f"{model_dir}: ")
             else:
                 summary = summarise_model(model, fmt)
-                for problem in _model_problems(model, paths.sparse):
-                    problems.setdefault(paths.sparse, problem)
+                model_problems = _model_problems(model)
+                if model_problems:
+                    problems[paths.sparse] = "; ".join(model_problems)
+                else:
+                    location = ModelLocation("scene", ref, commit_id, paths.sparse, model_files)
                 present = {i.path[len(paths.images) :] for i in images}
                 missing = sorted(i.name for i in model.images if i.name not in present)
     return NVSScene(
@@ -189,12 +272,19 @@ def read_nvs_scene(store: VersionedStore, ref: str, scene_id: str) -> NVSScene:
         model=summary,
         missing_images=missing,
         problems=problems,
+        model_location=location,
     )
 
 
 def check_nvs_scene(scene: NVSScene) -> list[CheckOutcome]:
-    """The raw-scene checks: files present and readable; model readable, every image present."""
-    file_problems = {p: v for p, v in scene.problems.items() if p != scene.paths.sparse}
+    """The raw-scene checks: files present and readable; model readable, every image present.
+
+    A scene with photos and no model at all passes the model check before structure-from-motion
+    has run (`NVSScene.needs_sfm`: the photos are valid input); once `recover_model_with_sfm` has
+    run, the check says what it recovered, or fails with its error.
+    """
+    paths = scene.paths
+    file_problems = {p: v for p, v in scene.problems.items() if p != paths.sparse}
     files = CheckOutcome(
         name=FILES_CHECK,
         passed=not file_problems,
@@ -205,13 +295,19 @@ def check_nvs_scene(scene: NVSScene) -> list[CheckOutcome]:
         ),
         metadata={"images": len(scene.images), "problems": file_problems},
     )
-    model_problem = scene.problems.get(scene.paths.sparse)
-    reasons = [f"{scene.paths.sparse}: {model_problem}"] if model_problem else []
+    model_problem = scene.problems.get(paths.sparse)
+    reasons = [f"{paths.sparse}: {model_problem}"] if model_problem else []
     if scene.missing_images:
         shown = ", ".join(scene.missing_images[:10])
         reasons.append(
-            f"{len(scene.missing_images)} registered image(s) missing from "
-            f"{scene.paths.images}: {shown}"
+            f"{len(scene.missing_images)} registered image(s) missing from {paths.images}: {shown}"
+        )
+    if not reasons and scene.model_location is None and not scene.needs_sfm:
+        reasons.append(
+            f"{paths.sparse}: no COLMAP model, and structure-from-motion cannot run until every "
+            "photo is readable"
+            if scene.images
+            else f"{paths.sparse}: no COLMAP model, and no photos to recover one from"
         )
     metadata: dict[str, Any] = {"missing_images": list(scene.missing_images)}
     if scene.model is not None:
@@ -220,18 +316,198 @@ def check_nvs_scene(scene: NVSScene) -> list[CheckOutcome]:
             "points": scene.model.points,
             "camera_models": scene.model.camera_models,
         }
-    model = CheckOutcome(
-        name=MODEL_CHECK,
-        passed=not reasons,
-        description=(
+    location = scene.model_location
+    if location is not None:
+        metadata |= {
+            "model_source": location.source,
+            "model_uri": lakefs_uri(scene.repository, location.commit_id, location.prefix),
+        }
+    if reasons:
+        description = "; ".join(reasons)
+    elif scene.model is None or location is None:
+        description = (
+            f"no COLMAP model under {paths.sparse}: structure-from-motion will pose the "
+            f"{len(scene.images)} photos"
+        )
+    elif location.source == "sfm" and scene.sfm is not None:
+        description = (
+            f"no COLMAP model under {paths.sparse}; structure-from-motion registered "
+            f"{scene.sfm.registered_images} of {scene.sfm.images} photos ({scene.model.points} "
+            f"points), model on {location.branch} at {location.commit_id[:12]}"
+        )
+    else:
+        description = (
             f"COLMAP model ({scene.model.format}) with {scene.model.registered_images} registered "
             f"images and {scene.model.points} points; every registered image is present"
-            if not reasons and scene.model is not None
-            else "; ".join(reasons)
-        ),
-        metadata=metadata,
+        )
+    model = CheckOutcome(
+        name=MODEL_CHECK, passed=not reasons, description=description, metadata=metadata
     )
     return [files, model]
+
+
+def recover_model_with_sfm(
+    store: VersionedStore,
+    scene: NVSScene,
+    work_dir: Path,
+    *,
+    outputs_branch: str,
+    base_branch: str,
+    settings: SfMSettings | None = None,
+    message: str | None = None,
+    metadata: Mapping[str, str] | None = None,
+) -> NVSScene:
+    """Pose a photos-only scene with structure-from-motion and publish the model to outputs.
+
+    The photos are read at the scene's commit; the model is written under the scene's
+    ``sparse/0/`` on ``outputs_branch`` (created from ``base_branch`` if missing) through
+    `publish_files`, with ``metadata`` plus the SfM figures on the commit. With
+    ``settings.reuse``, a model an earlier run published for the same scene commit and settings
+    is read back instead of running SfM again. Returns the scene with its `ModelLocation`,
+    model summary and `SfMSummary`; when SfM poses too few photos, the scene carries the error as
+    its model problem and nothing is written.
+    """
+    settings = settings or SfMSettings()
+    if not scene.needs_sfm:
+        raise ValueError(f"nvs/{scene.scene_id} does not need structure-from-motion")
+    paths = scene.paths
+    if not settings.enabled:
+        problem = "no COLMAP model, and structure-from-motion is disabled"
+        return replace(scene, problems={**scene.problems, paths.sparse: problem})
+    tag = _sfm_tag(scene, settings)
+    if settings.reuse:
+        reused = _published_sfm_model(store, scene, outputs_branch, tag, work_dir / "reused")
+        if reused is not None:
+            return reused
+    images_dir = work_dir / "images"
+    for image in scene.images:
+        store.download(scene.commit_id, image.path, images_dir / image.path[len(paths.images) :])
+    try:
+        result = run_sfm(
+            images_dir,
+            work_dir / "sfm",
+            min_registered=settings.min_registered,
+            max_image_size=settings.max_image_size,
+            num_threads=settings.num_threads,
+        )
+    except SfMError as exc:
+        problem = str(exc).replace(str(images_dir), f"{paths.images} at {scene.commit_id[:12]}")
+        return replace(scene, problems={**scene.problems, paths.sparse: problem})
+    model = result.model
+    model_problems = _model_problems(model)
+    if model_problems:  # SfM fits the camera model asked for; refuse it all the same if odd
+        return replace(scene, problems={**scene.problems, paths.sparse: "; ".join(model_problems)})
+    error = model.mean_reprojection_error
+    sfm = SfMSummary(
+        images=result.num_images,
+        registered_images=result.registered,
+        unregistered=result.unregistered,
+        mean_reprojection_error_px=None if error is None else round(error, 4),
+        seconds=round(result.seconds, 2),
+    )
+    files = {p.name: p for p in sorted(result.model_dir.iterdir()) if p.is_file()}
+    publication = publish_files(
+        store,
+        outputs_branch,
+        base_branch,
+        paths.sparse,
+        files,
+        message
+        or (
+            f"SfM model of nvs/{scene.scene_id} at {scene.commit_id[:12]}: "
+            f"{sfm.registered_images} of {sfm.images} photos registered"
+        ),
+        {
+            **(metadata or {}),
+            "source_commit": scene.commit_id,
+            "source_repository": scene.repository,
+            "scene": f"nvs/{scene.scene_id}",
+            "model_source": "sfm",
+            _SFM_TAG_KEY: tag,
+            "sfm_images": str(sfm.images),
+            "sfm_registered_images": str(sfm.registered_images),
+            "sfm_mean_reprojection_error_px": str(sfm.mean_reprojection_error_px),
+        },
+    )
+    refs = [
+        ObjectRef(o.path, o.checksum, o.size)
+        for o in store.list(publication.commit_id, paths.sparse)
+    ]
+    location = ModelLocation("sfm", outputs_branch, publication.commit_id, paths.sparse, refs)
+    return replace(scene, model=summarise_model(model, "bin"), model_location=location, sfm=sfm)
+
+
+_SFM_TAG_KEY = "sfm_settings"
+
+
+def _sfm_tag(scene: NVSScene, settings: SfMSettings) -> str:
+    """What makes two SfM runs interchangeable: the photos and the settings that shape the model."""
+    return (
+        f"{scene.content_hash}:min_registered={settings.min_registered}:"
+        f"max_image_size={settings.max_image_size}"
+    )
+
+
+def _published_sfm_model(
+    store: VersionedStore, scene: NVSScene, outputs_branch: str, tag: str, work_dir: Path
+) -> NVSScene | None:
+    """The scene with the SfM model an earlier run published for ``tag``, if outputs has it."""
+    paths = scene.paths
+    if outputs_branch not in store.list_branches():
+        return None
+    latest = next(iter(store.log(outputs_branch, prefixes=[paths.sparse], limit=1)), None)
+    if latest is None or latest.metadata.get(_SFM_TAG_KEY) != tag:
+        return None
+    objects = list(store.list(latest.id, paths.sparse))
+    for obj in objects:
+        store.download(latest.id, obj.path, work_dir / obj.path[len(paths.sparse) :])
+    try:
+        model = read_model(work_dir)
+    except ValueError:
+        return None  # not a model after all: run SfM again
+    error = model.mean_reprojection_error
+    posed = {image.name for image in model.images}
+    names = [image.path[len(paths.images) :] for image in scene.images]
+    sfm = SfMSummary(
+        images=len(names),
+        registered_images=len(model.images),
+        unregistered=[name for name in names if name not in posed],
+        mean_reprojection_error_px=None if error is None else round(error, 4),
+        seconds=None,
+        reused=True,
+    )
+    refs = [ObjectRef(o.path, o.checksum, o.size) for o in objects]
+    location = ModelLocation("sfm", outputs_branch, latest.id, paths.sparse, refs)
+    return replace(scene, model=summarise_model(model, "bin"), model_location=location, sfm=sfm)
+
+
+def materialize_nvs_scene(
+    store: VersionedStore, scene_record: Mapping[str, Any], dest: Path
+) -> tuple[Path, Path]:
+    """Download a scene's photos and model, each at its pinned commit, into ``dest``.
+
+    ``scene_record`` is the ``nvs/scene`` asset's value (`NVSScene.to_dict`). Photos come from
+    the scene's commit; the model from its ``model_location`` (the same commit, or the outputs
+    commit SfM published it in). Returns ``(dest / "sparse" / "0", dest / "images")``; raises
+    `SceneError` when the record has no usable model.
+    """
+    location = scene_record.get("model_location")
+    scene = f"nvs/{scene_record.get('scene_id')}"
+    if not location:
+        problems = scene_record.get("problems") or {}
+        raise SceneError(f"{scene}: no usable COLMAP model recorded ({problems or 'none found'})")
+    model_dir, images_dir = dest / "sparse" / "0", dest / "images"
+    for image in scene_record["images"]:
+        path = str(image["path"])
+        store.download(scene_record["commit_id"], path, images_dir / path.rsplit("/", 1)[-1])
+    prefix = str(location["prefix"])
+    files = location.get("files") or [
+        {"path": o.path} for o in store.list(location["commit_id"], prefix)
+    ]
+    for obj in files:
+        path = str(obj["path"])
+        store.download(location["commit_id"], path, model_dir / path[len(prefix) :])
+    return model_dir, images_dir
 
 
 def local_nvs_files(src: Path) -> list[str]:
@@ -260,15 +536,17 @@ def validate_local_nvs(src: Path) -> list[str]:
         if problem:
             problems.append(f"{image_dir / name}: {problem}")
     sparse = src / "sparse" / "0"
+    if not (src / "sparse").exists():
+        return problems  # photos only: nvs/scene poses them with structure-from-motion
     if not sparse.is_dir():
-        problems.append(f"{sparse}: missing (no COLMAP model)")
+        problems.append(f"{sparse}: missing (sparse/ holds no model 0)")
         return problems
     try:
         model = read_model(sparse)
     except ValueError as exc:
         problems.append(str(exc))
         return problems
-    problems += _model_problems(model, str(sparse))
+    problems += [f"{sparse}: {problem}" for problem in _model_problems(model)]
     missing = sorted(i.name for i in model.images if i.name not in names)
     if missing:
         problems.append(

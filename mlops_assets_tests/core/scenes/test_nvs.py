@@ -5,19 +5,27 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from mlops_assets.core.scenes.colmap import read_model, write_model
+from mlops_assets.core.scenes.layout import SceneError
 from mlops_assets.core.scenes.nvs import (
     FILES_CHECK,
     MODEL_CHECK,
+    SfMSettings,
     check_nvs_scene,
+    materialize_nvs_scene,
     read_nvs_scene,
+    recover_model_with_sfm,
     validate_local_nvs,
 )
 from mlops_assets.core.store.embedded import EmbeddedStore
 from mlops_assets_tests.conftest import DATA, commit_folder
 
 MAUPERTUIS = DATA / "kapture" / "maupertuis"
+SACRE_COEUR = DATA / "sacre_coeur"  # 4 real photos without poses
+#: 3 of the 4 photos register at 512 px: fast, and enough to test both outcomes.
+FAST_SFM = SfMSettings(min_registered=3, max_image_size=512, num_threads=2)
 
 
 def _outcomes(store: EmbeddedStore, scene_id: str) -> dict[str, tuple[bool, str]]:
@@ -72,14 +80,46 @@ def test_corrupt_photo_is_named(store: EmbeddedStore, tmp_path: Path) -> None:
     assert "nvs/m/images/01.jpg: not a readable image" in description
 
 
-def test_missing_model_is_reported(store: EmbeddedStore, tmp_path: Path) -> None:
+def test_photos_without_a_model_wait_for_sfm(store: EmbeddedStore, tmp_path: Path) -> None:
     folder = _copy(MAUPERTUIS, tmp_path)
     shutil.rmtree(folder / "sparse")
     commit_folder(store, folder, "nvs/m/")
+    scene = read_nvs_scene(store, "main", "m")
+    assert scene.needs_sfm and scene.model_location is None and scene.problems == {}
+    outcomes = {o.name: (o.passed, o.description) for o in check_nvs_scene(scene)}
+    assert outcomes[MODEL_CHECK] == (
+        True,
+        "no COLMAP model under nvs/m/sparse/0/: structure-from-motion will pose the 4 photos",
+    )
+    assert validate_local_nvs(folder) == []  # and such a folder may be ingested
+
+
+def test_incomplete_model_is_refused(store: EmbeddedStore, tmp_path: Path) -> None:
+    folder = _copy(MAUPERTUIS, tmp_path)
+    (folder / "sparse" / "0" / "points3D.txt").unlink()
+    commit_folder(store, folder, "nvs/m/")
+    scene = read_nvs_scene(store, "main", "m")
+    assert not scene.needs_sfm
+    passed, description = _outcomes(store, "m")[MODEL_CHECK]
+    assert not passed
+    assert description == (
+        "nvs/m/sparse/0/: incomplete: no complete COLMAP model (cameras, images, points3D as "
+        ".bin or .txt); found cameras.txt, images.txt"
+    )
+
+
+def test_corrupt_photo_without_model_blocks_sfm(store: EmbeddedStore, tmp_path: Path) -> None:
+    folder = _copy(MAUPERTUIS, tmp_path)
+    shutil.rmtree(folder / "sparse")
+    (folder / "images" / "01.jpg").write_bytes(b"not a jpeg")
+    commit_folder(store, folder, "nvs/m/")
     outcomes = _outcomes(store, "m")
-    assert outcomes[FILES_CHECK][0]
-    assert not outcomes[MODEL_CHECK][0]
-    assert "no complete COLMAP model" in outcomes[MODEL_CHECK][1]
+    assert not outcomes[FILES_CHECK][0]
+    assert outcomes[MODEL_CHECK] == (
+        False,
+        "nvs/m/sparse/0/: no COLMAP model, and structure-from-motion cannot run until every "
+        "photo is readable",
+    )
 
 
 def test_unsupported_camera_model_is_refused(store: EmbeddedStore, tmp_path: Path) -> None:
@@ -93,7 +133,11 @@ def test_unsupported_camera_model_is_refused(store: EmbeddedStore, tmp_path: Pat
     write_model(model, folder / "sparse" / "0", "txt")
     commit_folder(store, folder, "nvs/m/")
     passed, description = _outcomes(store, "m")[MODEL_CHECK]
-    assert not passed and "unsupported camera model(s) OPENCV" in description
+    assert not passed
+    assert description == (
+        "nvs/m/sparse/0/: unsupported camera model(s) OPENCV "
+        "(supported: SIMPLE_PINHOLE, PINHOLE, SIMPLE_RADIAL, RADIAL)"
+    )
 
 
 def test_zero_registered_images_is_refused(store: EmbeddedStore, tmp_path: Path) -> None:
@@ -110,7 +154,8 @@ def test_zero_registered_images_is_refused(store: EmbeddedStore, tmp_path: Path)
     write_model(empty, folder / "sparse" / "0", "bin")
     commit_folder(store, folder, "nvs/m/")
     passed, description = _outcomes(store, "m")[MODEL_CHECK]
-    assert not passed and "zero registered images" in description
+    assert not passed
+    assert description == "nvs/m/sparse/0/: the COLMAP model has zero registered images"
 
 
 def test_validate_local_folder(tmp_path: Path) -> None:
@@ -119,3 +164,126 @@ def test_validate_local_folder(tmp_path: Path) -> None:
     (folder / "images" / "03.jpg").unlink()
     problems = validate_local_nvs(folder)
     assert problems == [f"{folder / 'images'}: 1 registered image(s) missing: 03.jpg"]
+
+
+def _photos_only(store: EmbeddedStore, scene_id: str) -> str:
+    for photo in sorted(SACRE_COEUR.glob("*.jpg")):
+        store.put("main", f"nvs/{scene_id}/images/{photo.name}", photo)
+    return store.commit("main", f"photos of {scene_id}").id
+
+
+def test_sfm_model_goes_to_outputs_and_is_reused(store: EmbeddedStore, tmp_path: Path) -> None:
+    commit = _photos_only(store, "sc")
+    scene = read_nvs_scene(store, "main", "sc")
+    recovered = recover_model_with_sfm(
+        store,
+        scene,
+        tmp_path / "w1",
+        outputs_branch="outputs",
+        base_branch="main",
+        settings=FAST_SFM,
+        metadata={"dagster_run_id": "run-1"},
+    )
+    location = recovered.model_location
+    assert location is not None and recovered.sfm is not None and recovered.model is not None
+    assert (location.source, location.branch, location.prefix) == (
+        "sfm",
+        "outputs",
+        "nvs/sc/sparse/0/",
+    )
+    assert (recovered.sfm.images, recovered.sfm.registered_images) == (4, 3)
+    assert len(recovered.sfm.unregistered) == 1 and not recovered.sfm.reused
+    assert recovered.model.camera_models == ["SIMPLE_RADIAL"]
+    # The model is on outputs only, pinned at the publication commit; main is untouched.
+    assert store.resolve("main") == commit
+    assert not store.exists("main", "nvs/sc/sparse/0/cameras.bin")
+    assert {f.path for f in location.files} >= {
+        f"nvs/sc/sparse/0/{n}.bin" for n in ("cameras", "images", "points3D")
+    }
+    published = store.get_commit(location.commit_id)
+    assert published.metadata["source_commit"] == commit
+    assert published.metadata["model_source"] == "sfm"
+    assert published.metadata["dagster_run_id"] == "run-1"
+    assert published.metadata["sfm_registered_images"] == "3"
+    passed, description = {o.name: (o.passed, o.description) for o in check_nvs_scene(recovered)}[
+        MODEL_CHECK
+    ]
+    assert passed and "structure-from-motion registered 3 of 4 photos" in description
+    record = recovered.to_dict()
+    assert (
+        record["model_location"]["uri"] == f"lakefs://scenes/{location.commit_id}/nvs/sc/sparse/0/"
+    )
+    assert record["sfm"]["registered_images"] == 3
+
+    # A second run for the same photos and settings reads the published model back.
+    again = recover_model_with_sfm(
+        store,
+        read_nvs_scene(store, "main", "sc"),
+        tmp_path / "w2",
+        outputs_branch="outputs",
+        base_branch="main",
+        settings=FAST_SFM,
+    )
+    assert again.sfm is not None and again.sfm.reused
+    assert again.model_location is not None
+    assert again.model_location.files == location.files
+    assert again.model == recovered.model
+
+    # Downstream reads photos from main's commit and the model from outputs.
+    model_dir, images_dir = materialize_nvs_scene(store, record, tmp_path / "local")
+    assert sorted(p.name for p in images_dir.iterdir()) == sorted(
+        p.name for p in SACRE_COEUR.glob("*.jpg")
+    )
+    assert len(read_model(model_dir).images) == 3
+
+
+def test_sfm_registering_too_few_writes_nothing(store: EmbeddedStore, tmp_path: Path) -> None:
+    commit = _photos_only(store, "sc")
+    scene = read_nvs_scene(store, "main", "sc")
+    settings = SfMSettings(min_registered=4, max_image_size=512, num_threads=2)
+    failed = recover_model_with_sfm(
+        store,
+        scene,
+        tmp_path / "w",
+        outputs_branch="outputs",
+        base_branch="main",
+        settings=settings,
+    )
+    assert failed.model_location is None
+    passed, description = {o.name: (o.passed, o.description) for o in check_nvs_scene(failed)}[
+        MODEL_CHECK
+    ]
+    assert not passed
+    assert description == (
+        f"nvs/sc/sparse/0/: SfM registered 3 of 4 images in nvs/sc/images/ at {commit[:12]}; "
+        "at least 4 are needed"
+    )
+    assert "outputs" not in store.list_branches()
+    with pytest.raises(SceneError, match="nvs/sc: no usable COLMAP model recorded"):
+        materialize_nvs_scene(store, failed.to_dict(), tmp_path / "local")
+
+
+def test_sfm_disabled(store: EmbeddedStore, tmp_path: Path) -> None:
+    _photos_only(store, "sc")
+    scene = recover_model_with_sfm(
+        store,
+        read_nvs_scene(store, "main", "sc"),
+        tmp_path,
+        outputs_branch="outputs",
+        base_branch="main",
+        settings=SfMSettings(enabled=False),
+    )
+    assert scene.problems == {
+        "nvs/sc/sparse/0/": "no COLMAP model, and structure-from-motion is disabled"
+    }
+
+
+def test_materialize_a_committed_model(store: EmbeddedStore, tmp_path: Path) -> None:
+    commit_folder(store, MAUPERTUIS, "nvs/maup/")
+    record = read_nvs_scene(store, "main", "maup").to_dict()
+    assert record["model_location"]["source"] == "scene"
+    assert record["model_location"]["commit_id"] == record["commit_id"]
+    model_dir, images_dir = materialize_nvs_scene(store, record, tmp_path / "local")
+    assert (model_dir, images_dir) == (tmp_path / "local/sparse/0", tmp_path / "local/images")
+    assert sorted(p.name for p in images_dir.iterdir()) == [f"0{i}.jpg" for i in range(4)]
+    assert len(read_model(model_dir).points) == 1039
