@@ -137,6 +137,14 @@ class NVSScene:
         return lakefs_uri(self.repository, self.commit_id, path)
 
     @property
+    def model_uri(self) -> str | None:
+        """A commit-pinned URI of the model's prefix (None without a usable model)."""
+        location = self.model_location
+        if location is None:
+            return None
+        return lakefs_uri(self.repository, location.commit_id, location.prefix)
+
+    @property
     def content_hash(self) -> str:
         """A hash of the scene's files only: unchanged when other scenes change."""
         objects = [*self.images, *self.model_files]
@@ -161,9 +169,7 @@ class NVSScene:
                 "branch": self.model_location.branch,
                 "commit_id": self.model_location.commit_id,
                 "prefix": self.model_location.prefix,
-                "uri": lakefs_uri(
-                    self.repository, self.model_location.commit_id, self.model_location.prefix
-                ),
+                "uri": self.model_uri,
                 "files": [vars(o) for o in self.model_location.files],
             },
             "sfm": None if self.sfm is None else vars(self.sfm),
