@@ -229,6 +229,10 @@ class Tracker:
         """An image artifact shown in the run's Artifacts tab."""
         self.client.log_image(run_id, image, artifact_file=path)
 
+    def log_artifact(self, run_id: str, path: Path, directory: str | None = None) -> None:
+        """A file artifact, under ``directory`` in the run's artifacts."""
+        self.client.log_artifact(run_id, str(path), directory)
+
     def log_dict(self, run_id: str, value: Any, path: str) -> None:
         """A JSON artifact."""
         self.client.log_dict(run_id, value, path)
@@ -248,8 +252,13 @@ class Tracker:
                 return None
             raise
 
-    def require_alias(self, name: str, alias: str) -> ModelVersion:
-        """The version under ``alias``; `AliasNotFoundError` naming what exists otherwise."""
+    def require_alias(
+        self, name: str, alias: str, producer: str = "cd/registered_model"
+    ) -> ModelVersion:
+        """The version under ``alias``; `AliasNotFoundError` naming what exists otherwise.
+
+        ``producer`` is the asset that registers ``name``, named in the message.
+        """
         version = self.version_by_alias(name, alias)
         if version is not None:
             return version
@@ -258,7 +267,7 @@ class Tracker:
         except MlflowException:
             raise AliasNotFoundError(
                 f"registered model {name!r} does not exist in {redact_uri(self.tracking_uri)}: "
-                "materialise cd/registered_model first"
+                f"materialise {producer} first"
             ) from None
         known = ", ".join(f"{a}->v{v}" for a, v in sorted(aliases.items())) or "none"
         raise AliasNotFoundError(
@@ -331,8 +340,12 @@ def log_pyfunc(
     pip_requirements: Sequence[str],
     signature: Any,
     input_example: Any = None,
+    code_paths: Sequence[str] = (),
 ) -> str:
-    """Log a models-from-code pyfunc in ``run_id``; return its ``models:/m-...`` URI."""
+    """Log a models-from-code pyfunc in ``run_id``; return its ``models:/m-...`` URI.
+
+    ``code_paths`` are copied into the model and put on ``sys.path`` when it loads.
+    """
     with _fluent_uris(tracker.tracking_uri), mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name="model",
@@ -341,6 +354,7 @@ def log_pyfunc(
             pip_requirements=list(pip_requirements),
             signature=signature,
             input_example=input_example,
+            code_paths=list(code_paths) or None,
         )
     return info.model_uri
 
