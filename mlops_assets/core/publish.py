@@ -27,6 +27,16 @@ _CONTENT_TYPES = {
 }
 
 
+def link_metadata(links: Mapping[str, str | None]) -> dict[str, str]:
+    """Commit metadata the lakeFS UI shows as link buttons: ``::lakefs::<Name>::url[url:ui]``.
+
+    Links without a URL are left out. Every commit the pipeline writes carries these (with the
+    Dagster run id beside them): the change maps published here, and the merges of
+    write-audit-publish ingestion (`mlops_assets.core.wap`).
+    """
+    return {f"::lakefs::{name}::url[url:ui]": url for name, url in links.items() if url}
+
+
 @dataclass(frozen=True)
 class Publication:
     """Where published files ended up."""

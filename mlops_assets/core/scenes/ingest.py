@@ -57,23 +57,34 @@ class UploadPlan:
         return sum(local.stat().st_size for local, _ in self.files)
 
 
-def plan_upload(kind: SceneKind, src: Path, scene_id: str) -> UploadPlan:
-    """Validate a local scene folder; raise `SceneError` listing every problem."""
+def plan_upload(kind: SceneKind, src: Path, scene_id: str, validate: bool = True) -> UploadPlan:
+    """Validate a local scene folder; raise `SceneError` listing every problem.
+
+    ``validate=False`` only maps the folder's layout files to their object paths and leaves the
+    judging to the raw-scene checks on the branch the scene is written to (write-audit-publish,
+    `mlops_assets.core.wap`): there, a scene that fails stays on its branch for inspection. The
+    scene id and the folder itself are checked either way.
+    """
     validate_scene_id(scene_id)
     if not src.is_dir():
         raise SceneError(f"scene {scene_id!r}: {src} is not a directory")
+    problems: list[str] = []
     if kind is SceneKind.CD:
-        problems = validate_local_cd(src)
+        if validate:
+            problems = validate_local_cd(src)
         paths = CDPaths(scene_id)
         wanted = {"pre.tif": paths.pre, "post.tif": paths.post, "label.tif": paths.label}
         files = [(src / name, target) for name, target in wanted.items() if (src / name).exists()]
     else:
-        problems = validate_local_nvs(src)
+        if validate:
+            problems = validate_local_nvs(src)
         nvs_paths = NVSPaths(scene_id)
         files = [(src / rel, nvs_paths.prefix + rel) for rel in local_nvs_files(src)]
     if problems:
         listed = "; ".join(problems)
         raise SceneError(f"{kind.value} scene {scene_id!r} from {src} is not valid: {listed}")
+    if not files:
+        raise SceneError(f"{kind.value} scene {scene_id!r}: {src} holds no file of the layout")
     taken = {local.resolve() for local, _ in files}
     ignored = sorted(p for p in src.rglob("*") if p.is_file() and p.resolve() not in taken)
     return UploadPlan(kind, scene_id, files, ignored)

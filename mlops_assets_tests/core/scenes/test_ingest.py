@@ -142,3 +142,21 @@ def test_stage_scene_reports_changes(store: EmbeddedStore, demo_cd_dir: Path) ->
         ("cd/farm/post.tif", "added"),
         ("cd/farm/pre.tif", "added"),
     ]
+
+
+def test_without_validation_the_layout_files_are_planned_as_they_are(
+    tmp_path: Path, demo_cd_dir: Path
+) -> None:
+    folder = tmp_path / "s"
+    shutil.copytree(demo_cd_dir, folder)
+    shutil.copy(DATA / "rasterio" / "corrupt.tif", folder / "post.tif")
+    plan = plan_upload(SceneKind.CD, folder, "s", validate=False)  # the branch's checks judge
+    assert [target for _, target in plan.files] == [
+        "cd/s/pre.tif",
+        "cd/s/post.tif",
+        "cd/s/label.tif",
+    ]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SceneError, match="holds no file of the layout"):
+        plan_upload(SceneKind.NVS, empty, "e", validate=False)

@@ -1,0 +1,169 @@
+"""Write-audit-publish ingestion on the embedded store: main only ever gets scenes that passed."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from pathlib import Path
+
+import pytest
+
+from mlops_assets.core import wap
+from mlops_assets.core.changes import scene_changes
+from mlops_assets.core.publish import link_metadata
+from mlops_assets.core.scenes.cd import FILES_CHECK, OVERLAP_CHECK
+from mlops_assets.core.scenes.checks import CheckOutcome
+from mlops_assets.core.scenes.ingest import plan_upload
+from mlops_assets.core.scenes.layout import SceneKind
+from mlops_assets.core.store.embedded import EmbeddedStore
+from mlops_assets.core.store.types import InvalidNameError, NoChangesError, validate_branch_name
+from mlops_assets.core.wap import (
+    PublishError,
+    audit_scene,
+    ingest_branch_name,
+    write_audit_publish,
+)
+from mlops_assets_tests.conftest import DATA
+
+WHEN = dt.datetime(2026, 11, 23, 14, 39, 1, tzinfo=dt.UTC)
+LINEAGE = {
+    "dagster_run_id": "run-123",
+    **link_metadata({"Dagster": "http://dagster:3000/runs/run-123", "MLflow": None}),
+}
+
+
+@pytest.fixture
+def corrupt_dir(tmp_path: Path, demo_cd_dir: Path) -> Path:
+    """The demo scene with an undecodable pre image (local validation would refuse it)."""
+    folder = tmp_path / "corrupt"
+    shutil.copytree(demo_cd_dir, folder)
+    shutil.copy(DATA / "rasterio" / "corrupt.tif", folder / "pre.tif")
+    return folder
+
+
+def test_branch_names_follow_lakefs_rules() -> None:
+    name = ingest_branch_name("farm_2", WHEN)
+    assert name == "ingest-farm_2-20261123T143901Z"
+    assert validate_branch_name(name) == name
+    with pytest.raises(InvalidNameError):  # why the issue's ingest/<scene>-<ts> is not used
+        validate_branch_name("ingest/farm-20261123T143901Z")
+
+
+def test_a_passing_scene_is_merged_with_its_source_checks_and_links(
+    store: EmbeddedStore, demo_cd_dir: Path
+) -> None:
+    before = store.resolve("main")
+    plan = plan_upload(SceneKind.CD, demo_cd_dir, "farm", validate=False)
+
+    result = write_audit_publish(
+        store, "main", plan, when=WHEN, metadata={"source": "test"}, lineage=LINEAGE
+    )
+
+    assert result.merged and result.failed == []
+    assert [c.name for c in result.checks] == [FILES_CHECK, OVERLAP_CHECK]
+    assert result.branch == "ingest-farm-20261123T143901Z" and result.base == before
+    head = store.get_commit("main")
+    assert head.id == result.merge_commit_id
+    assert head.parents == (before, result.commit_id)
+    assert head.message == (
+        "Merge 'ingest-farm-20261123T143901Z' into 'main': cd/farm passed its checks"
+    )
+    assert head.metadata == {
+        "merge_source": "ingest-farm-20261123T143901Z",
+        "scene": "cd/farm",
+        "ingest_commit": result.commit_id,
+        "checks": f"{FILES_CHECK}: passed; {OVERLAP_CHECK}: passed",
+        "dagster_run_id": "run-123",
+        "::lakefs::Dagster::url[url:ui]": "http://dagster:3000/runs/run-123",
+        ".lakefs.merge.strategy": "default",
+    }
+    ingest = store.get_commit(result.commit_id)
+    assert ingest.metadata["source"] == "test"
+    assert ingest.metadata["dagster_run_id"] == "run-123"
+    assert ingest.metadata["::lakefs::Dagster::url[url:ui]"].endswith("/runs/run-123")
+    assert [s.path for s in store.list("main", "cd/farm/")] == [
+        "cd/farm/label.tif",
+        "cd/farm/post.tif",
+        "cd/farm/pre.tif",
+    ]
+    assert set(store.list_branches()) == {"main"}  # the ingest branch is gone after the merge
+    # The commit sensor sees the merge as a change to exactly this scene, from this branch.
+    changes = scene_changes(store, "main", before)
+    assert changes.changed[SceneKind.CD] == ["farm"]
+    assert changes.merge_sources == ["ingest-farm-20261123T143901Z"]
+
+
+def test_a_failing_scene_leaves_main_alone_and_keeps_its_branch(
+    store: EmbeddedStore, corrupt_dir: Path
+) -> None:
+    before = store.resolve("main")
+    plan = plan_upload(SceneKind.CD, corrupt_dir, "bad", validate=False)
+
+    result = write_audit_publish(store, "main", plan, when=WHEN, lineage=LINEAGE)
+
+    assert not result.merged and result.branch_kept
+    assert store.resolve("main") == before
+    assert store.list_prefixes("main", "cd/") == []
+    assert store.list_branches()[result.branch] == result.commit_id
+    assert store.exists(result.branch, "cd/bad/pre.tif")  # there for inspection
+    (line,) = [line for line in result.failure_lines() if line.startswith(FILES_CHECK)]
+    assert "cd/bad/pre.tif: not a readable GeoTIFF" in line
+    # The same functions the cd/scene asset checks run give the same verdict on that commit.
+    assert [o.passed for o in audit_scene(store, SceneKind.CD, "bad", result.commit_id)] == [
+        o.passed for o in result.checks
+    ]
+
+
+def test_an_nvs_scene_is_audited_with_the_nvs_checks(store: EmbeddedStore) -> None:
+    plan = plan_upload(SceneKind.NVS, DATA / "kapture" / "maupertuis", "maup", validate=False)
+    result = write_audit_publish(store, "main", plan, when=WHEN)
+    assert result.merged, result.failure_lines()
+    assert {c.name for c in result.checks} == {
+        "files_present_and_readable",
+        "model_readable_and_images_present",
+    }
+    assert store.exists("main", "nvs/maup/sparse/0/points3D.txt")
+
+
+def test_an_unchanged_scene_publishes_nothing_and_leaves_no_branch(
+    store: EmbeddedStore, demo_cd_dir: Path
+) -> None:
+    plan = plan_upload(SceneKind.CD, demo_cd_dir, "farm")
+    write_audit_publish(store, "main", plan, when=WHEN)
+    head = store.resolve("main")
+    with pytest.raises(NoChangesError, match="cd/farm is already identical on 'main'"):
+        write_audit_publish(store, "main", plan, when=WHEN + dt.timedelta(seconds=1))
+    assert store.resolve("main") == head and set(store.list_branches()) == {"main"}
+
+
+def test_two_ingests_in_one_second_get_two_branches(
+    store: EmbeddedStore, corrupt_dir: Path
+) -> None:
+    plan = plan_upload(SceneKind.CD, corrupt_dir, "bad", validate=False)
+    first = write_audit_publish(store, "main", plan, when=WHEN)
+    second = write_audit_publish(store, "main", plan, when=WHEN)
+    assert second.branch == f"{first.branch}-2"
+
+
+def test_a_conflicting_change_on_main_keeps_the_audited_branch(
+    store: EmbeddedStore,
+    demo_cd_dir: Path,
+    demo_cd_warped_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    plan = plan_upload(SceneKind.CD, demo_cd_dir, "farm")
+
+    def audit_then_race(
+        store_: EmbeddedStore, kind: SceneKind, scene_id: str, ref: str
+    ) -> list[CheckOutcome]:  # somebody commits the same scene to main meanwhile
+        outcomes = audit_scene(store_, kind, scene_id, ref)
+        for name in ("pre.tif", "post.tif"):
+            store.put("main", f"cd/farm/{name}", demo_cd_warped_dir / name)
+        store.commit("main", "racing ingest")
+        return outcomes
+
+    monkeypatch.setattr(wap, "audit_scene", audit_then_race)
+    with pytest.raises(PublishError, match="passed its checks on branch 'ingest-farm-"):
+        write_audit_publish(store, "main", plan, when=WHEN)
+    assert store.get_commit("main").message == "racing ingest"
+    assert any(name.startswith("ingest-farm-") for name in store.list_branches())
