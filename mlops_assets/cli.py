@@ -2,7 +2,7 @@
 
 Every command reads the same settings as the Dagster code location (``MLOPS_HOME``,
 ``LAKEFS_ENDPOINT`` ...), so it talks to the same store. Errors end the command with one line on
-stderr and exit status 1.
+stderr and exit status 1; ``ingest --publish`` exits 3 when the scene failed its checks.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Callable, Generator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from tqdm import tqdm
@@ -25,7 +25,12 @@ from mlops_assets.core.store.base import VersionedStore
 from mlops_assets.core.store.types import StoreError
 from mlops_assets.settings import Settings, SettingsError
 
+if TYPE_CHECKING:
+    from mlops_assets.core.scenes.ingest import UploadPlan
+
 F = TypeVar("F", bound=Callable[..., Any])
+#: Exit status of ``ingest --publish`` when the scene failed its checks (errors exit 1).
+EXIT_CHECKS_FAILED = 3
 
 
 def _fail_cleanly(fn: F) -> F:
@@ -50,6 +55,13 @@ def _store(settings: Settings) -> VersionedStore:
     store = settings.open_store()
     store.ensure_repository(settings.main_branch)
     return store
+
+
+def _use_dagster_home(settings: Settings) -> None:
+    """Point Dagster at the instance `make demo` / `make dev` use unless DAGSTER_HOME is set."""
+    if "DAGSTER_HOME" not in os.environ:
+        settings.dagster_home.mkdir(parents=True, exist_ok=True)
+        os.environ["DAGSTER_HOME"] = str(settings.dagster_home)
 
 
 @contextmanager
@@ -131,40 +143,87 @@ def demo_data(size: int, image_size: int, branch: str | None, out: Path | None) 
 @click.argument("kind", type=click.Choice([k.value for k in SceneKind]))
 @click.argument("src", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--scene", "scene_id", required=True, help="Scene id: [a-z0-9][a-z0-9_-]{0,62}.")
-@click.option("--branch", default=None, help="Branch to commit to (default: the main branch).")
+@click.option(
+    "--branch",
+    default=None,
+    help="Branch to commit to, or with --publish to merge into (default: the main branch).",
+)
 @click.option("--message", default=None, help="Commit message.")
+@click.option(
+    "--publish",
+    is_flag=True,
+    help="Write-audit-publish: upload to a fresh branch ingest-<scene>-<UTC time>, run the "
+    "raw-scene checks on that commit, and merge into the branch only if every check passes.",
+)
 @_fail_cleanly
-def ingest(kind: str, src: Path, scene_id: str, branch: str | None, message: str | None) -> None:
+def ingest(
+    kind: str, src: Path, scene_id: str, branch: str | None, message: str | None, publish: bool
+) -> None:
     r"""Upload the scene folder SRC and commit it.
 
     \b
     cd:  SRC holds pre.tif, post.tif and optionally label.tif
     nvs: SRC holds images/*.png|jpg and sparse/0/ (a COLMAP model)
 
-    The folder is checked first; nothing is uploaded if it is not valid, and nothing stays staged
-    if the upload fails.
+    Without --publish the folder is checked first; nothing is uploaded if it is not valid, and
+    nothing stays staged if the upload fails. With --publish the checks that decide are the
+    cd/scene or nvs/scene asset checks, run on the ingest branch's commit: a scene that fails
+    them is not merged, its branch is kept for inspection, the failed checks are printed, and the
+    exit status is 3.
     """
     from mlops_assets.core.scenes.ingest import ingest_scene, plan_upload
 
     settings = _settings()
     store = _store(settings)
     target = branch or settings.main_branch
-    plan = plan_upload(SceneKind(kind), src, scene_id)
+    plan = plan_upload(SceneKind(kind), src, scene_id, validate=not publish)
     for ignored in plan.ignored:
         click.echo(f"note: not uploading {ignored} (not part of the {kind} layout)", err=True)
+    metadata = {"source": str(src.resolve()), "ingested_at": dt.datetime.now(dt.UTC).isoformat()}
+    if publish:
+        _publish(store, target, plan, message, metadata)
+        return
     with _progress(plan.total_bytes, f"{kind}/{scene_id}") as progress:
         commit = ingest_scene(
+            store, target, plan, message=message, metadata=metadata, progress=progress
+        )
+    click.echo(f"committed {kind}/{scene_id} to {target!r} as {commit.id}")
+
+
+def _publish(
+    store: VersionedStore,
+    target: str,
+    plan: UploadPlan,
+    message: str | None,
+    metadata: dict[str, str],
+) -> None:
+    from mlops_assets.core.wap import write_audit_publish
+
+    scene = f"{plan.kind.value}/{plan.scene_id}"
+    with _progress(plan.total_bytes, scene) as progress:
+        result = write_audit_publish(
             store,
             target,
             plan,
+            when=dt.datetime.now(dt.UTC),
             message=message,
-            metadata={
-                "source": str(src.resolve()),
-                "ingested_at": dt.datetime.now(dt.UTC).isoformat(),
-            },
+            metadata={**metadata, "ingested_by": "mlops-assets ingest --publish"},
             progress=progress,
         )
-    click.echo(f"committed {kind}/{scene_id} to {target!r} as {commit.id}")
+    if not result.merged:
+        click.echo(
+            f"error: {scene} failed {len(result.failed)} of {len(result.checks)} check(s) on "
+            f"branch {result.branch!r} ({result.commit_id}); not merged, {target!r} unchanged "
+            f"at {result.base}; the branch is kept for inspection",
+            err=True,
+        )
+        for line in result.failure_lines():
+            click.echo(f"  {line}", err=True)
+        sys.exit(EXIT_CHECKS_FAILED)
+    click.echo(
+        f"published {scene}: {len(result.checks)} check(s) passed on {result.branch!r} "
+        f"({result.commit_id}); merged into {target!r} as {result.merge_commit_id}"
+    )
 
 
 @main.command()
@@ -234,9 +293,7 @@ def partitions_sync(ref: str | None) -> None:
     from mlops_assets.partitions import sync_partitions
 
     settings = _settings()
-    if "DAGSTER_HOME" not in os.environ:  # same default as `make demo` / `make dev`
-        settings.dagster_home.mkdir(parents=True, exist_ok=True)
-        os.environ["DAGSTER_HOME"] = str(settings.dagster_home)
+    _use_dagster_home(settings)
     store = _store(settings)
     at = ref or settings.main_branch
     listings = {
@@ -248,6 +305,60 @@ def partitions_sync(ref: str | None) -> None:
         click.echo(
             f"{kind.value}: {total} scene partition(s), {len(keys)} new: {', '.join(keys) or '-'}"
         )
+
+
+@main.command()
+@click.option(
+    "--preset",
+    type=click.Choice(["tiny", "default", "quality"]),
+    default=None,
+    help="Training and gate preset (default: the assets' default).",
+)
+@_fail_cleanly
+def retrain(preset: str | None) -> None:
+    """Run the cd_retrain job now: train cd/model on every labelled scene and register it.
+
+    The run executes in this process against the Dagster instance in DAGSTER_HOME (the one
+    `make dev` uses), so it shows in the UI like any other run, tagged mlops/trigger=cli; the
+    promotion gate decides whether the champion moves. From the UI: Jobs, cd_retrain, Launchpad.
+    """
+    import dagster as dg
+
+    from mlops_assets.definitions import build_defs
+    from mlops_assets.sensors.jobs import cd_retrain
+
+    settings = _settings()
+    _use_dagster_home(settings)
+    job = build_defs(settings).resolve_job_def(cd_retrain.name)
+    ops = ("cd__model", "cd__registered_model")
+    run_config: dict[str, Any] = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+    if preset:
+        run_config["ops"] = {op: {"config": {"preset": preset}} for op in ops}
+    with dg.DagsterInstance.get() as instance:
+        result = job.execute_in_process(
+            run_config=run_config,
+            instance=instance,
+            tags={"mlops/trigger": "cli"},
+            raise_on_error=False,
+        )
+    checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    if not result.success:
+        reasons = [
+            (data.user_failure_data.description if data.user_failure_data else None)
+            or (data.error.message.strip() if data.error else "failed")
+            for data in (e.step_failure_data for e in result.all_events if e.is_step_failure)
+        ]
+        reasons += [
+            f"{name}: {e.description}" for name, e in sorted(checks.items()) if not e.passed
+        ]
+        why = "; ".join(reasons) or "see the run in the UI"
+        click.echo(f"error: cd_retrain run {result.run_id} failed: {why}", err=True)
+        sys.exit(1)
+    gate = checks.get("promotion_gate")
+    click.echo(
+        f"cd_retrain run {result.run_id} succeeded"
+        + (f"; promotion_gate: {gate.description}" if gate is not None else "")
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

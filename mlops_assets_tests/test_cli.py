@@ -3,6 +3,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import dagster as dg
 import pytest
 from click.testing import CliRunner
 
@@ -26,7 +27,7 @@ def _store(home: Path) -> EmbeddedStore:
 def test_help_lists_the_commands() -> None:
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0
-    for command in ("demo-data", "ingest", "scenes", "log", "partitions"):
+    for command in ("demo-data", "ingest", "scenes", "log", "partitions", "retrain"):
         assert command in result.output
 
 
@@ -100,3 +101,56 @@ def test_demo_data_is_idempotent_and_partitions_sync(home: Path) -> None:
     assert "nvs: 3 scene partition(s), 3 new" in synced.output
     again = runner.invoke(main, ["partitions", "sync"])
     assert "cd: 4 scene partition(s), 0 new: -" in again.output
+
+
+def test_ingest_publish_merges_a_scene_that_passes_its_checks(
+    home: Path, demo_cd_dir: Path
+) -> None:
+    result = CliRunner().invoke(
+        main, ["ingest", "cd", str(demo_cd_dir), "--scene", "farm", "--publish"]
+    )
+    assert result.exit_code == 0, result.output
+    store = _store(home)
+    merge = store.get_commit("main")
+    assert f"merged into 'main' as {merge.id}" in result.output
+    assert "published cd/farm: 2 check(s) passed on 'ingest-farm-" in result.output
+    assert merge.metadata["merge_source"].startswith("ingest-farm-")
+    assert store.get_commit(merge.parents[1]).metadata["ingested_by"] == (
+        "mlops-assets ingest --publish"
+    )
+    assert store.exists("main", "cd/farm/post.tif")
+
+
+def test_ingest_publish_refuses_a_failing_scene_and_keeps_its_branch(
+    home: Path, demo_cd_dir: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "bad"
+    shutil.copytree(demo_cd_dir, folder)
+    shutil.copy(DATA / "rasterio" / "corrupt.tif", folder / "post.tif")
+    store = _store(home)
+    store.ensure_repository()
+    before = store.resolve("main")
+
+    result = CliRunner().invoke(main, ["ingest", "cd", str(folder), "--scene", "bad", "--publish"])
+
+    assert result.exit_code == 3
+    lines = result.output.strip().splitlines()
+    assert lines[0].startswith("error: cd/bad failed 2 of 2 check(s) on branch 'ingest-bad-")
+    assert f"'main' unchanged at {before}; the branch is kept for inspection" in lines[0]
+    assert lines[1].startswith("  files_present_and_readable: cd/bad/post.tif: not a readable")
+    assert lines[2].startswith("  footprints_overlap_and_bands_match: ")
+    assert store.resolve("main") == before
+    (branch,) = [b for b in store.list_branches() if b != "main"]
+    assert branch.startswith("ingest-bad-") and store.exists(branch, "cd/bad/post.tif")
+
+
+def test_retrain_runs_the_job_on_the_instance_and_reports_failure(home: Path) -> None:
+    result = CliRunner().invoke(main, ["retrain", "--preset", "tiny"])
+    assert result.exit_code == 1
+    assert "error: cd_retrain run " in result.output  # nothing to train on yet
+    with dg.DagsterInstance.get() as instance:  # DAGSTER_HOME from the fixture
+        (record,) = instance.get_run_records(dg.RunsFilter(job_name="cd_retrain"))
+    run = record.dagster_run
+    assert run.tags["mlops/trigger"] == "cli"
+    assert run.status == dg.DagsterRunStatus.FAILURE
+    assert run.run_id in result.output

@@ -1,0 +1,115 @@
+"""``ingest_scene``: write-audit-publish one scene folder into main, from the Dagster UI.
+
+The job does what ``mlops-assets ingest KIND SRC --scene ID --publish`` does
+(`mlops_assets.core.wap`): upload to a fresh branch ``ingest-<scene_id>-<UTC timestamp>``,
+commit, run the raw-scene checks of ``cd/scene`` or ``nvs/scene`` on that commit, and merge into
+the scene store's branch only when every check passed. The ingest commit and the merge carry the
+Dagster run id and a lakeFS link button back to the run. A scene that fails its checks fails the
+run with their names and messages; main is untouched and the branch is kept for inspection. The
+merge is an ordinary commit on main, so ``lakefs_commit_sensor`` then materialises the scene.
+
+``source_path`` is read by the process that runs the job (the code location's machine), as
+``mlops-assets ingest`` reads a local folder.
+"""
+
+import datetime as dt
+import enum
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field
+
+from mlops_assets.core.publish import link_metadata
+from mlops_assets.core.scenes.ingest import plan_upload
+from mlops_assets.core.scenes.layout import SceneError, SceneKind
+from mlops_assets.core.store.types import StoreError
+from mlops_assets.core.wap import describe_checks, write_audit_publish
+from mlops_assets.resources.lineage import LineageResource
+from mlops_assets.resources.scene_store import SceneStoreResource
+
+JOB_NAME = "ingest_scene"
+OP_NAME = "write_audit_publish"
+
+
+class Kind(enum.StrEnum):
+    """The scene's kind: ``cd`` (pre/post GeoTIFF, optional label) or ``nvs`` (photos, COLMAP)."""
+
+    # Dagster's launchpad shows member names: keep them identical to the values.
+    cd = "cd"
+    nvs = "nvs"
+
+
+class IngestConfig(dg.Config):
+    """Which local folder to ingest, as which scene."""
+
+    kind: Kind = Field(description=Kind.__doc__)
+    source_path: str = Field(
+        description="Scene folder on the machine that runs the job (cd: pre.tif, post.tif, "
+        "label.tif; nvs: images/ and sparse/0/)."
+    )
+    scene_id: str = Field(description="Scene id: [a-z0-9][a-z0-9_-]{0,62}.")
+    message: str | None = Field(default=None, description="Message of the ingest commit.")
+
+
+@dg.op(
+    name=OP_NAME,
+    description="Upload a scene folder to a fresh ingest branch, run the raw-scene checks on "
+    "that commit, and merge it into main only if every check passes.",
+    out=dg.Out(dg.Nothing),
+)
+def write_audit_publish_op(
+    context: dg.OpExecutionContext,
+    config: IngestConfig,
+    scene_store: SceneStoreResource,
+    lineage: LineageResource,
+) -> dg.Output[None]:
+    """Write, audit, publish one scene; fail with the failed checks when it is not merged."""
+    kind = SceneKind(config.kind.value)
+    scene = f"{kind.value}/{config.scene_id}"
+    run_id = context.run.run_id
+    store = scene_store.get_store()
+    try:
+        plan = plan_upload(kind, Path(config.source_path), config.scene_id, validate=False)
+        result = write_audit_publish(
+            store,
+            scene_store.branch,
+            plan,
+            when=dt.datetime.now(dt.UTC),
+            message=config.message,
+            metadata={"source": config.source_path, "ingested_by": f"dagster job {JOB_NAME}"},
+            lineage={
+                "dagster_run_id": run_id,
+                **link_metadata({"Dagster": lineage.run_url(run_id)}),
+            },
+        )
+    except (SceneError, StoreError) as exc:
+        raise dg.Failure(description=f"{scene}: {exc}") from exc
+    facts = {
+        "scene": scene,
+        "branch": result.branch,
+        "ingest_commit": result.commit_id,
+        "ingest_uri": store.uri(result.commit_id, plan.prefix),
+        "checks": describe_checks(result.checks),
+    }
+    if not result.merged:
+        raise dg.Failure(
+            description=(
+                f"{scene} failed {len(result.failed)} of {len(result.checks)} check(s) on "
+                f"branch {result.branch!r}; not merged, {scene_store.branch!r} unchanged: "
+                + "; ".join(result.failure_lines())
+            ),
+            metadata={**facts, "failed_checks": [o.name for o in result.failed]},
+        )
+    context.log.info(f"{scene} merged into {scene_store.branch} as {result.merge_commit_id}")
+    return dg.Output(None, metadata={**facts, "merge_commit": result.merge_commit_id or ""})
+
+
+@dg.job(
+    name=JOB_NAME,
+    description="Write-audit-publish a scene folder into the scene store's main branch "
+    "(the same as `mlops-assets ingest ... --publish`).",
+    tags={"mlops/trigger": "ingest"},
+)
+def ingest_scene_job() -> None:
+    """One op: `write_audit_publish_op`."""
+    write_audit_publish_op()
