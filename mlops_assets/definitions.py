@@ -12,11 +12,12 @@ from typing import Any
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
-from mlops_assets.assets.cd.change_map import cd_change_map
+from mlops_assets.assets.cd.change_map import cd_change_map, cd_change_map_f1
 from mlops_assets.assets.cd.model import cd_model, cd_registered_model
 from mlops_assets.assets.cd.scene import cd_scene
 from mlops_assets.assets.cd.tiles import cd_tiles
 from mlops_assets.assets.nvs.scene import nvs_scene
+from mlops_assets.jobs.ingest import ingest_scene_job
 from mlops_assets.resources.io_managers import JsonIOManager
 from mlops_assets.resources.lineage import LineageResource
 from mlops_assets.resources.mlflow import MLflowResource
@@ -33,6 +34,7 @@ from mlops_assets.resources.scene_store import (
 from mlops_assets.schedules import build_cd_retrain_schedule
 from mlops_assets.sensors.lakefs import build_lakefs_commit_sensor
 from mlops_assets.sensors.mlflow_alias import build_mlflow_alias_sensor
+from mlops_assets.sensors.quality import build_quality_retrain_sensor
 from mlops_assets.settings import Settings
 
 
@@ -92,12 +94,20 @@ def build_resources(settings: Settings) -> dict[str, Any]:
 
 
 def build_defs(settings: Settings) -> dg.Definitions:
-    """The code location: assets, checks and resources for ``settings``."""
+    """The code location: assets, checks, jobs, sensors, schedules and resources for ``settings``.
+
+    Every sensor starts RUNNING (so ``make dev`` reacts to commits at once) and ticks every
+    ``MLOPS_SENSOR_INTERVAL_S`` seconds; the weekly schedule starts STOPPED.
+    """
+    interval = settings.sensor_interval_s
     return dg.Definitions(
         assets=[cd_scene, cd_tiles, cd_model, cd_registered_model, cd_change_map, nvs_scene],
+        asset_checks=[cd_change_map_f1],
+        jobs=[ingest_scene_job],
         sensors=[
-            build_lakefs_commit_sensor(minimum_interval_seconds=settings.sensor_interval_s),
-            build_mlflow_alias_sensor(minimum_interval_seconds=settings.sensor_interval_s),
+            build_lakefs_commit_sensor(minimum_interval_seconds=interval),
+            build_mlflow_alias_sensor(minimum_interval_seconds=interval),
+            build_quality_retrain_sensor(minimum_interval_seconds=interval),
         ],
         schedules=[build_cd_retrain_schedule(cron_schedule=settings.retrain_cron)],
         resources=build_resources(settings),

@@ -116,3 +116,25 @@ def test_pure_core_never_imports_dagster(path: str) -> None:
         )
     ]
     assert offenders == []
+
+
+def test_automation_is_on_with_the_configured_interval(tmp_path: Path) -> None:
+    settings = Settings.from_env({"MLOPS_SENSOR_INTERVAL_S": "7"}, cwd=tmp_path)
+    defs = build_defs(settings)
+    sensors = {s.name: s for s in defs.sensors or []}
+    assert set(sensors) == {
+        "lakefs_commit_sensor",
+        "mlflow_alias_sensor",
+        "cd_quality_retrain_sensor",
+    }
+    for sensor in sensors.values():  # `make dev` reacts to commits without a click in the UI
+        assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+        assert sensor.minimum_interval_seconds == 7
+    ingest = defs.resolve_job_def("ingest_scene")
+    assert list(ingest.graph.node_names()) == ["write_audit_publish"]
+    refresh = defs.resolve_job_def("cd_scene_refresh")
+    f1 = dg.AssetCheckKey(dg.AssetKey(["cd", "change_map"]), "f1_against_label")
+    assert f1 in refresh.asset_layer.asset_graph.asset_check_keys
+    assert (
+        f1 in defs.resolve_job_def("cd_change_map_refresh").asset_layer.asset_graph.asset_check_keys
+    )

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+from pydantic import Field
 
 from mlops_assets.assets.cd.config import EXPERIMENT, ChangeMapConfig
 from mlops_assets.assets.cd.model import REGISTERED_KEY
@@ -154,4 +155,72 @@ def cd_change_map(
                 "preview": image_md(overlay, "change overlay"),
             }
         ),
+    )
+
+
+F1_CHECK = "f1_against_label"
+
+
+class F1CheckConfig(dg.Config):
+    """How ``f1_against_label`` judges a labelled scene's change map."""
+
+    min_f1: float = Field(
+        default=0.8,
+        description="Least F1 of the change mask against the scene's label (the registration "
+        "gate's default minimum); below it the check fails and retraining is requested.",
+    )
+
+
+def judge_f1(f1: float | None, min_f1: float) -> tuple[bool, str]:
+    """Whether a map's F1 against its label is good enough, and why (no label: not judged)."""
+    if f1 is None:
+        return True, "no label: nothing to compare the change map with (not judged)"
+    if f1 < min_f1:
+        return False, f"F1 against the label {f1:.4f} is below the minimum {min_f1:.4f}"
+    return True, f"F1 against the label {f1:.4f} >= {min_f1:.4f}"
+
+
+@dg.asset_check(
+    asset=KEY,
+    name=F1_CHECK,
+    description="The change map of a labelled scene agrees with the label: F1 >= min_f1 "
+    "(warning; a failure makes cd_quality_retrain_sensor request a cd_retrain run). Unlabelled "
+    "scenes pass with a note.",
+)
+def cd_change_map_f1(
+    context: dg.AssetCheckExecutionContext, config: F1CheckConfig
+) -> dg.AssetCheckResult:
+    """Judge the run's partition: its map's F1 against the label (in the map's metadata).
+
+    The check runs after the map, in the same run. It reads the map's materialisation rather
+    than loading the asset: an unpartitioned check (Dagster's partitioned checks are a preview
+    feature) would load every partition's value; so the scene is the run's partition, and is
+    also put in the metadata for `mlops_assets.sensors.quality`.
+    """
+    scene = context.run.tags.get("dagster/partition")
+    if scene is None:
+        raise dg.Failure(description=f"{F1_CHECK} judges one cd_scenes partition; run it with one")
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=KEY, asset_partitions=[scene]), limit=1
+    ).records
+    materialization = records[0].asset_materialization if records else None
+    if materialization is None:
+        raise dg.Failure(description=f"cd/{scene}: no change map to judge")
+    meta = materialization.metadata
+    f1_value = meta.get("f1_vs_label")
+    f1 = None if f1_value is None or f1_value.value is None else float(str(f1_value.value))
+    passed, description = judge_f1(f1, config.min_f1)
+    model = meta.get("model")
+    return dg.AssetCheckResult(
+        check_name=F1_CHECK,
+        passed=passed,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=f"cd/{scene}: {description}",
+        metadata={
+            "scene": scene,
+            "f1": dg.MetadataValue.null() if f1 is None else round(f1, 4),
+            "min_f1": config.min_f1,
+            "labelled": f1 is not None,
+            "model": "" if model is None else str(model.value),
+        },
     )

@@ -13,7 +13,7 @@ import pytest
 import rasterio
 from mlflow.tracking import MlflowClient
 
-from mlops_assets.assets.cd.change_map import cd_change_map
+from mlops_assets.assets.cd.change_map import cd_change_map, cd_change_map_f1
 from mlops_assets.assets.cd.model import cd_model, cd_registered_model
 from mlops_assets.assets.cd.scene import cd_scene
 from mlops_assets.assets.cd.tiles import cd_tiles
@@ -22,7 +22,7 @@ from mlops_assets_tests.conftest import commit_folder
 
 pytestmark = pytest.mark.slow
 
-ALL = [cd_scene, cd_tiles, cd_model, cd_registered_model, cd_change_map]
+ALL = [cd_scene, cd_tiles, cd_model, cd_registered_model, cd_change_map, cd_change_map_f1]
 
 
 def run_config(selection: Sequence[dg.AssetsDefinition], **extra: dict[str, Any]) -> dict[str, Any]:
@@ -174,6 +174,11 @@ def test_change_map_is_georeferenced_and_committed_to_outputs(
     assert meta["source_commit"].value == chain["commit"]
     assert 0.0 <= meta["changed_percent"].value <= 100.0
     assert meta["f1_vs_label"].value is not None
+    # The quality check runs with the map: labelled, so judged against min_f1 (a warning).
+    (check,) = result.get_asset_check_evaluations()
+    assert (check.check_name, check.severity) == ("f1_against_label", dg.AssetCheckSeverity.WARN)
+    assert check.metadata["f1"].value == meta["f1_vs_label"].value
+    assert check.passed == (float(str(meta["f1_vs_label"].value)) >= 0.8)
     outputs_commit = str(meta["outputs_commit"].value)
     commit = store.get_commit(outputs_commit)
     assert commit.metadata["source_commit"] == chain["commit"]
