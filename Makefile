@@ -37,6 +37,8 @@ demo: install ## Generate and commit the demo scenes, then materialise every ass
 	BIN=$(BIN) scripts/demo.sh
 
 dev: install ## The Dagster UI (and daemon) on the embedded default: http://localhost:3000
+	@# Every sensor defaults to RUNNING (mlops_assets/definitions.py): commits to main flow without
+	@# a click in the UI. MLOPS_SENSOR_INTERVAL_S (default 30) sets how often they tick.
 	$(BIN)/dagster dev -w workspace.yaml
 
 test: install ## Lint, type check and the whole test suite (as CI runs it).

@@ -35,6 +35,7 @@ class Bench:
 def _benches() -> list[Bench]:
     # Imported here so `--help` and `--list` stay fast.
     from benchmarks.inference import bench_inference_rss, bench_inference_throughput
+    from benchmarks.sensor_latency import bench_sensor_latency
     from benchmarks.tiling import bench_tiling_rss, bench_tiling_throughput
     from benchmarks.training import bench_heldout_f1, bench_training_throughput
 
@@ -68,6 +69,12 @@ def _benches() -> list[Bench]:
             "peak RSS of predict_scene 4096 px vs 1024 px (quick 1024 vs 256)",
             lambda: bench_inference_rss(1024, 4096),
             lambda: bench_inference_rss(256, 1024),
+        ),
+        Bench(
+            "sensor-latency",
+            "commit -> run of lakefs_commit_sensor under dagster-daemon (30 s interval; quick 5 s)",
+            lambda: bench_sensor_latency(interval_s=30, rounds=4),
+            lambda: bench_sensor_latency(interval_s=5, rounds=3),
         ),
         Bench(
             "f1",
