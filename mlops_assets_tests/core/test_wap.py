@@ -16,6 +16,7 @@ from mlops_assets.core.scenes.checks import CheckOutcome
 from mlops_assets.core.scenes.ingest import plan_upload
 from mlops_assets.core.scenes.layout import SceneKind
 from mlops_assets.core.store.embedded import EmbeddedStore
+from mlops_assets.core.store.lakefs import LakeFSStore
 from mlops_assets.core.store.types import InvalidNameError, NoChangesError, validate_branch_name
 from mlops_assets.core.wap import (
     PublishError,
@@ -24,6 +25,8 @@ from mlops_assets.core.wap import (
     write_audit_publish,
 )
 from mlops_assets_tests.conftest import DATA
+from mlops_assets_tests.core.store.conftest import DOUBLE_KEY, DOUBLE_SECRET
+from mlops_assets_tests.core.store.lakefs_double import LakeFSDouble
 
 WHEN = dt.datetime(2026, 11, 23, 14, 39, 1, tzinfo=dt.UTC)
 LINEAGE = {
@@ -167,3 +170,27 @@ def test_a_conflicting_change_on_main_keeps_the_audited_branch(
         write_audit_publish(store, "main", plan, when=WHEN)
     assert store.get_commit("main").message == "racing ingest"
     assert any(name.startswith("ingest-farm-") for name in store.list_branches())
+
+
+def test_the_lakefs_client_publishes_and_refuses_the_same_way(
+    tmp_path: Path, demo_cd_dir: Path, corrupt_dir: Path
+) -> None:
+    double = LakeFSDouble(tmp_path / "lakefs-server", DOUBLE_KEY, DOUBLE_SECRET).start()
+    try:
+        client = LakeFSStore(
+            double.endpoint, DOUBLE_KEY, DOUBLE_SECRET, "scenes", cache_dir=tmp_path / "cache"
+        )
+        client.ensure_repository()
+        good = plan_upload(SceneKind.CD, demo_cd_dir, "farm", validate=False)
+        passed = write_audit_publish(client, "main", good, when=WHEN, lineage=LINEAGE)
+        merge = client.get_commit("main")
+        assert merge.id == passed.merge_commit_id
+        assert merge.metadata["merge_source"] == passed.branch
+        assert merge.metadata["::lakefs::Dagster::url[url:ui]"].endswith("/runs/run-123")
+        head = merge.id
+        bad = plan_upload(SceneKind.CD, corrupt_dir, "bad", validate=False)
+        failed = write_audit_publish(client, "main", bad, when=WHEN, lineage=LINEAGE)
+        assert not failed.merged and client.resolve("main") == head
+        assert client.exists(failed.branch, "cd/bad/pre.tif")
+    finally:
+        double.stop()
