@@ -116,28 +116,41 @@ def scaled(config: NVSTrainConfig, factor: float) -> NVSTrainConfig:
 NVS_PRESETS: dict[NVSPresetName, NVSTrainConfig] = {
     # Tests and CPU runs: images of at most 64 px; a few CPU minutes.
     "tiny": NVSTrainConfig(
+        steps=600,
+        sh_degree=0,  # view-independent colour: the demo scenes' lighting is fixed
+        sh_degree_interval=200,
+        max_image_size=64,
+        # A run 50x shorter than simple_trainer's: 4x its learning rates (measured on the demo
+        # globe at 64 px, 150 steps: held-out PSNR 27.5 dB against 17.9 with the defaults).
+        means_lr=6.4e-4,
+        scales_lr=2e-2,
+        quats_lr=4e-3,
+        sh0_lr=1e-2,
+        shN_lr=1e-2 / 20,
+        refine_start_iter=100,
+        refine_stop_iter=500,
+        reset_every=100_000,  # no opacity reset in a short run
+        refine_every=50,
+        eval_every=150,
+        log_every=50,
+        checkpoint_every=150,
+    ),
+    # The demo on a CPU: images of at most 128 px, the tiny preset's learning rates, 2.5x longer.
+    "default": NVSTrainConfig(
         steps=1_500,
         sh_degree=1,
         sh_degree_interval=500,
-        max_image_size=64,
-        refine_start_iter=300,
+        max_image_size=128,
+        means_lr=6.4e-4,
+        scales_lr=2e-2,
+        quats_lr=4e-3,
+        sh0_lr=1e-2,
+        shN_lr=1e-2 / 20,
+        refine_start_iter=100,
         refine_stop_iter=1_200,
-        reset_every=100_000,  # no opacity reset in a short run
+        reset_every=100_000,
         refine_every=100,
         eval_every=500,
-        log_every=50,
-        checkpoint_every=250,
-    ),
-    # The demo on a CPU: images of at most 128 px.
-    "default": NVSTrainConfig(
-        steps=3_000,
-        sh_degree=2,
-        sh_degree_interval=1_000,
-        max_image_size=128,
-        refine_start_iter=500,
-        refine_stop_iter=2_500,
-        reset_every=100_000,
-        eval_every=1_000,
         log_every=100,
         checkpoint_every=500,
     ),

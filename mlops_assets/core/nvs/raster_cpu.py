@@ -164,7 +164,7 @@ def composite(
         first = _segment_starts(local * len(tile) + tile_e)
         g = gauss[pair]
     # One gather of everything a pixel needs from its Gaussians (one scatter in backward).
-    features = torch.cat([means2d, conics, opacities[:, None], colors], dim=1)[g]  # [E, 6 + D]
+    features = torch.cat([means2d, conics, opacities[:, None], colors], dim=1).index_select(0, g)
     sigma = _sigma(features[:, 0:2], features[:, 2:5], x, y)
     alpha = (features[:, 5] * torch.exp(-sigma)).clamp_max(MAX_ALPHA)
     log_keep = torch.log1p(-alpha.double())

@@ -459,7 +459,7 @@ def train_splats(
             loss = loss + config.mcmc_opacity_reg * torch.sigmoid(splats["opacities"]).mean()
             loss = loss + config.mcmc_scale_reg * torch.exp(splats["scales"]).mean()
         if not torch.isfinite(loss):
-            raise diverged(step, f"the loss is {float(loss)}")
+            raise diverged(step, f"the loss is {float(loss.detach())}")
         loss.backward()
         for optimizer in optimizers.values():
             optimizer.step()
