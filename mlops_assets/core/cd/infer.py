@@ -2,8 +2,10 @@
 
 Windows overlap and are blended with weights that ramp down over the overlap, so seams vanish.
 Rows are predicted one window-row at a time; an accumulator of one window height holds the
-weighted sums, and rows no later window touches are finished and written at once. Memory depends
-on the scene's width and the window size, not on its height.
+weighted sums, and rows no later window touches are finished and written at once. The scene is
+read through a `RowBuffer` (each source block decoded once) and normalised one batch of windows
+at a time, so memory is a few window-heights of raw rows: it depends on the scene's width and
+the window size, not on its height.
 
 The output has the pre image's CRS, transform and size: band 1 is the change probability, band 2
 the binary change mask (probability > threshold); nodata (-1) wherever pre or post has none.
@@ -25,7 +27,14 @@ from rasterio.windows import Window
 from torch import nn
 
 from mlops_assets.core.cd.config import InferenceConfig
-from mlops_assets.core.cd.raster import AlignedPair, overlay_image, positions, rgb_bands, rgb_image
+from mlops_assets.core.cd.raster import (
+    AlignedPair,
+    RowBuffer,
+    overlay_image,
+    positions,
+    rgb_bands,
+    rgb_image,
+)
 from mlops_assets.core.cd.tiles import BandStats
 
 NODATA = -1.0
@@ -133,11 +142,15 @@ def predict_scene(
         "compress": "deflate",
         "predictor": 3,
     }
-    acc = np.zeros((size + stride, width), np.float32)  # weighted probability sums
-    norm = np.zeros((size + stride, width), np.float32)  # weight sums
-    valid_acc = np.zeros((size + stride, width), bool)
-    label_acc = np.full((size + stride, width), 255, np.uint8)
+    # Rows [acc_start, acc_start + size): each window row starts at acc_start, because the rows
+    # above the next window row are written out before it is predicted.
+    acc = np.zeros((size, width), np.float32)  # weighted probability sums
+    norm = np.zeros((size, width), np.float32)  # weight sums
+    valid_acc = np.zeros((size, width), bool)
+    label_acc = np.full((size, width), 255, np.uint8)
     acc_start = 0
+    count = pair.count
+    buffer = RowBuffer(pair)
     valid_pixels = changed_pixels = tp = fp = fn = labelled = 0
 
     with rasterio.open(out_path, "w", **profile) as dst:
@@ -151,12 +164,14 @@ def predict_scene(
             if n <= 0:
                 return
             valid = valid_acc[:n]
-            prob = np.where(norm[:n] > 0, acc[:n] / np.maximum(norm[:n], 1e-12), 0.0)
+            out = np.empty((2, n, width), np.float32)  # probability, mask: written as they are
+            prob, mask = out
+            np.divide(acc[:n], np.maximum(norm[:n], 1e-12), out=prob)
+            prob[norm[:n] <= 0] = 0.0
             change = (prob > config.threshold) & valid
-            out = np.stack([np.where(valid, prob, NODATA), np.where(valid, change, NODATA)])
-            dst.write(
-                out.astype(np.float32), window=Window.from_slices((acc_start, until), (0, width))
-            )
+            mask[...] = change
+            out[:, ~valid] = NODATA
+            dst.write(out, window=Window.from_slices((acc_start, until), (0, width)))
             valid_pixels += int(valid.sum())
             changed_pixels += int(change.sum())
             has_label = (label_acc[:n] != 255) & valid
@@ -171,17 +186,19 @@ def predict_scene(
             acc_start = until
 
         for i, row in enumerate(rows):
-            strip = pair.read_rows(row, size)
-            pre = pre_stats.normalise(strip.pre, strip.valid)
-            post = post_stats.normalise(strip.post, strip.valid)
-            stacked = np.concatenate([pre, post])
+            strip, _ = buffer.ensure(row, size)
             r0 = row - acc_start
             valid_acc[r0 : r0 + size] |= strip.valid
             if strip.label is not None:
                 label_acc[r0 : r0 + size] = strip.label
             for start in range(0, len(cols), config.batch_size):
                 batch_cols = cols[start : start + config.batch_size]
-                windows = np.stack([stacked[:, :, c : c + size] for c in batch_cols])
+                # Normalised per batch: the same float32 operations as on the whole strip.
+                windows = np.empty((len(batch_cols), 2 * count, size, size), np.float32)
+                for k, c in enumerate(batch_cols):
+                    valid = strip.valid[:, c : c + size]
+                    windows[k, :count] = pre_stats.normalise(strip.pre[:, :, c : c + size], valid)
+                    windows[k, count:] = post_stats.normalise(strip.post[:, :, c : c + size], valid)
                 probs = predict_windows(model, windows, device, size_multiple)
                 for c, prob in zip(batch_cols, probs, strict=True):
                     acc[r0 : r0 + size, c : c + size] += prob * weights

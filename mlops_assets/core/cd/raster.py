@@ -1,8 +1,11 @@
-"""Reading a pre/post pair on one grid, strip by strip, in memory independent of scene height.
+"""Reading a pre/post pair on one grid, window by window, in memory independent of scene size.
 
 The post image is resampled onto the pre image's grid through a `WarpedVRT` (CRS, resolution and
-extent may differ); GDAL warps only the rows asked for. `AlignedPair.strips` yields consecutive
-row ranges, each read once, so a scene of any height streams through a fixed-size buffer.
+extent may differ); GDAL warps only the pixels asked for. `AlignedPair.strips` yields consecutive
+row ranges, each read once; `RowBuffer` walks down one column band of the scene in reads aligned
+to the source blocks, so each block is decoded once and a scene of any size streams through a
+buffer whose size depends only on the band width and the window. `PreviewSampler` picks a
+decimated preview out of the same reads, so a preview never reads the scene a second time.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import rasterio.io
 from numpy.typing import NDArray
 from PIL import Image
 from rasterio.crs import CRS
-from rasterio.enums import Resampling
+from rasterio.enums import MaskFlags, Resampling
 from rasterio.transform import Affine
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
@@ -25,10 +28,21 @@ from rasterio.windows import Window
 
 from mlops_assets.core.store.base import RasterLocation
 
-#: GDAL block cache while a scene is open: a fixed ceiling instead of GDAL's 5% of RAM (measured:
-#: tiling a 4096 px scene peaked at 581 MB RSS uncapped, 224 MB with 64 MB). 256 MB holds two
-#: rows of 256 px blocks of pre, post and label at 8192 px, so strips never re-decode a block.
-GDAL_CACHE_BYTES = 256 * 2**20
+#: GDAL block cache while a scene is open: a fixed ceiling instead of GDAL's 5% of RAM, which
+#: grows with the scene (measured: tiling a 4096 px scene peaked at 581 MB RSS uncapped). Reads
+#: are aligned to the source blocks and at most `MAX_BAND_WIDTH` wide, so the cache only has to
+#: bridge one read: a 256-row read of a 1024 px band touches about 10 MB of decoded blocks of pre,
+#: the warp's source and the warped post. Kept below what a 1024 px scene fills on its own, so
+#: tiling it and tiling a 8192 px scene use the same cache (measured peak RSS, 32 MB cap: 156 and
+#: 212 MB; 8 MB cap: 147 and 186 MB, with 2048 px bands).
+GDAL_CACHE_BYTES = 16 * 2**20
+
+#: Widest column band `RowBuffer` users read at once, in pixels. The buffers are a few hundred rows
+#: of this width; bands overlap by a window, so each band edge decodes one block column twice.
+MAX_BAND_WIDTH = 1024
+
+#: Most rows `RowBuffer` reads beyond a request, whatever the source's block height.
+MAX_CHUNK_ROWS = 512
 
 
 class AlignmentError(ValueError):
@@ -37,13 +51,79 @@ class AlignmentError(ValueError):
 
 @dataclass(frozen=True)
 class Strip:
-    """Rows ``[row, row + height)`` of the aligned pair."""
+    """Rows ``[row, row + h)`` of the columns ``[col, col + w)`` of the aligned pair."""
 
     row: int
-    pre: NDArray[Any]  # [C, h, W], the source dtype
-    post: NDArray[Any]  # [C, h, W], resampled onto pre's grid
-    valid: NDArray[np.bool_]  # [h, W]: both images have data
-    label: NDArray[np.uint8] | None  # [h, W]: 0, 1, or 255 (no label)
+    pre: NDArray[Any]  # [C, h, w], the source dtype
+    post: NDArray[Any]  # [C, h, w], resampled onto pre's grid
+    valid: NDArray[np.bool_]  # [h, w]: both images have data
+    label: NDArray[np.uint8] | None  # [h, w]: 0, 1, or 255 (no label)
+    col: int = 0
+    pre_valid: NDArray[np.bool_] | None = None  # [h, w]: pre has data (previews)
+    post_valid: NDArray[np.bool_] | None = None  # [h, w]: post has data (previews)
+
+    @property
+    def height(self) -> int:
+        """Rows held."""
+        return int(self.valid.shape[0])
+
+    @property
+    def width(self) -> int:
+        """Columns held."""
+        return int(self.valid.shape[1])
+
+    def rows(self, lo: int, hi: int) -> Strip:
+        """Rows ``[lo, hi)`` of the scene (which this strip holds), as views."""
+        a, b = lo - self.row, hi - self.row
+        return Strip(
+            lo,
+            self.pre[:, a:b],
+            self.post[:, a:b],
+            self.valid[a:b],
+            None if self.label is None else self.label[a:b],
+            self.col,
+            None if self.pre_valid is None else self.pre_valid[a:b],
+            None if self.post_valid is None else self.post_valid[a:b],
+        )
+
+
+def _nodata_value(src: rasterio.io.DatasetReader | WarpedVRT) -> int | None:
+    """The integer nodata value that alone makes ``src``'s mask, else None.
+
+    Where it exists, the mask rasterio's ``dataset_mask`` would compute is "any band differs from
+    it", which can be taken from the pixels already read instead of reading them a second time.
+    """
+    dtypes = set(src.dtypes)
+    if len(dtypes) != 1 or not np.issubdtype(np.dtype(dtypes.pop()), np.integer):
+        return None
+    if any(list(flags) != [MaskFlags.nodata] for flags in src.mask_flag_enums):
+        return None
+    values = set(src.nodatavals)
+    if len(values) != 1:
+        return None
+    value = values.pop()
+    if value is None or not float(value).is_integer():
+        return None
+    info = np.iinfo(np.dtype(src.dtypes[0]))
+    return int(value) if info.min <= value <= info.max else None
+
+
+def _mask(
+    src: rasterio.io.DatasetReader | WarpedVRT,
+    data: NDArray[Any],  # [C, h, w], just read from ``window``
+    window: Window,
+    nodata: int | None,
+    out: NDArray[np.bool_] | None = None,  # [h, w]
+) -> NDArray[np.bool_]:
+    """Where ``src`` has data in ``window``: from ``data`` when a nodata value makes the mask."""
+    mask: NDArray[np.bool_] = np.empty(data.shape[1:], bool) if out is None else out
+    if nodata is None:
+        np.greater(src.dataset_mask(window=window), 0, out=mask)
+        return mask
+    np.not_equal(data[0], nodata, out=mask)
+    for band in data[1:]:
+        mask |= band != nodata
+    return mask
 
 
 def positions(length: int, size: int, stride: int) -> list[int]:
@@ -70,6 +150,11 @@ class AlignedPair:
         self.post = post
         self.label = label
         self.pre_name, self.post_name, self.label_name = names
+        self._nodata = (
+            _nodata_value(pre),
+            _nodata_value(post),
+            None if label is None else _nodata_value(label),
+        )
 
     @property
     def width(self) -> int:
@@ -87,6 +172,11 @@ class AlignedPair:
         return int(self.pre.count)
 
     @property
+    def block_height(self) -> int:
+        """Rows per block of the pre image (reads aligned to it decode each block once)."""
+        return max(1, min(int(self.pre.block_shapes[0][0]), MAX_CHUNK_ROWS))
+
+    @property
     def transform(self) -> Affine:
         """Pre's geotransform."""
         return self.pre.transform
@@ -97,19 +187,36 @@ class AlignedPair:
         return self.pre.crs
 
     def read_rows(self, row: int, height: int) -> Strip:
-        """Read rows ``[row, row + height)`` of everything."""
-        window = Window.from_slices((row, row + height), (0, self.width))
-        pre = self.pre.read(window=window)
-        post = self.post.read(window=window)
-        valid = (self.pre.dataset_mask(window=window) > 0) & (
-            self.post.dataset_mask(window=window) > 0
+        """Read rows ``[row, row + height)`` of everything, across the whole width."""
+        return self.read_window(row, height, 0, self.width)
+
+    def read_window(
+        self, row: int, height: int, col: int, width: int, out: Strip | None = None
+    ) -> Strip:
+        """Read rows ``[row, row + height)`` of columns ``[col, col + width)`` of everything.
+
+        With ``out`` (arrays of exactly that size, ``pre_valid`` and ``post_valid`` included),
+        the pixels are read into its arrays and nothing large is allocated.
+        """
+        window = Window.from_slices((row, row + height), (col, col + width))
+        pre_nodata, post_nodata, label_nodata = self._nodata
+        pre = self.pre.read(window=window, out=None if out is None else out.pre)
+        post = self.post.read(window=window, out=None if out is None else out.post)
+        pre_valid = _mask(self.pre, pre, window, pre_nodata, None if out is None else out.pre_valid)
+        post_valid = _mask(
+            self.post, post, window, post_nodata, None if out is None else out.post_valid
         )
+        valid = np.logical_and(pre_valid, post_valid, out=None if out is None else out.valid)
         label: NDArray[np.uint8] | None = None
         if self.label is not None:
-            raw = self.label.read(1, window=window)
-            label = np.where(raw == 1, 1, 0).astype(np.uint8)
-            label[(self.label.dataset_mask(window=window) == 0) | ((raw != 0) & (raw != 1))] = 255
-        return Strip(row, pre, post, valid, label)
+            raw = self.label.read(1, window=window)  # the source type: no clamping on the way
+            label = np.empty(raw.shape, np.uint8) if out is None else out.label
+            if label is None:
+                raise ValueError("out has no label array but the pair has a label")
+            np.equal(raw, 1, out=label)  # 1 where changed, else 0
+            labelled = _mask(self.label, raw[None], window, label_nodata)
+            label[~labelled | ((raw != 0) & (raw != 1))] = 255
+        return Strip(row, pre, post, valid, label, col, pre_valid, post_valid)
 
     def strips(self, rows: int) -> Iterator[Strip]:
         """Consecutive strips of ``rows`` rows (the last may be shorter), each read once."""
@@ -117,9 +224,12 @@ class AlignedPair:
             yield self.read_rows(row, min(rows, self.height - row))
 
     def preview(self, max_side: int = 384) -> Image.Image:
-        """Pre | post | label, side by side, decimated to at most ``max_side`` pixels high."""
-        scale = max(self.width, self.height) / max_side
-        h, w = max(1, round(self.height / max(scale, 1))), max(1, round(self.width / max(scale, 1)))
+        """Pre | post | label, side by side, decimated to at most ``max_side`` pixels high.
+
+        This reads the scene again (at a decimated size); `PreviewSampler` builds the same
+        panels from reads already made.
+        """
+        h, w = preview_shape(self.height, self.width, max_side)
         bands = rgb_bands(self.pre)
         panels = [
             rgb_image(
@@ -134,6 +244,155 @@ class AlignedPair:
         if self.label is not None:
             raw = self.label.read(1, out_shape=(h, w))
             panels.append(label_image(raw, self.label.dataset_mask(out_shape=(h, w)) > 0))
+        return side_by_side(panels)
+
+
+class RowBuffer:
+    """Rows of the columns ``[col, col + width)`` of a pair, read downwards in aligned chunks.
+
+    `ensure` asks for rows ``[row, row + height)`` with ``row`` never decreasing. Rows above
+    ``row`` are dropped; missing rows are read up to the next multiple of the pre image's block
+    height, so every source block is decoded once and nothing is read twice. The rows live in
+    arrays allocated once (``height`` + one block height of rows) and are read into them in
+    place: no large array is allocated per read, which keeps the heap from fragmenting as the
+    pass goes on. The strips returned are views, valid until the next call.
+    """
+
+    def __init__(self, pair: AlignedPair, col: int = 0, width: int | None = None) -> None:
+        self.pair = pair
+        self.col = col
+        self.width = pair.width - col if width is None else width
+        self.chunk = pair.block_height
+        self.strip: Strip | None = None
+        self._store: Strip | None = None  # the arrays the rows live in
+
+    @property
+    def end(self) -> int:
+        """The row after the last row held (0 before the first read)."""
+        return 0 if self.strip is None else self.strip.row + self.strip.height
+
+    def _allocate(self, rows: int) -> Strip:
+        pair, shape = self.pair, (rows, self.width)
+        return Strip(
+            0,
+            np.empty((pair.count, *shape), np.dtype(pair.pre.dtypes[0])),
+            np.empty((pair.count, *shape), np.dtype(pair.post.dtypes[0])),
+            np.empty(shape, bool),
+            None if pair.label is None else np.empty(shape, np.uint8),
+            self.col,
+            np.empty(shape, bool),
+            np.empty(shape, bool),
+        )
+
+    def ensure(self, row: int, height: int) -> tuple[Strip, Strip | None]:
+        """Rows ``[row, row + height)`` (views), and the rows read for them (None if none were)."""
+        want = row + height
+        old = self.strip
+        if old is not None and row < old.row:
+            raise ValueError(f"rows go downwards only: {row} is above {old.row}")
+        if old is not None and want <= self.end:
+            return old.rows(row, want), None
+        start = max(row, self.end)
+        stop = min(self.pair.height, max(want, -(-want // self.chunk) * self.chunk))
+        keep = self.end - row if old is not None and row < self.end else 0
+        store = self._store
+        if store is None or store.height < keep + stop - start:
+            store = self._allocate(max(keep + stop - start, height + self.chunk))
+        if keep and old is not None:  # move the rows still needed to the top of the store
+            kept = old.rows(row, self.end)
+            for target, source in _pairs(store, kept, keep):
+                target[...] = source
+        self._store = store
+        at = Strip(start, *_fields(store, keep, keep + stop - start, self.col))
+        fresh = self.pair.read_window(start, stop - start, self.col, self.width, out=at)
+        self.strip = Strip(row, *_fields(store, 0, keep + stop - start, self.col))
+        return self.strip.rows(row, want), fresh
+
+
+def _fields(
+    store: Strip, lo: int, hi: int, col: int
+) -> tuple[
+    NDArray[Any],
+    NDArray[Any],
+    NDArray[np.bool_],
+    NDArray[np.uint8] | None,
+    int,
+    NDArray[np.bool_] | None,
+    NDArray[np.bool_] | None,
+]:
+    """Rows ``[lo, hi)`` of ``store``'s arrays, as `Strip` takes them after ``row``."""
+    view = store.rows(store.row + lo, store.row + hi)
+    return view.pre, view.post, view.valid, view.label, col, view.pre_valid, view.post_valid
+
+
+def _pairs(store: Strip, kept: Strip, rows: int) -> list[tuple[NDArray[Any], NDArray[Any]]]:
+    """(the first ``rows`` rows of each of ``store``'s arrays, ``kept``'s same array)."""
+    top = store.rows(store.row, store.row + rows)
+    pairs = [(top.pre, kept.pre), (top.post, kept.post), (top.valid, kept.valid)]
+    for a, b in (
+        (top.label, kept.label),
+        (top.pre_valid, kept.pre_valid),
+        (top.post_valid, kept.post_valid),
+    ):
+        if a is not None and b is not None:
+            pairs.append((a, b))
+    return pairs
+
+
+def preview_shape(height: int, width: int, max_side: int) -> tuple[int, int]:
+    """(h, w) of a preview: the scene shrunk to at most ``max_side`` on its longer side."""
+    scale = max(max(width, height) / max_side, 1)
+    return max(1, round(height / scale)), max(1, round(width / scale))
+
+
+def _nearest(length: int, size: int) -> NDArray[np.intp]:
+    """Source index of each of ``size`` samples of ``length`` pixels: GDAL's nearest decimation."""
+    return np.minimum(((np.arange(size) + 0.5) * (length / size)).astype(np.intp), length - 1)
+
+
+class PreviewSampler:
+    """The panels of `AlignedPair.preview`, picked out of strips as a pass reads them.
+
+    Each scene pixel must reach `add` at most once (any order); the image is complete once every
+    row and column has.
+    """
+
+    def __init__(self, pair: AlignedPair, max_side: int = 384) -> None:
+        h, w = preview_shape(pair.height, pair.width, max_side)
+        self.rows = _nearest(pair.height, h)
+        self.cols = _nearest(pair.width, w)
+        self.bands = [b - 1 for b in rgb_bands(pair.pre)]
+        dtype = np.dtype(pair.pre.dtypes[0])
+        self.pre = np.zeros((3, h, w), dtype)
+        self.post = np.zeros((3, h, w), np.dtype(pair.post.dtypes[0]))
+        self.pre_valid = np.zeros((h, w), bool)
+        self.post_valid = np.zeros((h, w), bool)
+        self.label = None if pair.label is None else np.full((h, w), 255, np.uint8)
+
+    def add(self, strip: Strip, col_lo: int | None = None, col_hi: int | None = None) -> None:
+        """Take the samples in ``strip``, only from columns ``[col_lo, col_hi)`` if given."""
+        lo = strip.col if col_lo is None else col_lo
+        hi = strip.col + strip.width if col_hi is None else col_hi
+        r = slice(*np.searchsorted(self.rows, [strip.row, strip.row + strip.height]))
+        c = slice(*np.searchsorted(self.cols, [lo, hi]))
+        if r.start == r.stop or c.start == c.stop:
+            return
+        ri = (self.rows[r] - strip.row)[:, None]
+        ci = (self.cols[c] - strip.col)[None, :]
+        self.pre[:, r, c] = strip.pre[self.bands][:, ri, ci]
+        self.post[:, r, c] = strip.post[self.bands][:, ri, ci]
+        if strip.pre_valid is None or strip.post_valid is None:
+            raise ValueError("PreviewSampler needs strips read by AlignedPair.read_window")
+        self.pre_valid[r, c] = strip.pre_valid[ri, ci]
+        self.post_valid[r, c] = strip.post_valid[ri, ci]
+        if self.label is not None and strip.label is not None:
+            self.label[r, c] = strip.label[ri, ci]
+
+    def image(self) -> Image.Image:
+        """Pre | post | label, side by side."""
+        panels = [rgb_image(self.pre, self.pre_valid), rgb_image(self.post, self.post_valid)]
+        if self.label is not None:
+            panels.append(label_image(self.label, np.ones(self.label.shape, bool)))
         return side_by_side(panels)
 
 

@@ -1,20 +1,28 @@
 """Cutting an aligned scene into training windows, in one streaming pass.
 
-Rows are read once, in strips of one window height, into a rolling buffer; windows are cut from
-it, so memory depends on the scene's width and the window size, never on its height. In the same
-pass the per-band statistics of each date are accumulated (every valid pixel counted once), the
-label balance is counted, and a sample of windows measures how well post is aligned to pre.
+The scene is cut into column bands at most `MAX_BAND_WIDTH` wide (overlapping by what a window
+needs). Each band is read once from top to bottom through a `RowBuffer` and windows are cut from
+it, so memory depends on the band width and the window size, never on the scene's size. In the
+same pass the per-band statistics of each date are accumulated as histograms (every valid pixel
+counted once), the label balance is counted, the preview is sampled, and a sample of windows
+measures how well post is aligned to pre.
 
 A tile set is a directory: ``tiles/<n>.npz`` (``pre`` and ``post`` [C, T, T] in the source dtype,
-``valid`` [T, T], ``mask`` [T, T] with 0 / 1 / 255 = ignore), ``preview.png``, and ``index.json``
-(written last) with the grid, the statistics that normalise the tiles, and every window's fate.
+``valid`` [T, T], ``mask`` [T, T] with 0 / 1 / 255 = ignore; uncompressed, as `np.load` reads
+them), ``preview.png``, and ``index.json`` (written last) with the grid, the statistics that
+normalise the tiles, and every window's fate. Tiles are numbered in row-major order of their
+windows, whatever order the bands are read in.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
+import struct
+import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +31,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mlops_assets.core.cd.config import TilingConfig, config_hash
-from mlops_assets.core.cd.raster import AlignedPair, Strip, positions
+from mlops_assets.core.cd.raster import (
+    MAX_BAND_WIDTH,
+    AlignedPair,
+    PreviewSampler,
+    RowBuffer,
+    positions,
+)
 from mlops_assets.core.outputs import MARKER
 
 INDEX_VERSION = 1
@@ -46,23 +60,28 @@ class BandStats:
 
 
 class _Moments:
-    """Streaming per-band sums (float64) for mean and standard deviation."""
+    """Streaming per-band statistics for mean and standard deviation, in any pixel order.
+
+    8- and 16-bit data is counted into per-band histograms (integers, so exact whatever the
+    order, and ~9x faster than squaring every pixel in float64: 8.6 ms vs 81 ms per 2048 px
+    strip); the moments are taken from them once, in exact integer arithmetic. Other types keep
+    float64 sums.
+    """
 
     def __init__(self, bands: int) -> None:
+        self.bands = bands
+        self.hist: NDArray[np.int64] | None = None  # [bands, levels]
         self.n = np.zeros(bands)
         self.total = np.zeros(bands)
         self.total_sq = np.zeros(bands)
 
     def add(self, data: NDArray[Any], valid: NDArray[np.bool_]) -> None:
         if data.dtype == np.uint8 or data.dtype == np.uint16:
-            # Histogram sums are exact and ~9x faster than squaring every pixel in float64
-            # (measured: 8.6 ms vs 81 ms per 2048 px strip; the statistics were a third of tiling).
-            levels = np.arange(256 if data.dtype == np.uint8 else 65536, dtype=np.float64)
+            levels = 256 if data.dtype == np.uint8 else 65536
+            if self.hist is None:
+                self.hist = np.zeros((self.bands, levels), np.int64)
             for band in range(data.shape[0]):
-                counts = np.bincount(data[band][valid], minlength=levels.size).astype(np.float64)
-                self.n[band] += counts.sum()
-                self.total[band] += counts @ levels
-                self.total_sq[band] += counts @ (levels * levels)
+                self.hist[band] += np.bincount(data[band][valid], minlength=levels)
             return
         values = data[:, valid].astype(np.float64)
         self.n += values.shape[1]
@@ -70,10 +89,25 @@ class _Moments:
         self.total_sq += np.square(values).sum(axis=1)
 
     def stats(self) -> BandStats:
-        n = np.maximum(self.n, 1)
-        mean = self.total / n
-        var = np.maximum(self.total_sq / n - mean**2, 0.0)
-        return BandStats([float(m) for m in mean], [float(max(math.sqrt(v), 1e-6)) for v in var])
+        if self.hist is None:
+            n = np.maximum(self.n, 1)
+            mean = self.total / n
+            var = np.maximum(self.total_sq / n - mean**2, 0.0)
+            return BandStats(
+                [float(m) for m in mean], [float(max(math.sqrt(v), 1e-6)) for v in var]
+            )
+        means: list[float] = []
+        stds: list[float] = []
+        for counts in self.hist:
+            levels = np.flatnonzero(counts)
+            c = [int(x) for x in counts[levels]]
+            v = [int(x) for x in levels]
+            n = max(sum(c), 1)
+            total = sum(ci * vi for ci, vi in zip(c, v, strict=True))
+            total_sq = sum(ci * vi * vi for ci, vi in zip(c, v, strict=True))
+            means.append(total / n)  # Python integers: exact, then rounded once
+            stds.append(max(math.sqrt(max((total_sq * n - total * total) / (n * n), 0.0)), 1e-6))
+        return BandStats(means, stds)
 
 
 @dataclass(frozen=True)
@@ -174,7 +208,9 @@ def _upsampled_correlation(
     data = spectrum
     for n, offset in zip(spectrum.shape[::-1], offsets[::-1], strict=True):
         kernel = (np.arange(size) - offset)[:, None] * np.fft.fftfreq(n, factor)
-        data = np.tensordot(np.exp(2j * np.pi * kernel), data, axes=(1, -1))
+        # einsum, not tensordot: these products are tiny, and BLAS's thread hand-off made them
+        # 20-50 ms each on an oversubscribed 2-core machine (measured), against ~1 ms.
+        data = np.einsum("ij,...j->i...", np.exp(2j * np.pi * kernel), data)
     return data
 
 
@@ -221,42 +257,95 @@ def alignment_residual(
 # Tiling --------------------------------------------------------------------------------------
 
 
-class _Buffer:
-    """The rows of the aligned pair currently in memory."""
+_NPY_HEADERS: dict[tuple[str, tuple[int, ...]], bytes] = {}
 
-    def __init__(self, pair: AlignedPair) -> None:
-        self.pair = pair
-        self.start = 0
-        self.strip: Strip | None = None
 
-    @property
-    def end(self) -> int:
-        return self.start + (0 if self.strip is None else self.strip.valid.shape[0])
-
-    def ensure(self, row: int, height: int) -> tuple[Strip, Strip | None]:
-        """Hold rows ``[row, row + height)``; return the buffer and the newly read rows."""
-        if self.strip is not None and row >= self.start and row + height <= self.end:
-            return self.strip, None
-        keep_from = max(row, self.start)
-        fresh_from = max(row, self.end)
-        fresh = self.pair.read_rows(fresh_from, row + height - fresh_from)
-        if self.strip is None or keep_from >= self.end:
-            self.strip, self.start = fresh, row
-            return fresh, fresh
-        k = keep_from - self.start
-        old = self.strip
-        label = None
-        if old.label is not None and fresh.label is not None:
-            label = np.concatenate([old.label[k:], fresh.label])
-        self.strip = Strip(
-            row,
-            np.concatenate([old.pre[:, k:], fresh.pre], axis=1),
-            np.concatenate([old.post[:, k:], fresh.post], axis=1),
-            np.concatenate([old.valid[k:], fresh.valid]),
-            label,
+def _npy_header(array: NDArray[Any]) -> bytes:
+    """The ``.npy`` header of a C-ordered array like ``array`` (cached per dtype and shape)."""
+    key = (array.dtype.str, array.shape)
+    header = _NPY_HEADERS.get(key)
+    if header is None:
+        buffer = io.BytesIO()
+        np.lib.format.write_array_header_1_0(
+            buffer, np.lib.format.header_data_from_array_1_0(np.empty(array.shape, array.dtype))
         )
-        self.start = row
-        return self.strip, fresh
+        header = _NPY_HEADERS[key] = buffer.getvalue()
+    return header
+
+
+def write_npz(path: Path, arrays: Mapping[str, NDArray[Any]]) -> None:
+    """What ``np.savez(path, **arrays)`` writes (uncompressed), in one write and reproducibly.
+
+    A stored (uncompressed) ZIP of ``<name>.npy`` members dated 1980-01-01, built in memory and
+    written at once. Measured per 4-array tile: 3.0 ms median against 4.2 ms for ``np.savez``,
+    whose per-member ``zipfile`` bookkeeping is most of its time.
+    """
+    parts: list[bytes | memoryview] = []
+    directory: list[bytes] = []
+    offset = 0
+    for key, value in arrays.items():
+        array = np.ascontiguousarray(value)
+        header = _npy_header(array)
+        data = array.reshape(-1).view(np.uint8).data
+        crc = zlib.crc32(data, zlib.crc32(header))
+        size = len(header) + data.nbytes
+        name = f"{key}.npy".encode()
+        # Local header: version 2.0, no flags, stored, time 00:00, date 1980-01-01.
+        local = struct.pack(
+            "<4s5H3L2H", b"PK\x03\x04", 20, 0, 0, 0, 0x21, crc, size, size, len(name), 0
+        )
+        directory.append(
+            struct.pack(
+                "<4s6H3L5H2L",
+                *(b"PK\x01\x02", 20, 20, 0, 0, 0, 0x21, crc, size, size, len(name)),
+                *(0, 0, 0, 0, 0, offset),
+            )
+            + name
+        )
+        parts += [local + name, header, data]
+        offset += len(local) + len(name) + size
+    central = b"".join(directory)
+    end = struct.pack(
+        "<4s4H2LH", b"PK\x05\x06", 0, 0, len(directory), len(directory), len(central), offset, 0
+    )
+    with path.open("wb") as f:
+        f.writelines([*parts, central, end])
+
+
+@dataclass(frozen=True)
+class ColumnBand:
+    """Columns ``[lo, hi)`` read together; the windows starting in them; the columns it counts."""
+
+    lo: int
+    hi: int
+    first: int  # index of its first window column
+    cols: list[int]
+    own_lo: int  # statistics, labels and preview come from columns [own_lo, own_hi)
+    own_hi: int
+
+
+def column_bands(width: int, cols: list[int], size: int, max_width: int) -> list[ColumnBand]:
+    """Split window columns ``cols`` into bands at most ``max_width`` wide (at least one window).
+
+    Each band reads every column its windows need; neighbouring bands' reads overlap by what a
+    window straddling them needs, but each column is owned (counted) by exactly one band.
+    """
+    if not cols:
+        return [ColumnBand(0, width, 0, [], 0, width)]
+    per = 1  # the most windows whose span fits max_width (at least one)
+    while per < len(cols) and cols[per] + size - cols[0] <= max_width:
+        per += 1
+    groups = -(-len(cols) // per)
+    per = -(-len(cols) // groups)  # balance the bands
+    starts = list(range(0, len(cols), per))
+    bands: list[ColumnBand] = []
+    for k, first in enumerate(starts):
+        chunk = cols[first : first + per]
+        lo, hi = chunk[0], chunk[-1] + size
+        own_lo = 0 if k == 0 else lo
+        own_hi = width if k == len(starts) - 1 else cols[starts[k + 1]]
+        bands.append(ColumnBand(lo, hi, first, chunk, own_lo, own_hi))
+    return bands
 
 
 def tile_scene(
@@ -267,8 +356,13 @@ def tile_scene(
     repository: str,
     commit_id: str,
     sources: dict[str, str],
+    *,
+    band_width: int = MAX_BAND_WIDTH,
 ) -> TileIndex:
-    """Cut ``pair`` into windows under ``out_dir``; write ``index.json`` last and return it."""
+    """Cut ``pair`` into windows under ``out_dir``; write ``index.json`` last and return it.
+
+    ``band_width`` bounds the columns read at once (the result does not depend on it).
+    """
     size, count = config.tile_size, pair.count
     rows = positions(pair.height, size, config.stride)
     cols = positions(pair.width, size, config.stride)
@@ -277,58 +371,68 @@ def tile_scene(
     pre_moments, post_moments = _Moments(count), _Moments(count)
     windows_total = len(rows) * len(cols)
     sample_every = max(1, windows_total // max(config.alignment_samples, 1))
-    residuals: list[float] = []
-    records: list[TileRecord] = []
+    residuals: list[tuple[int, float]] = []  # (row-major window number, residual)
+    kept: list[tuple[int, str, TileRecord]] = []  # (row-major window number, file, record)
     dropped: dict[str, int] = {}
     change_pixels = labelled_pixels = 0
-    buffer = _Buffer(pair)
-    window_index = 0
-    counted_to = 0  # rows below this are already in the statistics
+    preview = PreviewSampler(pair) if rows else None
 
-    for row in rows:
-        strip, _ = buffer.ensure(row, size)
-        if row + size > counted_to:  # statistics and label balance: each row once
-            lo = max(counted_to, row) - buffer.start
-            hi = row + size - buffer.start
-            valid_rows = strip.valid[lo:hi]
-            pre_moments.add(strip.pre[:, lo:hi], valid_rows)
-            post_moments.add(strip.post[:, lo:hi], valid_rows)
-            if strip.label is not None:
-                labelled = (strip.label[lo:hi] != 255) & valid_rows
-                labelled_pixels += int(labelled.sum())
-                change_pixels += int(((strip.label[lo:hi] == 1) & labelled).sum())
-            counted_to = row + size
-        r0 = row - buffer.start
-        for col in cols:
-            window_index += 1
-            valid = strip.valid[r0 : r0 + size, col : col + size]
-            nodata_fraction = 1.0 - float(valid.mean())
-            if nodata_fraction > config.max_nodata_fraction:
-                dropped["nodata"] = dropped.get("nodata", 0) + 1
-                continue
-            pre = strip.pre[:, r0 : r0 + size, col : col + size]
-            post = strip.post[:, r0 : r0 + size, col : col + size]
-            if strip.label is not None:
-                mask = strip.label[r0 : r0 + size, col : col + size].copy()
-                mask[~valid] = 255
-            else:
-                mask = np.full((size, size), 255, np.uint8)
-            name = f"{len(records):06d}"
-            np.savez(tiles_dir / f"{name}.npz", pre=pre, post=post, valid=valid, mask=mask)
-            records.append(
-                TileRecord(
-                    name=name,
+    for band in column_bands(pair.width, cols, size, band_width) if rows else []:
+        buffer = RowBuffer(pair, band.lo, band.hi - band.lo)
+        own = slice(band.own_lo - band.lo, band.own_hi - band.lo)
+        for i, row in enumerate(rows):
+            strip, fresh = buffer.ensure(row, size)
+            if fresh is not None:  # statistics, label balance, preview: each pixel once
+                valid_rows = fresh.valid[:, own]
+                pre_moments.add(fresh.pre[:, :, own], valid_rows)
+                post_moments.add(fresh.post[:, :, own], valid_rows)
+                if fresh.label is not None:
+                    labelled = (fresh.label[:, own] != 255) & valid_rows
+                    labelled_pixels += int(labelled.sum())
+                    change_pixels += int(((fresh.label[:, own] == 1) & labelled).sum())
+                if preview is not None:
+                    preview.add(fresh, band.own_lo, band.own_hi)
+            for j, col in enumerate(band.cols, start=band.first):
+                window_index = i * len(cols) + j + 1
+                c = col - band.lo
+                valid = strip.valid[:, c : c + size]
+                nodata_fraction = 1.0 - float(valid.mean())
+                if nodata_fraction > config.max_nodata_fraction:
+                    dropped["nodata"] = dropped.get("nodata", 0) + 1
+                    continue
+                pre = strip.pre[:, :, c : c + size]
+                post = strip.post[:, :, c : c + size]
+                if strip.label is not None:
+                    mask = strip.label[:, c : c + size].copy()
+                    mask[~valid] = 255
+                else:
+                    mask = np.full((size, size), 255, np.uint8)
+                # Numbered once every band is done; until then named by the window.
+                temporary = f".r{row}-c{col}.npz"
+                write_npz(
+                    tiles_dir / temporary, {"pre": pre, "post": post, "valid": valid, "mask": mask}
+                )
+                record = TileRecord(
+                    name="",
                     row=row,
                     col=col,
                     nodata_fraction=round(nodata_fraction, 4),
                     change_pixels=int((mask == 1).sum()),
                     labelled_pixels=int((mask != 255).sum()),
                 )
-            )
-            if window_index % sample_every == 0 and len(residuals) < config.alignment_samples:
-                residual = alignment_residual(pre, post, valid)
-                if residual is not None:
-                    residuals.append(residual)
+                kept.append((window_index, temporary, record))
+                if window_index % sample_every == 0:
+                    residual = alignment_residual(pre, post, valid)
+                    if residual is not None:
+                        residuals.append((window_index, residual))
+
+    records: list[TileRecord] = []
+    for _, temporary, record in sorted(kept, key=lambda k: k[0]):
+        name = f"{len(records):06d}"
+        (tiles_dir / temporary).replace(tiles_dir / f"{name}.npz")
+        records.append(dataclasses.replace(record, name=name))
+    # The first samples in row-major order, as a single pass over full-width rows would take.
+    first = [r for _, r in sorted(residuals)[: config.alignment_samples]]
 
     index = TileIndex(
         scene_id=scene_id,
@@ -350,9 +454,9 @@ def tile_scene(
         has_label=pair.label is not None,
         change_pixels=change_pixels,
         labelled_pixels=labelled_pixels,
-        alignment_residual_px=round(float(np.median(residuals)), 4) if residuals else None,
-        alignment_samples=len(residuals),
+        alignment_residual_px=round(float(np.median(first)), 4) if first else None,
+        alignment_samples=len(first),
     )
-    pair.preview().save(out_dir / "preview.png")
+    (pair.preview() if preview is None else preview.image()).save(out_dir / "preview.png")
     index.save(out_dir)
     return index

@@ -13,6 +13,7 @@ from rasterio.transform import from_origin
 from rasterio.windows import Window
 from torch import nn
 
+from mlops_assets.core.cd import raster
 from mlops_assets.core.cd.config import InferenceConfig, TrainConfig, preset
 from mlops_assets.core.cd.infer import (
     NODATA,
@@ -23,9 +24,10 @@ from mlops_assets.core.cd.infer import (
     predict_windows,
 )
 from mlops_assets.core.cd.model import build_unet
-from mlops_assets.core.cd.raster import AlignedPair, Strip, open_aligned, positions
+from mlops_assets.core.cd.raster import open_aligned
 from mlops_assets.core.cd.tiles import BandStats
 from mlops_assets_tests.core.cd import crop_scene, locations, read_raster, window, write_raster
+from mlops_assets_tests.core.cd.test_raster import record_reads
 
 CPU = torch.device("cpu")
 TINY = preset(InferenceConfig, "tiny")  # 64 px windows, 16 px overlap
@@ -164,19 +166,18 @@ def test_blending_is_normalised_a_constant_stays_constant(
     assert (mask[valid] == 0).all() and (prob[~valid] == NODATA).all()
 
 
-def test_rows_are_streamed_one_window_height_at_a_time(
+def test_rows_are_streamed_once_each_in_block_aligned_reads(
     demo_cd_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    reads: list[tuple[int, int]] = []
-    original = AlignedPair.read_rows
-
-    def recording(self: AlignedPair, row: int, height: int) -> Strip:
-        reads.append((row, height))
-        return original(self, row, height)
-
-    monkeypatch.setattr(AlignedPair, "read_rows", recording)
-    predict(demo_cd_dir, Constant(0.3), tmp_path / "map.tif")
-    assert reads == [(row, 64) for row in positions(128, 64, 48)]
+    predict(demo_cd_dir, pixelwise(), tmp_path / "whole.tif")  # 128-row blocks: one read
+    monkeypatch.setattr(raster, "MAX_CHUNK_ROWS", 16)  # as if the source had 16-row blocks
+    reads = record_reads(monkeypatch)
+    predict(demo_cd_dir, pixelwise(), tmp_path / "map.tif")
+    # Windows at rows 0, 48 and 64, 64 high: each row is read once, never more than a window
+    # and a block ahead, and across the whole width.
+    assert reads == [(0, 64, 0, 128), (64, 48, 0, 128), (112, 16, 0, 128)]
+    for a, b in zip(read_map(tmp_path / "whole.tif"), read_map(tmp_path / "map.tif"), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_summary_against_the_label(demo_cd_dir: Path, tmp_path: Path) -> None:

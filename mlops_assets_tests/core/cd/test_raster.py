@@ -10,9 +10,15 @@ import rasterio
 from PIL import Image
 from rasterio.transform import Affine, from_origin
 from rasterio.warp import Resampling, calculate_default_transform, reproject
+from rasterio.windows import Window
 
+from mlops_assets.core.cd import raster
 from mlops_assets.core.cd.raster import (
+    AlignedPair,
     AlignmentError,
+    PreviewSampler,
+    RowBuffer,
+    Strip,
     label_image,
     open_aligned,
     overlay_image,
@@ -255,6 +261,97 @@ def test_preview_shows_pre_post_and_label_side_by_side(demo_cd_dir: Path) -> Non
     assert (label_panel[label[0] == 1] == 255).all()  # change is white
     assert (label_panel[label[0] == 255] == 96).all()  # nodata is grey
     assert (label_panel[label[0] == 0] == 0).all()
+
+
+def record_reads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int, int, int]]:
+    """Every `AlignedPair.read_window` call as (row, height, col, width)."""
+    reads: list[tuple[int, int, int, int]] = []
+    original = AlignedPair.read_window
+
+    def recording(
+        self: AlignedPair, row: int, height: int, col: int, width: int, out: Strip | None = None
+    ) -> Strip:
+        reads.append((row, height, col, width))
+        return original(self, row, height, col, width, out)
+
+    monkeypatch.setattr(AlignedPair, "read_window", recording)
+    return reads
+
+
+def test_row_buffer_reads_each_row_once_in_block_aligned_chunks(
+    demo_cd_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(raster, "MAX_CHUNK_ROWS", 16)  # as if the source had 16-row blocks
+    with open_aligned(*locations(demo_cd_dir)) as pair:
+        whole = pair.read_rows(0, pair.height)
+        reads = record_reads(monkeypatch)
+        buffer = RowBuffer(pair, col=24, width=40)
+        for row in positions(128, 32, 24):
+            strip, _ = buffer.ensure(row, 32)
+            rows, cols = slice(row, row + 32), slice(24, 64)
+            assert (strip.row, strip.col, strip.height, strip.width) == (row, 24, 32, 40)
+            np.testing.assert_array_equal(strip.pre, whole.pre[:, rows, cols])
+            np.testing.assert_array_equal(strip.post, whole.post[:, rows, cols])
+            np.testing.assert_array_equal(strip.valid, whole.valid[rows, cols])
+            assert strip.label is not None and whole.label is not None
+            np.testing.assert_array_equal(strip.label, whole.label[rows, cols])
+            for part, full in (
+                (strip.pre_valid, whole.pre_valid),
+                (strip.post_valid, whole.post_valid),
+            ):
+                assert part is not None and full is not None
+                np.testing.assert_array_equal(part, full[rows, cols])
+        with pytest.raises(ValueError, match="downwards only"):
+            buffer.ensure(0, 32)
+    # Consecutive, disjoint, 16-row aligned reads of the band: every row read exactly once.
+    assert all((c, w) == (24, 40) for _, _, c, w in reads)
+    assert reads[0][0] == 0 and sum(h for _, h, _, _ in reads) == 128
+    assert all(r + h == nxt for (r, h, _, _), (nxt, *_) in itertools.pairwise(reads))
+    assert all((r + h) % 16 == 0 for r, h, _, _ in reads)
+    assert max(h for _, h, _, _ in reads) <= 32 + 16
+
+
+def test_masks_taken_from_the_pixels_equal_rasterios_dataset_mask(
+    demo_cd_dir: Path, demo_cd_warped_dir: Path, tmp_path: Path
+) -> None:
+    """Nodata masks are computed from the pixels already read; other masks are read."""
+    data = np.random.default_rng(0).uniform(0, 1, (3, 40, 48)).astype(np.float32)
+    data[:, :5] = -1.0
+    data[1, 30:] = -1.0  # one band's nodata alone leaves the pixel valid
+    floats = write_raster(tmp_path / "float.tif", data, nodata=-1.0)  # float: mask is read
+    pairs = [
+        (*locations(demo_cd_dir), ("uint16", "nodata")),
+        (*locations(demo_cd_warped_dir), ("uint16", "warped")),
+        (_loc(RASTERIO / "rgb1.tif"), _loc(RASTERIO / "rgb1.tif"), None, ("uint8", "real")),
+        (_loc(floats), _loc(floats), None, ("float32", "read")),
+    ]
+    for pre, post, label, case in pairs:
+        with open_aligned(pre, post, label) as pair:
+            assert pair.pre.dtypes[0] == case[0], case
+            window = Window.from_slices((3, pair.height - 2), (5, pair.width - 1))
+            strip = pair.read_window(3, pair.height - 5, 5, pair.width - 6)
+            assert strip.pre_valid is not None and strip.post_valid is not None
+            pre_mask = pair.pre.dataset_mask(window=window) > 0
+            post_mask = pair.post.dataset_mask(window=window) > 0
+            np.testing.assert_array_equal(strip.pre_valid, pre_mask, err_msg=str(case))
+            np.testing.assert_array_equal(strip.post_valid, post_mask, err_msg=str(case))
+            np.testing.assert_array_equal(strip.valid, pre_mask & post_mask)
+            assert 0 < strip.valid.mean() < 1, case
+
+
+def test_preview_sampler_picks_the_decimated_read_out_of_column_bands(demo_cd_dir: Path) -> None:
+    with open_aligned(*locations(demo_cd_dir)) as pair:
+        for side in (50, 64, 384):
+            expected = np.asarray(pair.preview(max_side=side))
+            sampler = PreviewSampler(pair, max_side=side)
+            bands = [(0, 40, 0, 37), (30, 98, 37, 90), (80, 128, 90, 128)]  # read, own
+            for lo, hi, own_lo, own_hi in bands:
+                buffer = RowBuffer(pair, lo, hi - lo)
+                for row in (0, 40, 96):
+                    _, fresh = buffer.ensure(row, 32)
+                    if fresh is not None:
+                        sampler.add(fresh, own_lo, own_hi)
+            np.testing.assert_array_equal(np.asarray(sampler.image()), expected, err_msg=str(side))
 
 
 def test_rgb_bands_from_descriptions_colour_interpretation_or_one_band(

@@ -4,22 +4,29 @@ import dataclasses
 import itertools
 import json
 import shutil
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
+from PIL import Image
 from rasterio.transform import Affine
 from scipy import ndimage
 
+from mlops_assets.core.cd import raster
 from mlops_assets.core.cd.config import TilingConfig, config_hash, preset
-from mlops_assets.core.cd.raster import AlignedPair, Strip, open_aligned
+from mlops_assets.core.cd.raster import open_aligned, positions
 from mlops_assets.core.cd.tiles import (
     BandStats,
+    ColumnBand,
     TileIndex,
     alignment_residual,
+    column_bands,
     phase_shift,
     tile_key,
+    tile_scene,
+    write_npz,
 )
 from mlops_assets.core.outputs import MARKER
 from mlops_assets_tests.conftest import DATA
@@ -31,6 +38,7 @@ from mlops_assets_tests.core.cd import (
     tile_folder,
     write_raster,
 )
+from mlops_assets_tests.core.cd.test_raster import record_reads
 
 TINY = preset(TilingConfig, "tiny")  # 64 px windows every 48 px
 
@@ -114,23 +122,91 @@ def test_normalise_centres_each_band_and_zeroes_invalid_pixels() -> None:
     )
 
 
-def test_the_scene_is_read_in_one_pass_of_bounded_strips(
+def test_the_scene_is_read_in_one_pass_of_bounded_column_bands(
     demo_cd_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    reads: list[tuple[int, int]] = []
-    original = AlignedPair.read_rows
-
-    def recording(self: AlignedPair, row: int, height: int) -> Strip:
-        reads.append((row, height))
-        return original(self, row, height)
-
-    monkeypatch.setattr(AlignedPair, "read_rows", recording)
-    index = tile_folder(demo_cd_dir, tmp_path, TilingConfig(tile_size=32, overlap=8))
+    monkeypatch.setattr(raster, "MAX_CHUNK_ROWS", 16)  # as if the source had 16-row blocks
+    reads = record_reads(monkeypatch)
+    config = TilingConfig(tile_size=32, overlap=8)
+    with open_aligned(*locations(demo_cd_dir)) as pair:
+        index = tile_scene(pair, tmp_path, config, "farm", "scenes", COMMIT, {}, band_width=64)
     assert len(index.tiles) > 0
-    assert max(h for _, h in reads) <= 32
-    # Consecutive, disjoint ranges that cover the scene: every row is read exactly once.
-    assert reads[0][0] == 0 and sum(h for _, h in reads) == 128
-    assert all(r + h == nxt for (r, h), (nxt, _) in itertools.pairwise(reads))
+    assert max(h for _, h, _, _ in reads) <= 32 + 16 and max(w for *_, w in reads) <= 64
+    bands = sorted({(c, w) for *_, c, w in reads})
+    assert len(bands) == 3 and bands[0][0] == 0 and sum(w for _, w in bands) < 128 + 3 * 32
+    for col, width in bands:  # each band: consecutive, disjoint rows covering the scene
+        rows = [(r, h) for r, h, c, w in reads if (c, w) == (col, width)]
+        assert rows[0][0] == 0 and sum(h for _, h in rows) == 128
+        assert all(r + h == nxt for (r, h), (nxt, _) in itertools.pairwise(rows))
+
+
+@pytest.mark.parametrize(("config", "band_width"), [(TINY, 64), (TilingConfig(32, 8), 50)])
+def test_column_bands_give_the_same_tile_set_as_one_band(
+    demo_cd_dir: Path, tmp_path: Path, config: TilingConfig, band_width: int
+) -> None:
+    outputs = {}
+    for width in (10_000, band_width):
+        with open_aligned(*locations(demo_cd_dir)) as pair:
+            outputs[width] = tile_scene(
+                pair, tmp_path / str(width), config, "farm", "scenes", COMMIT, {}, band_width=width
+            )
+    whole, banded = outputs[10_000], outputs[band_width]
+    assert banded == whole and len(whole.tiles) >= 9
+    assert whole.alignment_samples > 0
+    for tile in whole.tiles:
+        name = f"tiles/{tile.name}.npz"
+        assert (tmp_path / str(band_width) / name).read_bytes() == (
+            tmp_path / "10000" / name
+        ).read_bytes()
+    assert sorted(p.name for p in (tmp_path / str(band_width) / "tiles").iterdir()) == sorted(
+        f"{t.name}.npz" for t in whole.tiles
+    )
+    previews = [np.asarray(Image.open(tmp_path / str(w) / "preview.png")) for w in outputs]
+    np.testing.assert_array_equal(previews[0], previews[1])
+
+
+def test_column_bands_own_every_column_once_and_read_what_their_windows_need() -> None:
+    for width, size, stride, max_width in [
+        (128, 32, 24, 64),
+        (2048, 128, 96, 2048),
+        (8192, 128, 96, 2048),
+        (300, 64, 64, 64),
+        (70, 64, 48, 10),
+    ]:
+        cols = positions(width, size, stride)
+        bands = column_bands(width, cols, size, max_width)
+        assert [c for b in bands for c in b.cols] == cols
+        assert bands[0].own_lo == 0 and bands[-1].own_hi == width
+        assert all(a.own_hi == b.own_lo for a, b in itertools.pairwise(bands))
+        for band in bands:
+            assert band.lo == band.cols[0] and band.hi == band.cols[-1] + size
+            assert band.lo <= band.own_lo < band.own_hi <= band.hi
+            assert band.hi - band.lo <= max(max_width, size)
+            assert cols[band.first] == band.cols[0]
+    assert len(column_bands(2048, positions(2048, 128, 96), 128, 2048)) == 1
+    assert column_bands(50, [], 64, 2048) == [ColumnBand(0, 50, 0, [], 0, 50)]
+
+
+def test_write_npz_is_what_np_load_reads_and_is_reproducible(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    big = rng.integers(0, 65535, (4, 96, 96), dtype=np.uint16)
+    arrays = {
+        "pre": big[:, 10:42, 20:52],  # a view, not contiguous
+        "post": rng.normal(size=(3, 5, 7)).astype(np.float32),
+        "valid": rng.random((32, 32)) > 0.5,
+        "mask": np.full((0, 4), 255, np.uint8),
+    }
+    write_npz(tmp_path / "a.npz", arrays)
+    np.savez(tmp_path / "b.npz", **arrays)
+    with np.load(tmp_path / "a.npz") as ours, np.load(tmp_path / "b.npz") as numpys:
+        assert ours.files == numpys.files == list(arrays)
+        for key, value in arrays.items():
+            assert ours[key].dtype == value.dtype and ours[key].shape == value.shape
+            np.testing.assert_array_equal(ours[key], value)
+    with zipfile.ZipFile(tmp_path / "a.npz") as archive:
+        assert archive.testzip() is None
+    write_npz(tmp_path / "c.npz", arrays)
+    assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "c.npz").read_bytes()
 
 
 def test_a_tall_all_nodata_scene_keeps_nothing_and_says_why(tmp_path: Path) -> None:
