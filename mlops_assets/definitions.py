@@ -16,7 +16,9 @@ from mlops_assets.assets.cd.change_map import cd_change_map, cd_change_map_f1
 from mlops_assets.assets.cd.model import cd_model, cd_registered_model
 from mlops_assets.assets.cd.scene import cd_scene
 from mlops_assets.assets.cd.tiles import cd_tiles
+from mlops_assets.assets.nvs.render import nvs_render
 from mlops_assets.assets.nvs.scene import nvs_scene
+from mlops_assets.assets.nvs.splats import nvs_registered_splats, nvs_splats
 from mlops_assets.jobs.ingest import ingest_scene_job
 from mlops_assets.resources.io_managers import JsonIOManager
 from mlops_assets.resources.lineage import LineageResource
@@ -101,7 +103,17 @@ def build_defs(settings: Settings) -> dg.Definitions:
     """
     interval = settings.sensor_interval_s
     return dg.Definitions(
-        assets=[cd_scene, cd_tiles, cd_model, cd_registered_model, cd_change_map, nvs_scene],
+        assets=[
+            cd_scene,
+            cd_tiles,
+            cd_model,
+            cd_registered_model,
+            cd_change_map,
+            nvs_scene,
+            nvs_splats,
+            nvs_registered_splats,
+            nvs_render,
+        ],
         asset_checks=[cd_change_map_f1],
         jobs=[ingest_scene_job],
         sensors=[

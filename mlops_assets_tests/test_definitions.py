@@ -20,6 +20,9 @@ EXPECTED_ASSETS = {
     dg.AssetKey(["cd", "registered_model"]),
     dg.AssetKey(["cd", "change_map"]),
     dg.AssetKey(["nvs", "scene"]),
+    dg.AssetKey(["nvs", "splats"]),
+    dg.AssetKey(["nvs", "registered_splats"]),
+    dg.AssetKey(["nvs", "render"]),
 }
 
 
@@ -138,3 +141,11 @@ def test_automation_is_on_with_the_configured_interval(tmp_path: Path) -> None:
     assert (
         f1 in defs.resolve_job_def("cd_change_map_refresh").asset_layer.asset_graph.asset_check_keys
     )
+
+
+def test_a_changed_nvs_scene_refreshes_its_whole_chain(tmp_path: Path) -> None:
+    defs = build_defs(Settings.from_env({}, cwd=tmp_path))
+    job = defs.resolve_job_def("nvs_scene_refresh")
+    assert set(job.asset_layer.asset_graph.get_all_asset_keys()) == {
+        key for key in EXPECTED_ASSETS if key.path[0] == "nvs"
+    }

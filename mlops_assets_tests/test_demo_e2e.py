@@ -24,6 +24,10 @@ def test_demo_materialises_every_scene_with_the_dagster_cli(tmp_path: Path) -> N
         "DAGSTER_HOME": str(tmp_path / "home" / "dagster"),
         "BIN": str(BIN),
         "PRESET": "tiny",
+        # A few NVS steps only: the chain's wiring is under test here, its quality elsewhere.
+        "NVS_STEPS": "20",
+        "NVS_MIN_PSNR": "5",
+        "NVS_FRAMES": "4",
     }
     (tmp_path / "home" / "dagster").mkdir(parents=True)
     shutil.copy(REPO / "dagster.yaml", tmp_path / "home" / "dagster" / "dagster.yaml")
@@ -37,7 +41,7 @@ def test_demo_materialises_every_scene_with_the_dagster_cli(tmp_path: Path) -> N
     run(str(BIN / "mlops-assets"), "partitions", "sync")
     out = run(str(REPO / "scripts" / "demo.sh"))
     assert "FAILED" not in out, out
-    assert out.count("  ok      cd/scene,cd/tiles") == 4 and out.count("  ok      nvs/scene") == 3
+    assert out.count("  ok      cd/scene,cd/tiles") == 4 and out.count("  ok      nvs/scene,nvs/splats") == 3
     assert out.count("  ok      cd/model,cd/registered_model") == 1
     assert out.count("  ok      cd/change_map") == 4
     assert "mlflow ui --backend-store-uri sqlite:///" in out
@@ -49,6 +53,8 @@ def test_demo_materialises_every_scene_with_the_dagster_cli(tmp_path: Path) -> N
         "suburb-east",
     ]
     assert (exported / "suburb-east" / "change_map.tif").stat().st_size > 0
+    splats = tmp_path / "home" / "exports" / "nvs" / "globe"
+    assert (splats / "splats.ply").stat().st_size > 0 and (splats / "orbit.mp4").exists()
 
     os.environ["DAGSTER_HOME"] = env["DAGSTER_HOME"]
     try:
@@ -56,6 +62,7 @@ def test_demo_materialises_every_scene_with_the_dagster_cli(tmp_path: Path) -> N
             cd = instance.get_materialized_partitions(dg.AssetKey(["cd", "scene"]))
             nvs = instance.get_materialized_partitions(dg.AssetKey(["nvs", "scene"]))
             maps = instance.get_materialized_partitions(dg.AssetKey(["cd", "change_map"]))
+            rendered = instance.get_materialized_partitions(dg.AssetKey(["nvs", "render"]))
             registered = instance.get_latest_materialization_event(
                 dg.AssetKey(["cd", "registered_model"])
             )
@@ -65,6 +72,6 @@ def test_demo_materialises_every_scene_with_the_dagster_cli(tmp_path: Path) -> N
             "challenger",
             "champion",
         ]
-        assert nvs == {"globe", "ring", "toy-blocks"}
+        assert nvs == rendered == {"globe", "ring", "toy-blocks"}
     finally:
         del os.environ["DAGSTER_HOME"]

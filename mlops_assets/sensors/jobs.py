@@ -18,6 +18,9 @@ CD_CHANGE_MAP_KEY = dg.AssetKey(["cd", "change_map"])
 CD_MODEL_KEY = dg.AssetKey(["cd", "model"])
 CD_REGISTERED_MODEL_KEY = dg.AssetKey(["cd", "registered_model"])
 NVS_SCENE_KEY = dg.AssetKey(["nvs", "scene"])
+NVS_SPLATS_KEY = dg.AssetKey(["nvs", "splats"])
+NVS_REGISTERED_SPLATS_KEY = dg.AssetKey(["nvs", "registered_splats"])
+NVS_RENDER_KEY = dg.AssetKey(["nvs", "render"])
 
 #: Ops whose ``ref`` config pins the scene to the commit a sensor saw.
 CD_SCENE_OP = "cd__scene"
@@ -31,8 +34,11 @@ cd_scene_refresh = dg.define_asset_job(
 
 nvs_scene_refresh = dg.define_asset_job(
     "nvs_scene_refresh",
-    selection=dg.AssetSelection.assets(NVS_SCENE_KEY),
-    description="One NVS scene at one commit: nvs/scene.",
+    selection=dg.AssetSelection.assets(
+        NVS_SCENE_KEY, NVS_SPLATS_KEY, NVS_REGISTERED_SPLATS_KEY, NVS_RENDER_KEY
+    ),
+    description="One NVS scene at one commit: nvs/scene, its splats, their registered version "
+    "and the render.",
 )
 
 cd_retrain = dg.define_asset_job(
