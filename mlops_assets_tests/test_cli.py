@@ -148,6 +148,7 @@ def test_retrain_runs_the_job_on_the_instance_and_reports_failure(home: Path) ->
     result = CliRunner().invoke(main, ["retrain", "--preset", "tiny"])
     assert result.exit_code == 1
     assert "error: cd_retrain run " in result.output  # nothing to train on yet
+    assert "no labelled, published tiles" in result.output
     with dg.DagsterInstance.get() as instance:  # DAGSTER_HOME from the fixture
         (record,) = instance.get_run_records(dg.RunsFilter(job_name="cd_retrain"))
     run = record.dagster_run

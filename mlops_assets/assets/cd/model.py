@@ -59,12 +59,13 @@ def _training_sets(
 def cd_model(
     context: dg.AssetExecutionContext,
     config: ModelConfig,
-    tiles: dict[str, Any],
+    tiles: dict[str, Any] | None,
     output_store: OutputStoreResource,
     mlflow: MLflowResource,
     lineage: LineageResource,
 ) -> dg.MaterializeResult[dict[str, Any]]:
     """Train on every labelled scene's tiles and log the run to MLflow."""
+    tiles = tiles or {}  # no cd_scenes partition at all loads as None
     if isinstance(tiles.get("scene_id"), str):  # one partition loads as its value, not a dict
         tiles = {tiles["scene_id"]: tiles}
     train_config = config.to_core()
