@@ -35,6 +35,7 @@ class Bench:
 def _benches() -> list[Bench]:
     # Imported here so `--help` and `--list` stay fast.
     from benchmarks.inference import bench_inference_rss, bench_inference_throughput
+    from benchmarks.nvs import bench_nvs_gpu, bench_nvs_psnr
     from benchmarks.sensor_latency import bench_sensor_latency
     from benchmarks.tiling import bench_tiling_rss, bench_tiling_throughput
     from benchmarks.training import bench_heldout_f1, bench_training_throughput
@@ -75,6 +76,18 @@ def _benches() -> list[Bench]:
             "commit -> run of lakefs_commit_sensor under dagster-daemon (30 s interval; quick 5 s)",
             lambda: bench_sensor_latency(interval_s=30, rounds=4),
             lambda: bench_sensor_latency(interval_s=5, rounds=3),
+        ),
+        Bench(
+            "nvs-psnr",
+            "held-out PSNR of the tiny NVS preset on CPU, demo scene globe (quick: 150 steps)",
+            lambda: bench_nvs_psnr(),
+            lambda: bench_nvs_psnr(steps=150),
+        ),
+        Bench(
+            "nvs-gpu",
+            "train_splats vs a bare gsplat loop on CUDA, same steps (not run without CUDA)",
+            lambda: bench_nvs_gpu(),
+            lambda: bench_nvs_gpu(steps=1000),
         ),
         Bench(
             "f1",

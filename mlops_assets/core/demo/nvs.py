@@ -260,9 +260,10 @@ def write_nvs_scene(spec: NVSSceneSpec, out_dir: Path, image_size: int | None = 
     observations: list[list[tuple[int, float, float]]] = [[] for _ in range(len(xyz))]
     for image_index, (view, (rotation, translation)) in enumerate(zip(views, poses, strict=True)):
         cam = xyz @ rotation.T + translation
-        u = focal * cam[:, 0] / cam[:, 2] + (size - 1) / 2
-        v = focal * cam[:, 1] / cam[:, 2] + (size - 1) / 2
-        col, row = np.round(u).astype(int), np.round(v).astype(int)
+        # COLMAP puts pixel centres at i + 0.5: the renderer's pixel i is the point i + 0.5 here.
+        u = focal * cam[:, 0] / cam[:, 2] + size / 2
+        v = focal * cam[:, 1] / cam[:, 2] + size / 2
+        col, row = np.floor(u).astype(int), np.floor(v).astype(int)
         inside = (col >= 0) & (col < size) & (row >= 0) & (row < size) & (cam[:, 2] > 0)
         visible = np.zeros(len(xyz), bool)
         visible[inside] = np.abs(view.depth[row[inside], col[inside]] - cam[inside, 2]) < 0.03
@@ -270,7 +271,9 @@ def write_nvs_scene(spec: NVSSceneSpec, out_dir: Path, image_size: int | None = 
             observations[point_index].append(
                 (image_index + 1, float(u[point_index]), float(v[point_index]))
             )
-    centre = (size - 1) / 2
+    # The renderer's ray through pixel i passes through (i - (size - 1) / 2) / focal, which in
+    # COLMAP's convention (pixel centres at i + 0.5) is a principal point at size / 2.
+    centre = size / 2
     camera = Camera(1, "PINHOLE", size, size, (focal, focal, centre, centre))
     model = ColmapModel({1: camera}, images, xyz, rgb, observations)
     write_model(model, out_dir / "sparse" / "0", spec.model_format)
