@@ -1,8 +1,9 @@
 """Training: throughput against a bare PyTorch loop, and held-out F1 of the default preset.
 
 The bare loop is `train_change_model`'s inner loop with everything else taken away: the same
-split, dataset (augmentation included), seeded `DataLoader`, model, AdamW and loss, but no
-learning-rate schedule, no divergence check, no loss bookkeeping, no evaluation and no callback.
+split, dataset (augmentation included, so both sides see the same batches), seeded `DataLoader`,
+model, AdamW and loss, but no learning-rate schedule, no weight averaging (EMA), no divergence
+check, no loss bookkeeping, no evaluation and no callback.
 Both sides time the whole epoch, data loading included; the package's figure is the
 ``samples_per_second`` its own `EpochMetrics` report.
 """

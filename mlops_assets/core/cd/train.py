@@ -1,14 +1,17 @@
 """Training the change-detection U-Net: seeded, CPU by default, CUDA when present.
 
-`train_change_model` splits the tiles spatially, trains with BCE + Dice, evaluates F1, IoU,
-precision and recall on validation pixels after every epoch (torchmetrics, label 255 ignored), keeps
-the best epoch by F1, and renders a few validation predictions as overlay images. It reports each
-epoch through a callback, so the caller can log to MLflow without this module knowing about it.
+`train_change_model` splits the tiles spatially, trains with BCE + Dice (AdamW, linear warm-up then
+cosine decay per step, optionally an exponential moving average of the weights), evaluates F1,
+IoU, precision and recall on validation pixels after every epoch (torchmetrics, label 255
+ignored; the averaged weights when there are any), keeps the best epoch by F1, and renders a few
+validation predictions as overlay images. It reports each epoch through a callback, so the caller
+can log to MLflow without this module knowing about it.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -93,6 +96,22 @@ def seed_everything(seed: int) -> torch.Generator:
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
     return torch.Generator().manual_seed(seed)
+
+
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: float
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up from near 0 to the configured rate, then cosine decay to 0 (per step)."""
+    total = max(1, total_steps)
+    warmup = min(max(0.0, warmup_steps), total - 1)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = (step - warmup) / max(1.0, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def make_split(refs: Sequence[TileRef], config: TrainConfig) -> Split:
@@ -201,8 +220,17 @@ def train_change_model(
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-        optimizer, T_max=max(1, config.epochs * len(train_loader))
+    scheduler = warmup_cosine(
+        optimizer, config.epochs * len(train_loader), config.warmup_epochs * len(train_loader)
+    )
+    ema = (
+        None
+        if not config.ema_decay
+        else torch.optim.swa_utils.AveragedModel(
+            model,
+            multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema_decay),
+            use_buffers=True,
+        )
     )
     history: list[EpochMetrics] = []
     best: EpochMetrics | None = None
@@ -222,10 +250,13 @@ def train_change_model(
             loss.backward()
             optimizer.step()
             scheduler.step()
+            if ema is not None:
+                ema.update_parameters(model)
             total += float(loss.detach()) * image.shape[0]
             samples += image.shape[0]
         seconds = time.perf_counter() - started
-        values = evaluate(model, val_loader, loss_fn, device, config.threshold)
+        scored = model if ema is None else ema.module
+        values = evaluate(scored, val_loader, loss_fn, device, config.threshold)
         metrics = EpochMetrics(
             epoch=epoch,
             train_loss=total / max(samples, 1),
@@ -242,7 +273,7 @@ def train_change_model(
             on_epoch(metrics)
         if best is None or metrics.f1 >= best.f1:
             best = metrics
-            best_state = copy.deepcopy(model.state_dict())
+            best_state = copy.deepcopy(scored.state_dict())
     assert best is not None
     model.load_state_dict(best_state)
     overlays = render_overlays(model, split.val[: config.overlay_images], device, config.threshold)

@@ -75,6 +75,8 @@ def test_scaled_shrinks_epochs_but_keeps_at_least_one() -> None:
             lambda: InferenceConfig(tile_size=64, overlap=33),
             r"overlap 33 must be in \[0, tile_size / 2\]",
         ),
+        (lambda: TrainConfig(ema_decay=1.0), r"ema_decay 1.0 must be in \[0, 1\)"),
+        (lambda: TrainConfig(warmup_epochs=-1), "warmup_epochs -1 must be >= 0"),
         # An override that breaks a preset is refused the same way.
         (
             lambda: preset(TrainConfig, "tiny", encoder_depth=4),
@@ -92,6 +94,7 @@ def test_boundary_values_are_accepted() -> None:
     assert TilingConfig(tile_size=64, overlap=0).stride == 64
     assert InferenceConfig(tile_size=64, overlap=32).overlap == 32
     assert TrainConfig(split="scene", val_scenes=("a",)).val_scenes == ("a",)
+    assert TrainConfig(ema_decay=0.0, warmup_epochs=0.0).ema_decay == 0.0
 
 
 def test_config_hash_is_short_stable_and_sensitive_to_every_field() -> None:

@@ -93,7 +93,7 @@ def test_rebuild_from_spec_gives_the_same_architecture() -> None:
     spec = json.loads(json.dumps(model_spec(6, TINY)))  # it is stored as JSON
     assert spec == {
         "in_channels": 6,
-        "encoder": "timm-regnetx_002",
+        "encoder": "tu-regnetx_002",
         "encoder_depth": 3,
         "decoder_channels": [16, 8, 8],
     }

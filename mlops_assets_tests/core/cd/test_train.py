@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import math
 from pathlib import Path
 
 import pytest
@@ -9,7 +11,12 @@ import torch
 from mlops_assets.core.cd.config import TilingConfig, TrainConfig, preset
 from mlops_assets.core.cd.dataset import TileRef, tile_refs
 from mlops_assets.core.cd.model import BceDiceLoss
-from mlops_assets.core.cd.train import EpochMetrics, TrainingError, train_change_model
+from mlops_assets.core.cd.train import (
+    EpochMetrics,
+    TrainingError,
+    train_change_model,
+    warmup_cosine,
+)
 from mlops_assets.core.demo.cd import DEMO_CD_SCENES, write_cd_scene
 from mlops_assets_tests.core.cd import tile_folder
 
@@ -59,7 +66,7 @@ def test_training_is_seeded_reports_every_epoch_and_keeps_the_best(
     assert all(p.device.type == "cpu" for p in first.model.parameters())
     assert first.spec == {
         "in_channels": 8,
-        "encoder": "timm-regnetx_002",
+        "encoder": "tu-regnetx_002",
         "encoder_depth": 3,
         "decoder_channels": [16, 8, 8],
     }
@@ -128,3 +135,45 @@ def test_a_validation_scene_without_tiles_is_a_training_error(two_scenes: list[T
 def test_cuda_requested_without_cuda_is_an_error(two_scenes: list[TileRef]) -> None:
     with pytest.raises(TrainingError, match="device='cuda' was requested but CUDA is not"):
         train_change_model(two_scenes, dataclasses.replace(TINY, device="cuda"))
+
+
+def _rates(total: int, warmup: float, lr: float = 0.3) -> list[float]:
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([param], lr=lr)
+    scheduler = warmup_cosine(optimizer, total, warmup)
+    rates: list[float] = []
+    for _ in range(total):
+        rates.append(float(optimizer.param_groups[0]["lr"]))
+        optimizer.step()
+        scheduler.step()
+    return rates
+
+
+def test_the_schedule_warms_up_to_the_configured_rate_then_decays_towards_zero() -> None:
+    rates = _rates(total=20, warmup=5)
+    assert 0 < rates[0] < rates[1] < rates[2] < rates[3] < rates[4] < 0.3
+    assert rates[5] == pytest.approx(0.3) and max(rates) == pytest.approx(0.3)
+    assert all(a > b for a, b in itertools.pairwise(rates[5:]))
+    assert rates[-1] < 0.02 * 0.3
+
+
+def test_without_warmup_the_schedule_is_plain_cosine_from_the_configured_rate() -> None:
+    rates = _rates(total=10, warmup=0)
+    expected = [0.3 * 0.5 * (1 + math.cos(math.pi * step / 10)) for step in range(10)]
+    assert rates == pytest.approx(expected)
+
+
+@pytest.mark.slow
+def test_with_ema_the_averaged_weights_are_scored_and_returned(two_scenes: list[TileRef]) -> None:
+    ema = dataclasses.replace(TINY, ema_decay=0.5, warmup_epochs=0.5)
+    first, second = (train_change_model(two_scenes, ema) for _ in range(2))
+    plain = train_change_model(two_scenes, dataclasses.replace(TINY, warmup_epochs=0.5))
+
+    assert _without_timing(first.history) == _without_timing(second.history)
+    assert [m.f1 for m in first.history] != [m.f1 for m in plain.history]
+    for a, b in zip(
+        first.model.state_dict().values(), second.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b)
+    assert first.best.f1 == max(m.f1 for m in first.history)
+    assert first.spec == plain.spec  # the averaged model has the trained model's architecture
