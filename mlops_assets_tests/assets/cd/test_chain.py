@@ -17,6 +17,7 @@ from mlops_assets.assets.cd.change_map import cd_change_map, cd_change_map_f1
 from mlops_assets.assets.cd.model import cd_model, cd_registered_model
 from mlops_assets.assets.cd.scene import cd_scene
 from mlops_assets.assets.cd.tiles import cd_tiles
+from mlops_assets.core.cd.config import TrainConfig
 from mlops_assets.core.store.embedded import EmbeddedStore
 from mlops_assets_tests.conftest import commit_folder
 
@@ -115,7 +116,7 @@ def test_training_run_is_traceable_in_mlflow(
     client = MlflowClient(resources["mlflow"].tracking_uri)
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
-    assert run.data.params["encoder"] == "timm-regnetx_002"
+    assert run.data.params["encoder"] == TrainConfig().encoder
     assert run.data.params["scenes"] == "farm,river"
     assert json.loads(run.data.tags["lakefs.commits"])["river"] == chain["commit"]
     assert run.data.tags["git_sha"] == "0123abc"
