@@ -41,7 +41,10 @@ def test_demo_materialises_every_scene_with_the_dagster_cli(tmp_path: Path) -> N
     run(str(BIN / "mlops-assets"), "partitions", "sync")
     out = run(str(REPO / "scripts" / "demo.sh"))
     assert "FAILED" not in out, out
-    assert out.count("  ok      cd/scene,cd/tiles") == 4 and out.count("  ok      nvs/scene,nvs/splats") == 3
+    assert (
+        out.count("  ok      cd/scene,cd/tiles") == 4
+        and out.count("  ok      nvs/scene,nvs/splats") == 3
+    )
     assert out.count("  ok      cd/model,cd/registered_model") == 1
     assert out.count("  ok      cd/change_map") == 4
     assert "mlflow ui --backend-store-uri sqlite:///" in out
