@@ -63,7 +63,7 @@ def test_sensors_and_schedule_load_with_the_assets_they_target(tmp_path: Path) -
     }
     assert keys == {
         "cd_scene_refresh": {"cd/scene", "cd/tiles", "cd/change_map"},
-        "nvs_scene_refresh": {"nvs/scene"},
+        "nvs_scene_refresh": {"nvs/scene", "nvs/splats", "nvs/registered_splats", "nvs/render"},
         "cd_retrain": {"cd/model", "cd/registered_model"},
         "cd_change_map_refresh": {"cd/change_map"},
     }

@@ -21,7 +21,7 @@ MODEL_CHECK = "model_readable_and_images_present"
 
 def _sfm_config(**values: Any) -> dict[str, Any]:
     # 512 px: 3 of the 4 photos register, in a few seconds.
-    config = {"sfm_max_image_size": 512, "sfm_num_threads": 2, **values}
+    config = {"sfm_max_image_size": 512, "sfm_num_threads": 1, **values}
     return {"ops": {"nvs__scene": {"config": config}}}
 
 

@@ -15,6 +15,7 @@ from plyfile import PlyData
 from mlops_assets.assets.nvs.render import nvs_render
 from mlops_assets.assets.nvs.scene import nvs_scene
 from mlops_assets.assets.nvs.splats import nvs_registered_splats, nvs_splats
+from mlops_assets.core.nvs.config import nvs_preset
 from mlops_assets.core.nvs.ply import inria_property_names
 from mlops_assets.core.store.embedded import EmbeddedStore
 from mlops_assets_tests.conftest import commit_folder, materialize_partition
@@ -78,9 +79,8 @@ def test_chain_registers_and_publishes_a_viewer_ready_splat(
     ply = tmp_path / "out.ply"
     ply.write_bytes(store.read_bytes("outputs", f"nvs/{scene_id}/splats.ply"))
     vertex = PlyData.read(str(ply))["vertex"]
-    assert [p.name for p in vertex.properties] == inria_property_names(
-        3
-    )  # tiny preset: SH degree 1, 3 rest coefficients
+    rest = (nvs_preset("tiny").sh_degree + 1) ** 2 - 1  # SH coefficients per channel beyond DC
+    assert [p.name for p in vertex.properties] == inria_property_names(rest)
     assert len(vertex.data) == rendered["num_gaussians"]
     video = tmp_path / "orbit.mp4"
     video.write_bytes(store.read_bytes("outputs", f"nvs/{scene_id}/orbit.mp4"))

@@ -13,10 +13,12 @@ from mlops_assets_tests.conftest import DATA
 
 #: Four real Flickr photos of Sacre-Coeur (see data/SOURCES.md), no poses.
 SACRE_COEUR = DATA / "sacre_coeur"
+# One thread: with two, Ceres and matching run in a varying order and whether a marginal photo
+# registers changed between runs (measured: 4 of 4 alone, 2 of 4 in the full suite at 768 px).
 
 
 def test_real_photos_are_posed(tmp_path: Path) -> None:
-    result = run_sfm(SACRE_COEUR, tmp_path / "work", max_image_size=768, num_threads=2)
+    result = run_sfm(SACRE_COEUR, tmp_path / "work", max_image_size=1024, num_threads=1)
     assert result.num_images == 4
     assert result.registered == 4 and result.unregistered == []
     model = result.model
@@ -39,7 +41,7 @@ def test_real_photos_are_posed(tmp_path: Path) -> None:
 def test_too_few_registered_names_the_count(tmp_path: Path) -> None:
     # At 512 px one of the four photos does not register.
     with pytest.raises(SfMError) as info:
-        run_sfm(SACRE_COEUR, tmp_path / "work", min_registered=4, max_image_size=512, num_threads=2)
+        run_sfm(SACRE_COEUR, tmp_path / "work", min_registered=4, max_image_size=512, num_threads=1)
     assert str(info.value) == (
         f"SfM registered 3 of 4 images in {SACRE_COEUR}; at least 4 are needed"
     )
@@ -54,7 +56,7 @@ def test_unrelated_images_register_none(tmp_path: Path) -> None:
         pixels = rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(images / f"{i}.png")
     with pytest.raises(SfMError, match=r"SfM registered 0 of 3 images in .*noise; at least 3"):
-        run_sfm(images, tmp_path / "work", num_threads=2)
+        run_sfm(images, tmp_path / "work", num_threads=1)
 
 
 def test_no_photos(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ from mlops_assets_tests.conftest import DATA, commit_folder
 MAUPERTUIS = DATA / "kapture" / "maupertuis"
 SACRE_COEUR = DATA / "sacre_coeur"  # 4 real photos without poses
 #: 3 of the 4 photos register at 512 px: fast, and enough to test both outcomes.
-FAST_SFM = SfMSettings(min_registered=3, max_image_size=512, num_threads=2)
+FAST_SFM = SfMSettings(min_registered=3, max_image_size=512, num_threads=1)
 
 
 def _outcomes(store: EmbeddedStore, scene_id: str) -> dict[str, tuple[bool, str]]:
