@@ -13,6 +13,7 @@ import dagster as dg
 from mlops_assets.assets.cd.config import EXPERIMENT, ModelConfig, RegistrationConfig
 from mlops_assets.assets.cd.tiles import KEY as TILES_KEY
 from mlops_assets.assets.common import image_md, markdown_table, metadata
+from mlops_assets.assets.registration import champion_score, gated_registration
 from mlops_assets.core.cd.dataset import tile_refs
 from mlops_assets.core.cd.registry import log_cd_model
 from mlops_assets.core.cd.tiles import TileIndex
@@ -213,91 +214,51 @@ def cd_registered_model(
     except TrackingError as exc:
         raise dg.Failure(description=str(exc), allow_retries=True) from exc
     name = config.model_name
-    champion = tracker.version_by_alias(name, CHAMPION)
-    champion_f1 = None
-    if champion is not None:
-        tagged = champion.tags.get("val_f1")
-        champion_f1 = (
-            float(tagged) if tagged else tracker.run_metric(str(champion.run_id), "val_f1")
-        )
+    champion_version, champion_f1 = champion_score(tracker, name, CHAMPION, "val_f1")
     decision = gate(
         float(model["metrics"]["val_f1"]),
         champion_f1,
         gate_config.min_f1,
         gate_config.tolerance,
-        champion_version=None if champion is None else str(champion.version),
+        champion_version=champion_version,
     )
-    value: dict[str, Any] = {
-        "model_name": name,
-        "run_id": model["run_id"],
-        "registered": False,
-        "version": None,
-        "aliases": [],
-        "gate": decision.reason,
-        "metrics": model["metrics"],
-        "lakefs_commits": model["lakefs_commits"],
+    tags = {
+        **{k: f"{v:.6f}" for k, v in model["metrics"].items()},
+        "lakefs.repository": model["lakefs_repository"],
+        "lakefs.commits": json.dumps(model["lakefs_commits"], sort_keys=True),
         "git_sha": model["git_sha"],
+        "dagster.run_id": context.run.run_id,
+        "mlflow.run_id": model["run_id"],
     }
-    if decision.passed:
-        tags = {
-            **{k: f"{v:.6f}" for k, v in model["metrics"].items()},
-            "lakefs.repository": model["lakefs_repository"],
-            "lakefs.commits": json.dumps(model["lakefs_commits"], sort_keys=True),
+    return gated_registration(
+        context,
+        tracker,
+        mlflow,
+        name=name,
+        decision=decision,
+        model_uri=model["model_uri"],
+        run_id=model["run_id"],
+        tags=tags,
+        description=decision.reason,
+        aliases=[CHALLENGER, CHAMPION] if gate_config.auto_promote else [CHALLENGER],
+        value={
+            "model_name": name,
+            "run_id": model["run_id"],
+            "gate": decision.reason,
+            "metrics": model["metrics"],
+            "lakefs_commits": model["lakefs_commits"],
             "git_sha": model["git_sha"],
-            "dagster.run_id": context.run.run_id,
-            "mlflow.run_id": model["run_id"],
-        }
-        version = tracker.register(name, model["model_uri"], model["run_id"], tags, decision.reason)
-        aliases = [CHALLENGER]
-        tracker.set_alias(name, CHALLENGER, str(version.version))
-        if gate_config.auto_promote:
-            tracker.set_alias(name, CHAMPION, str(version.version))
-            aliases.append(CHAMPION)
-        value.update(registered=True, version=str(version.version), aliases=aliases)
-        context.log.info(f"Registered {name} v{version.version} as {', '.join(aliases)}")
-    else:
-        context.log.warning(f"Not registered: {decision.reason}")
-    return dg.MaterializeResult(
-        value=value,
-        data_version=dg.DataVersion(
-            f"{name}-v{value['version']}" if value["registered"] else "none"
-        ),
-        metadata=metadata(
-            {
-                "model_name": name,
-                "version": value["version"],
-                "aliases": value["aliases"],
-                "mlflow_run_id": model["run_id"],
-                **(
-                    {
-                        "model_version": dg.MetadataValue.url(
-                            mlflow.model_url(name, value["version"])
-                        )
-                    }
-                    if value["registered"]
-                    else {}
-                ),
-                "gate": decision.reason,
-                "champion_before": decision.champion_version,
-                "val_f1": round(decision.candidate, 4),
-                "lakefs_commits": model["lakefs_commits"],
-            }
-        ),
-        check_results=[
-            dg.AssetCheckResult(
-                check_name=GATE_CHECK,
-                passed=decision.passed,
-                severity=dg.AssetCheckSeverity.ERROR,
-                description=decision.reason,
-                metadata=metadata(
-                    {
-                        "candidate_f1": decision.candidate,
-                        "champion_f1": decision.champion,
-                        "champion_version": decision.champion_version,
-                        "min_f1": gate_config.min_f1,
-                        "tolerance": gate_config.tolerance,
-                    }
-                ),
-            )
-        ],
+        },
+        extra_metadata={
+            "val_f1": round(decision.candidate, 4),
+            "lakefs_commits": model["lakefs_commits"],
+        },
+        check_name=GATE_CHECK,
+        check_metadata={
+            "candidate_f1": decision.candidate,
+            "champion_f1": decision.champion,
+            "champion_version": decision.champion_version,
+            "min_f1": gate_config.min_f1,
+            "tolerance": gate_config.tolerance,
+        },
     )

@@ -20,6 +20,7 @@ from mlops_assets.assets.nvs.config import (
     SplatsRegistrationConfig,
 )
 from mlops_assets.assets.nvs.scene import KEY as SCENE_KEY
+from mlops_assets.assets.registration import champion_score, gated_registration
 from mlops_assets.core.nvs.data import NVSDataError, dataset_from_config
 from mlops_assets.core.nvs.gaussians import to_numpy
 from mlops_assets.core.nvs.registry import log_splat_model, scene_alias
@@ -237,11 +238,7 @@ def nvs_registered_splats(
     tracker = _reachable(mlflow, scene_id)
     name = config.model_name
     champion_alias = scene_alias(CHAMPION, scene_id)
-    champion = tracker.version_by_alias(name, champion_alias)
-    champion_psnr = None
-    if champion is not None:
-        tagged = champion.tags.get("psnr")
-        champion_psnr = float(tagged) if tagged else tracker.run_metric(champion.run_id, "psnr")
+    champion_version, champion_psnr = champion_score(tracker, name, champion_alias, "psnr")
     psnr = splats["metrics"].get("psnr")
     decision = gate(
         float("nan") if psnr is None else float(psnr),
@@ -249,83 +246,49 @@ def nvs_registered_splats(
         config.min_psnr,
         config.tolerance_db,
         metric="held-out PSNR",
-        champion_version=None if champion is None else str(champion.version),
+        champion_version=champion_version,
     )
-    value: dict[str, Any] = {
+    tags = {
+        **{k: f"{v:.6f}" for k, v in splats["metrics"].items()},
         "scene_id": scene_id,
-        "model_name": name,
-        "run_id": splats["run_id"],
-        "registered": False,
-        "version": None,
-        "aliases": [],
-        "gate": decision.reason,
-        "metrics": splats["metrics"],
-        "lakefs_commit": splats["lakefs_commit"],
+        "lakefs.repository": splats["lakefs_repository"],
+        "lakefs.commit": splats["lakefs_commit"],
         "git_sha": splats["git_sha"],
+        "dagster.run_id": context.run.run_id,
+        "mlflow.run_id": splats["run_id"],
     }
-    if decision.passed:
-        tags = {
-            **{k: f"{v:.6f}" for k, v in splats["metrics"].items()},
+    challenger_alias = scene_alias(CHALLENGER, scene_id)
+    return gated_registration(
+        context,
+        tracker,
+        mlflow,
+        name=name,
+        decision=decision,
+        model_uri=splats["model_uri"],
+        run_id=splats["run_id"],
+        tags=tags,
+        description=f"nvs/{scene_id}: {decision.reason}",
+        aliases=[challenger_alias, champion_alias] if config.auto_promote else [challenger_alias],
+        value={
             "scene_id": scene_id,
-            "lakefs.repository": splats["lakefs_repository"],
-            "lakefs.commit": splats["lakefs_commit"],
+            "model_name": name,
+            "run_id": splats["run_id"],
+            "gate": decision.reason,
+            "metrics": splats["metrics"],
+            "lakefs_commit": splats["lakefs_commit"],
             "git_sha": splats["git_sha"],
-            "dagster.run_id": context.run.run_id,
-            "mlflow.run_id": splats["run_id"],
-        }
-        version = tracker.register(
-            name, splats["model_uri"], splats["run_id"], tags, f"nvs/{scene_id}: {decision.reason}"
-        )
-        aliases = [scene_alias(CHALLENGER, scene_id)]
-        if config.auto_promote:
-            aliases.append(champion_alias)
-        for alias in aliases:
-            tracker.set_alias(name, alias, str(version.version))
-        value.update(registered=True, version=str(version.version), aliases=aliases)
-        context.log.info(f"Registered {name} v{version.version} as {', '.join(aliases)}")
-    else:
-        context.log.warning(f"nvs/{scene_id}: not registered: {decision.reason}")
-    return dg.MaterializeResult(
-        value=value,
-        data_version=dg.DataVersion(
-            f"{name}-v{value['version']}" if value["registered"] else "none"
-        ),
-        metadata=metadata(
-            {
-                "model_name": name,
-                "version": value["version"],
-                "aliases": value["aliases"],
-                "mlflow_run_id": splats["run_id"],
-                **(
-                    {
-                        "model_version": dg.MetadataValue.url(
-                            mlflow.model_url(name, value["version"])
-                        )
-                    }
-                    if value["registered"]
-                    else {}
-                ),
-                "gate": decision.reason,
-                "champion_before": decision.champion_version,
-                "psnr": round(decision.candidate, 3),
-                "lakefs_commit": splats["lakefs_commit"],
-            }
-        ),
-        check_results=[
-            dg.AssetCheckResult(
-                check_name=GATE_CHECK,
-                passed=decision.passed,
-                severity=dg.AssetCheckSeverity.ERROR,
-                description=decision.reason,
-                metadata=metadata(
-                    {
-                        "candidate_psnr": decision.candidate,
-                        "champion_psnr": decision.champion,
-                        "champion_version": decision.champion_version,
-                        "min_psnr": config.min_psnr,
-                        "tolerance_db": config.tolerance_db,
-                    }
-                ),
-            )
-        ],
+        },
+        extra_metadata={
+            "psnr": round(decision.candidate, 3),
+            "lakefs_commit": splats["lakefs_commit"],
+        },
+        check_name=GATE_CHECK,
+        check_metadata={
+            "candidate_psnr": decision.candidate,
+            "champion_psnr": decision.champion,
+            "champion_version": decision.champion_version,
+            "min_psnr": config.min_psnr,
+            "tolerance_db": config.tolerance_db,
+        },
+        label=f"nvs/{scene_id}: ",
     )

@@ -1,0 +1,96 @@
+"""Registering a trained model behind its promotion gate: shared by the CD and NVS registrations.
+
+Both model families gate a candidate against a minimum and the current champion, register a
+version with lineage tags only when the gate passes, move the challenger (and, with auto-promotion,
+the champion) alias, and report the gate as a blocking asset check.
+"""
+
+from typing import Any
+
+import dagster as dg
+
+from mlops_assets.assets.common import metadata
+from mlops_assets.core.tracking import GateDecision, Tracker
+from mlops_assets.resources.mlflow import MLflowResource
+
+
+def champion_score(
+    tracker: Tracker, name: str, alias: str, metric: str
+) -> tuple[str | None, float | None]:
+    """The version under ``alias`` and its ``metric`` (version tag, else its run's metric)."""
+    champion = tracker.version_by_alias(name, alias)
+    if champion is None:
+        return None, None
+    tagged = champion.tags.get(metric)
+    score = float(tagged) if tagged else tracker.run_metric(str(champion.run_id), metric)
+    return str(champion.version), score
+
+
+def gated_registration(
+    context: dg.AssetExecutionContext,
+    tracker: Tracker,
+    mlflow: MLflowResource,
+    *,
+    name: str,
+    decision: GateDecision,
+    model_uri: str,
+    run_id: str,
+    tags: dict[str, str],
+    description: str,
+    aliases: list[str],
+    value: dict[str, Any],
+    extra_metadata: dict[str, Any],
+    check_name: str,
+    check_metadata: dict[str, Any],
+    label: str = "",
+) -> dg.MaterializeResult[Any]:
+    """Register ``model_uri`` as a new version of ``name`` if ``decision`` passed; alias it.
+
+    ``aliases`` are set in order on the new version. ``value`` (the asset's output) gains
+    ``registered``, ``version`` and ``aliases``; the metadata and the gate check are the same for
+    every model family, plus ``extra_metadata`` and ``check_metadata``.
+    """
+    value.update(registered=False, version=None, aliases=[])
+    if decision.passed:
+        version = str(tracker.register(name, model_uri, run_id, tags, description).version)
+        for alias in aliases:
+            tracker.set_alias(name, alias, version)
+        value.update(registered=True, version=version, aliases=list(aliases))
+        context.log.info(f"Registered {name} v{version} as {', '.join(aliases)}")
+    else:
+        context.log.warning(f"{label}Not registered: {decision.reason}")
+    return dg.MaterializeResult(
+        value=value,
+        data_version=dg.DataVersion(
+            f"{name}-v{value['version']}" if value["registered"] else "none"
+        ),
+        metadata=metadata(
+            {
+                "model_name": name,
+                "version": value["version"],
+                "aliases": value["aliases"],
+                "mlflow_run_id": run_id,
+                **(
+                    {
+                        "model_version": dg.MetadataValue.url(
+                            mlflow.model_url(name, value["version"])
+                        )
+                    }
+                    if value["registered"]
+                    else {}
+                ),
+                "gate": decision.reason,
+                "champion_before": decision.champion_version,
+                **extra_metadata,
+            }
+        ),
+        check_results=[
+            dg.AssetCheckResult(
+                check_name=check_name,
+                passed=decision.passed,
+                severity=dg.AssetCheckSeverity.ERROR,
+                description=decision.reason,
+                metadata=metadata(check_metadata),
+            )
+        ],
+    )
