@@ -27,7 +27,12 @@ from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 
 from mlops_assets.core.cd.raster import AlignedPair, open_aligned
-from mlops_assets.core.demo.cd import DEMO_CD_SCENES, CDSceneSpec, write_cd_scene
+from mlops_assets.core.demo.cd import (
+    DEMO_CD_SCENES,
+    GENERATOR_VERSION,
+    CDSceneSpec,
+    write_cd_scene,
+)
 from mlops_assets.core.store.base import RasterLocation
 
 #: The scene the speed and memory benchmarks run on (same CRS for pre and post).
@@ -104,7 +109,7 @@ def cache_root() -> Path:
 def cached_scene(spec: CDSceneSpec, size: int, root: Path | None = None) -> Path:
     """The directory of ``spec`` rendered at ``size`` px, generated on first use."""
     base = (root or cache_root()) / "scenes"
-    final = base / f"{spec.scene_id}-{size}"
+    final = base / f"{spec.scene_id}-{size}-v{GENERATOR_VERSION}"
     if (final / "label.tif").exists():
         return final
     base.mkdir(parents=True, exist_ok=True)

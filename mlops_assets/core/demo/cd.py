@@ -44,6 +44,9 @@ BANDS = ("blue", "green", "red", "nir")
 NODATA = 0
 LABEL_NODATA = 255
 RESOLUTION = 2.0  # metres per pixel of the pre image
+# Bumped whenever the same spec and size render different files, so caches keyed by it refresh.
+# 2: an old road or roof painted over a new road or clearing is no longer labelled change.
+GENERATOR_VERSION = 2
 
 # Land cover classes and their reflectance (blue, green, red, nir) at the two dates.
 WATER, FOREST, CROP_A, CROP_B, GRASS, SOIL = range(6)
@@ -346,9 +349,10 @@ def _render(
         if road.new:
             post[on_road] = _NEW_ROAD
             changed |= on_road
-        else:
+        else:  # painted over whatever came before at both dates: no change shows there
             pre[on_road] = _ROAD
             post[on_road] = _ROAD * 1.02
+            changed &= ~on_road
 
     x0, x1, y0, y1 = cols.start, cols.stop, rows.start, rows.stop
     sun = (2.0, 2.5)  # shadow offset in pixels (sun from the north-west)
@@ -371,6 +375,8 @@ def _render(
             view[roof] = roof_value
         if rect.new:
             changed[sub] |= roof
+        else:  # an old roof hides a new road or clearing under it at both dates
+            changed[sub] &= ~roof
 
     # Sensor and atmosphere: different at each date.
     pre += 0.004 * (_value_noise(xs, ys, 1.0, spec.seed + 10)[..., None] - 0.5)
