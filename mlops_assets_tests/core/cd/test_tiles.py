@@ -3,9 +3,11 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import math
 import shutil
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,13 +16,14 @@ from PIL import Image
 from rasterio.transform import Affine
 from scipy import ndimage
 
-from mlops_assets.core.cd import raster
+from mlops_assets.core.cd import raster, tiles
 from mlops_assets.core.cd.config import TilingConfig, config_hash, preset
 from mlops_assets.core.cd.raster import open_aligned, positions
 from mlops_assets.core.cd.tiles import (
     BandStats,
     ColumnBand,
     TileIndex,
+    _Moments,  # pyright: ignore[reportPrivateUsage]
     alignment_residual,
     column_bands,
     phase_shift,
@@ -109,6 +112,35 @@ def test_band_statistics_and_label_balance_count_every_valid_pixel_once(
     assert index.change_pixels == int((labelled & (label[0] == 1)).sum())
     assert index.label_fraction == pytest.approx(index.change_pixels / index.labelled_pixels)
     assert 0.01 < (index.label_fraction or 0) < 0.3
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_band_statistics_are_exact_whatever_the_strips_and_blocks(
+    dtype: type[np.unsignedinteger[Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = np.random.default_rng(3)
+    top = int(np.iinfo(dtype).max)
+    data = rng.integers(0, top + 1, (3, 41, 37), dtype=dtype)
+    data[:, :2] = top  # the largest squares, where an overflow would show
+    valid = rng.random((41, 37)) > 0.3
+    valid[20:24] = False  # whole blocks without a valid pixel
+    expected_mean: list[float] = []
+    expected_std: list[float] = []
+    for band in data:  # Python integers: exact, rounded once
+        values = [int(v) for v in band[valid]]
+        n, total, total_sq = len(values), sum(values), sum(v * v for v in values)
+        expected_mean.append(total / n)
+        expected_std.append(math.sqrt((total_sq * n - total * total) / (n * n)))
+    whole = _Moments(3)
+    whole.add(data, valid)
+    monkeypatch.setattr(tiles, "_MOMENT_BLOCK_PIXELS", 100)  # two rows a block
+    strips = _Moments(3)
+    for lo, hi in ((0, 1), (1, 22), (22, 41)):
+        strips.add(data[:, lo:hi, :], valid[lo:hi])
+    assert whole.stats() == strips.stats() == BandStats(expected_mean, expected_std)
+    flat = _Moments(1)
+    flat.add(np.full((1, 4, 4), top, dtype), np.ones((4, 4), bool))
+    assert flat.stats() == BandStats([float(top)], [1e-6])
 
 
 def test_normalise_centres_each_band_and_zeroes_invalid_pixels() -> None:
