@@ -7,16 +7,20 @@ with their state created by ``initialize_state()`` and passed in. On CUDA it ren
 ``gsplat.rasterization``; on a CPU with `raster_cpu.render`, which returns the same ``info`` keys so
 gsplat's `DefaultStrategy` densifies there too (`MCMCStrategy` needs CUDA). Held-out views are
 scored with torchmetrics (PSNR, SSIM). A non-finite loss or a collapse of held-out PSNR stops
-training with `DivergenceError`, naming the step and the last good checkpoint on disk.
+training with `DivergenceError`, naming the step and the last good checkpoint on disk. Running out
+of device memory (typically while densifying) stops it with `SplatsOutOfMemoryError`, naming the
+step, the phase, the Gaussian count and the same checkpoint, with the device memory released.
 """
 
 from __future__ import annotations
 
 import math
 import random
+import re
 import resource
 import sys
 import time
+import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +58,49 @@ class DivergenceError(NVSTrainingError):
         super().__init__(message)
         self.step = step
         self.checkpoint = checkpoint
+
+
+class SplatsOutOfMemoryError(NVSTrainingError):
+    """The device ran out of memory at ``step`` (in ``phase``) with ``num_gaussians`` Gaussians.
+
+    ``reason`` is the message without the checkpoint clause (for callers that keep the checkpoint
+    elsewhere); ``checkpoint`` is the last good state on disk, written at ``checkpoint_step``.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        step: int,
+        phase: str,
+        num_gaussians: int,
+        checkpoint: Path | None,
+        checkpoint_step: int | None,
+    ) -> None:
+        where = (
+            f"last good checkpoint (step {checkpoint_step}): {checkpoint}"
+            if checkpoint is not None
+            else "no checkpoint_dir was given, so no checkpoint was kept"
+        )
+        super().__init__(f"{reason}; {where}")
+        self.reason = reason
+        self.step = step
+        self.phase = phase
+        self.num_gaussians = num_gaussians
+        self.checkpoint = checkpoint
+        self.checkpoint_step = checkpoint_step
+
+
+@dataclass
+class _Progress:
+    """Where training is, for errors that surface outside the loop (running out of memory)."""
+
+    step: int = 0
+    phase: str = "setup"
+    num_gaussians: int = 0
+    image_size: tuple[int, int] = (0, 0)
+    checkpoint: Path | None = None
+    checkpoint_step: int | None = None
 
 
 class Rasterizer(Protocol):
@@ -330,6 +377,42 @@ def _all_finite(splats: Splats) -> bool:
     return all(bool(torch.isfinite(v).all()) for v in splats.values())
 
 
+def _out_of_memory(
+    exc: torch.OutOfMemoryError, device: torch.device, config: NVSTrainConfig, at: _Progress
+) -> SplatsOutOfMemoryError:
+    """The error for ``exc``, with the device's memory released first.
+
+    The traceback's finished frames still hold the splats, optimiser state and activations;
+    clearing them frees the device memory at once, so a long-lived worker can go on.
+    """
+    traceback.clear_frames(exc.__traceback__)
+    tried = re.search(r"Tried to allocate ([\d.]+ [KMGT]?i?B)", str(exc))
+    where = "CUDA" if device.type == "cuda" else device.type.upper()
+    memory = ""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        peak = torch.cuda.max_memory_allocated(device) / 2**20
+        total = torch.cuda.get_device_properties(device).total_memory / 2**20
+        memory = f"; peak {peak:,.0f} MiB allocated of the device's {total:,.0f} MiB"
+    width, height = at.image_size
+    reason = (
+        f"{where} out of memory at step {at.step} ({at.phase}) with {at.num_gaussians:,} Gaussians "
+        f"on {width}x{height} px images, batch {config.batch_size}"
+        + (f" (tried to allocate {tried.group(1)})" if tried else "")
+        + memory
+        + "; lower max_image_size or downscale, use a smaller preset, or strategy 'mcmc' with a "
+        "lower cap_max"
+    )
+    return SplatsOutOfMemoryError(
+        reason,
+        step=at.step,
+        phase=at.phase,
+        num_gaussians=at.num_gaussians,
+        checkpoint=at.checkpoint,
+        checkpoint_step=at.checkpoint_step,
+    )
+
+
 def train_splats(
     dataset: NVSDataset,
     config: NVSTrainConfig,
@@ -350,7 +433,26 @@ def train_splats(
             MCMC strategy without CUDA.
         DivergenceError: a non-finite loss or parameters, or held-out PSNR more than
             ``psnr_collapse_db`` below its best; the message names the step and the checkpoint.
+        SplatsOutOfMemoryError: the device ran out of memory; the message names the step, the
+            phase, the Gaussian count and the last good checkpoint (kept on disk).
     """
+    progress = _Progress()
+    try:
+        return _train(dataset, config, init, on_log, on_eval, checkpoint_dir, progress)
+    except torch.OutOfMemoryError as exc:
+        raise _out_of_memory(exc, select_device(config.device), config, progress) from exc
+
+
+def _train(
+    dataset: NVSDataset,
+    config: NVSTrainConfig,
+    init: Mapping[str, Tensor] | None,
+    on_log: Callable[[int, Metrics], None] | None,
+    on_eval: Callable[[int, Metrics, list[Render]], None] | None,
+    checkpoint_dir: Path | None,
+    progress: _Progress,
+) -> TrainResult:
+    """`train_splats`' loop; ``progress`` says where it is when memory runs out."""
     if not dataset.train:
         raise NVSTrainingError("the dataset has no training views")
     device = select_device(config.device)
@@ -403,6 +505,7 @@ def train_splats(
     good_step = 0
     if checkpoint is not None:
         save_checkpoint(checkpoint, splats, 0, config)
+        progress.checkpoint, progress.checkpoint_step = checkpoint, 0
 
     def diverged(step: int, what: str) -> DivergenceError:
         where = (
@@ -428,6 +531,7 @@ def train_splats(
         if not dataset.test:
             return
         sh = min(step // config.sh_degree_interval, config.sh_degree)
+        progress.phase = "held-out evaluation"
         psnr, ssim, renders = evaluate(splats, dataset.test, rasterize, sh, background, device)
         metrics = EvalMetrics(step, psnr, ssim, len(dataset.test), len(splats["means"]))
         evals.append(metrics)
@@ -449,7 +553,8 @@ def train_splats(
         viewmats = torch.stack([v.viewmat for v in batch]).to(device)
         ks = torch.stack([v.K for v in batch]).to(device)
         sh_degree = min(step // config.sh_degree_interval, config.sh_degree)
-
+        progress.step, progress.num_gaussians = step, len(splats["means"])
+        progress.image_size, progress.phase = (batch[0].width, batch[0].height), "rendering"
         images, _, info = rasterize(
             splats, viewmats, ks, batch[0].width, batch[0].height, sh_degree, background
         )
@@ -460,11 +565,13 @@ def train_splats(
             loss = loss + config.mcmc_scale_reg * torch.exp(splats["scales"]).mean()
         if not torch.isfinite(loss):
             raise diverged(step, f"the loss is {float(loss.detach())}")
+        progress.phase = "backward pass"
         loss.backward()
         for optimizer in optimizers.values():
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         scheduler.step()
+        progress.phase = "densification"
         if isinstance(strategy, DefaultStrategy):
             strategy.step_post_backward(
                 splats, optimizers, strategy_state, step, info, packed=False
@@ -494,6 +601,7 @@ def train_splats(
                 raise diverged(done, "parameters became non-finite")
             save_checkpoint(checkpoint, splats, done, config)
             good_step = done
+            progress.checkpoint_step = done
         if done % config.eval_every == 0 and done != config.steps:
             run_eval(done)
 

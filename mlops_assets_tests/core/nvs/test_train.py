@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from gsplat.strategy import DefaultStrategy
 
 from mlops_assets.core.demo.nvs import NVSSceneSpec, write_nvs_scene
 from mlops_assets.core.nvs import train as train_module
@@ -19,6 +20,7 @@ from mlops_assets.core.nvs.gaussians import SPLAT_KEYS, to_numpy
 from mlops_assets.core.nvs.train import (
     DivergenceError,
     NVSTrainingError,
+    SplatsOutOfMemoryError,
     load_checkpoint,
     train_splats,
 )
@@ -105,6 +107,64 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_checkpoint(
     assert caught.value.step == 7 and caught.value.checkpoint == checkpoint
     splats, step = load_checkpoint(checkpoint)
     assert step == 6 and all(torch.isfinite(v).all() for v in splats.values())
+
+
+def out_of_memory_at(monkeypatch: pytest.MonkeyPatch, fail_step: int, seen: dict[str, int]) -> None:
+    """gsplat's densification raises torch's out-of-memory error at ``fail_step``.
+
+    What CUDA raises when densification outgrows the device; ``seen`` gets the Gaussian count
+    the failing step started with. Shared with the asset test.
+    """
+    real = DefaultStrategy.step_post_backward
+
+    def densify(self: DefaultStrategy, *args: Any, **kwargs: Any) -> None:
+        params, step = args[0], args[3]
+        if step == fail_step:
+            seen["gaussians"] = len(params["means"])
+            raise torch.OutOfMemoryError(
+                "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of "
+                "79.19 GiB of which 1.50 GiB is free."
+            )
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(DefaultStrategy, "step_post_backward", densify)
+
+
+def test_out_of_memory_while_densifying_names_the_count_and_keeps_the_checkpoint(
+    small_scene: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: dict[str, int] = {}
+    out_of_memory_at(monkeypatch, 8, seen)
+    # Densification at step 6 (after refine_start_iter 3, every 3), checkpoints every 4 steps.
+    config = dataclasses.replace(
+        short(steps=10, eval_every=1000, checkpoint_every=4), refine_start_iter=3, refine_every=3
+    )
+    with pytest.raises(SplatsOutOfMemoryError) as caught:
+        train_splats(load(small_scene, config), config, checkpoint_dir=tmp_path)
+    checkpoint = tmp_path / "last_good.pt"
+    count = seen["gaussians"]
+    reason = (
+        f"CPU out of memory at step 8 (densification) with {count:,} Gaussians on 24x24 px images, "
+        "batch 1 (tried to allocate 2.00 GiB); lower max_image_size or downscale, use a smaller "
+        "preset, or strategy 'mcmc' with a lower cap_max"
+    )
+    error = caught.value
+    assert str(error) == f"{reason}; last good checkpoint (step 8): {checkpoint}"
+    assert error.reason == reason and error.phase == "densification"
+    assert (error.step, error.num_gaussians, error.checkpoint_step) == (8, count, 8)
+    assert error.checkpoint == checkpoint and isinstance(error.__cause__, torch.OutOfMemoryError)
+    splats, step = load_checkpoint(checkpoint)
+    assert step == 8 and len(splats["means"]) == count  # the state the failing step started from
+    assert all(torch.isfinite(v).all() for v in splats.values())
+
+
+def test_out_of_memory_without_a_checkpoint_dir_says_none_was_kept(
+    small_scene: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out_of_memory_at(monkeypatch, 2, {})
+    config = short(steps=4, eval_every=1000)
+    with pytest.raises(SplatsOutOfMemoryError, match=r"at step 2 .* no checkpoint was kept$"):
+        train_splats(load(small_scene, config), config)
 
 
 def test_psnr_collapse_stops_training(
