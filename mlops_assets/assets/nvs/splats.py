@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+from mlflow.exceptions import MlflowException
 from PIL import Image
 
 from mlops_assets.assets.common import image_md, markdown_table, metadata
@@ -24,10 +25,22 @@ from mlops_assets.assets.registration import champion_score, gated_registration
 from mlops_assets.core.nvs.data import NVSDataError, dataset_from_config
 from mlops_assets.core.nvs.gaussians import to_numpy
 from mlops_assets.core.nvs.registry import log_splat_model, scene_alias
-from mlops_assets.core.nvs.train import DivergenceError, NVSTrainingError, train_splats
+from mlops_assets.core.nvs.train import (
+    DivergenceError,
+    NVSTrainingError,
+    SplatsOutOfMemoryError,
+    train_splats,
+)
 from mlops_assets.core.scenes.colmap import read_model
 from mlops_assets.core.scenes.nvs import materialize_nvs_scene
-from mlops_assets.core.tracking import CHALLENGER, CHAMPION, DatasetRef, TrackingError, gate
+from mlops_assets.core.tracking import (
+    CHALLENGER,
+    CHAMPION,
+    DatasetRef,
+    Tracker,
+    TrackingError,
+    gate,
+)
 from mlops_assets.partitions import nvs_scenes
 from mlops_assets.resources.lineage import LineageResource
 from mlops_assets.resources.mlflow import MLflowResource
@@ -36,6 +49,32 @@ from mlops_assets.resources.scene_store import SceneStoreResource
 KEY = dg.AssetKey(["nvs", "splats"])
 REGISTERED_KEY = dg.AssetKey(["nvs", "registered_splats"])
 GATE_CHECK = "psnr_gate"
+
+
+def _out_of_memory(
+    tracker: Tracker, run_id: str, scene_id: str, preset: str, exc: SplatsOutOfMemoryError
+) -> dg.Failure:
+    """The step's failure: the preset, the Gaussian count, and the checkpoint kept in MLflow.
+
+    The checkpoint on disk lives in the step's temporary directory, which goes with the step, so
+    the run (marked FAILED) keeps it as ``checkpoints/last_good.pt``.
+    """
+    info: dict[str, Any] = {"preset": preset, "step": exc.step, "phase": exc.phase}
+    info["num_gaussians"] = exc.num_gaussians
+    kept = "no checkpoint was kept"
+    if exc.checkpoint is not None and exc.checkpoint.is_file():
+        uri = f"runs:/{run_id}/checkpoints/{exc.checkpoint.name}"
+        try:
+            tracker.log_artifact(run_id, exc.checkpoint, "checkpoints")
+        except (MlflowException, OSError) as err:
+            kept = f"the last good checkpoint (step {exc.checkpoint_step}) could not be kept: {err}"
+        else:
+            kept = f"last good checkpoint (step {exc.checkpoint_step}) kept in MLflow: {uri}"
+            info |= {"checkpoint_step": exc.checkpoint_step, "checkpoint_uri": uri}
+    return dg.Failure(
+        description=f"nvs/{scene_id}: preset '{preset}': {exc.reason}; {kept}",
+        metadata=metadata(info),
+    )
 
 
 def _reachable(mlflow: MLflowResource, scene_id: str) -> Any:
@@ -140,6 +179,8 @@ def nvs_splats(
                     on_eval=on_eval,
                     checkpoint_dir=Path(tmp) / "checkpoints",
                 )
+            except SplatsOutOfMemoryError as exc:
+                raise _out_of_memory(tracker, run_id, scene_id, config.preset.value, exc) from exc
             except DivergenceError as exc:
                 raise dg.Failure(
                     description=f"nvs/{scene_id}: training diverged at step {exc.step}: {exc}",

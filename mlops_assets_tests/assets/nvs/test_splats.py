@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -9,16 +10,19 @@ import dagster as dg
 import imageio.v3 as iio
 import numpy as np
 import pytest
+import torch
 from mlflow import MlflowClient
 from plyfile import PlyData
 
 from mlops_assets.assets.nvs.render import nvs_render
 from mlops_assets.assets.nvs.scene import nvs_scene
 from mlops_assets.assets.nvs.splats import nvs_registered_splats, nvs_splats
-from mlops_assets.core.nvs.config import nvs_preset
+from mlops_assets.core.nvs.config import NVS_PRESETS, nvs_preset
 from mlops_assets.core.nvs.ply import inria_property_names
+from mlops_assets.core.nvs.train import load_checkpoint
 from mlops_assets.core.store.embedded import EmbeddedStore
 from mlops_assets_tests.conftest import commit_folder, materialize_partition
+from mlops_assets_tests.core.nvs import out_of_memory_at
 
 CHAIN = [nvs_scene, nvs_splats, nvs_registered_splats, nvs_render]
 TRAIN = {"preset": "tiny", "steps": 40, "max_image_size": 32, "device": "cpu"}
@@ -101,3 +105,120 @@ def test_chain_registers_and_publishes_a_viewer_ready_splat(
     check = again.get_asset_check_evaluations()[0]
     assert not check.passed and "below the minimum" in (check.description or "")
     assert len(client.search_model_versions("name='gaussian-splats'")) == 1
+
+
+def test_out_of_memory_fails_the_step_keeps_the_checkpoint_and_frees_the_gpu_slot(
+    store: EmbeddedStore,
+    instance: dg.DagsterInstance,
+    resources: dict[str, Any],
+    demo_nvs_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    scene_id = demo_nvs_dir.name
+    commit_folder(store, demo_nvs_dir, f"nvs/{scene_id}/")
+    instance.event_log_storage.set_concurrency_slots("gpu", 1)
+    seen: dict[str, int] = {}
+    held: list[int] = []
+
+    def slots_in_use() -> None:
+        held.append(instance.event_log_storage.get_concurrency_info("gpu").active_slot_count)
+
+    out_of_memory_at(monkeypatch, 6, seen, before=slots_in_use)
+    train = {**TRAIN, "steps": 10, "preset": "default"}
+    result = materialize_partition(
+        [nvs_scene, nvs_splats],
+        scene_id,
+        instance,
+        resources,
+        {"ops": {"nvs__splats": {"config": train}}},
+    )
+    assert not result.success and result.get_failed_step_keys() == {"nvs__splats"}
+    failure = result.failure_data_for_node("nvs__splats")
+    assert failure is not None and failure.user_failure_data is not None
+    description = failure.user_failure_data.description or ""
+    uri = resources["mlflow"].tracking_uri
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    experiment = client.get_experiment_by_name("novel-view-synthesis")
+    assert experiment is not None
+    (run,) = client.search_runs([experiment.experiment_id])
+    count = seen["gaussians"]
+    artifact = f"runs:/{run.info.run_id}/checkpoints/last_good.pt"
+    assert description.startswith(
+        f"nvs/{scene_id}: preset 'default': CPU out of memory at step 6 (densification) with "
+        f"{count:,} Gaussians on 32x32 px images, batch 1 (tried to allocate 2.00 GiB); "
+    )
+    assert description.endswith(f"; last good checkpoint (step 0) kept in MLflow: {artifact}")
+    meta = {k: v.value for k, v in failure.user_failure_data.metadata.items()}
+    assert meta == {
+        "preset": "default",
+        "step": 6,
+        "phase": "densification",
+        "num_gaussians": count,
+        "checkpoint_step": 0,
+        "checkpoint_uri": artifact,
+    }
+    # The run is marked failed and keeps the checkpoint the step's temporary directory lost.
+    assert run.info.status == "FAILED"
+    local = client.download_artifacts(run.info.run_id, "checkpoints/last_good.pt", str(tmp_path))
+    splats, step = load_checkpoint(Path(local))
+    assert step == 0 and len(splats["means"]) == count
+    # The step held the gpu pool's one slot while it ran and gave it back when it failed.
+    assert held == [1]
+    assert instance.event_log_storage.get_concurrency_info("gpu").active_slot_count == 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_real_cuda_out_of_memory_fails_the_step_and_keeps_the_checkpoint(
+    store: EmbeddedStore,
+    instance: dg.DagsterInstance,
+    resources: dict[str, Any],
+    demo_nvs_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    scene_id = demo_nvs_dir.name
+    commit_folder(store, demo_nvs_dir, f"nvs/{scene_id}/")
+    instance.event_log_storage.set_concurrency_slots("gpu", 1)
+    # Every visible Gaussian is cloned or split every 5 steps and none is pruned, so the count
+    # doubles until the allocator's cap (512 MiB above what is in use) stops it.
+    runaway = dataclasses.replace(
+        NVS_PRESETS["default"],
+        grow_grad2d=0.0,
+        prune_opa=0.0,
+        refine_start_iter=5,
+        refine_every=5,
+        refine_stop_iter=10**6,
+        checkpoint_every=10,
+    )
+    monkeypatch.setitem(NVS_PRESETS, "default", runaway)
+    torch.cuda.empty_cache()
+    before = torch.cuda.memory_allocated()
+    total = torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.set_per_process_memory_fraction((before + 2**29) / total)
+    try:
+        result = materialize_partition(
+            [nvs_scene, nvs_splats],
+            scene_id,
+            instance,
+            resources,
+            {
+                "ops": {
+                    "nvs__splats": {
+                        "config": {**TRAIN, "preset": "default", "steps": 400, "device": "cuda"}
+                    }
+                }
+            },
+        )
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+    failure = result.failure_data_for_node("nvs__splats")
+    assert failure is not None and failure.user_failure_data is not None
+    description = failure.user_failure_data.description or ""
+    meta = {k: v.value for k, v in failure.user_failure_data.metadata.items()}
+    assert description.startswith(f"nvs/{scene_id}: preset 'default': CUDA out of memory at step ")
+    assert f"with {meta['num_gaussians']:,} Gaussians" in description
+    assert meta["num_gaussians"] > 3000 and meta["checkpoint_step"] >= 10  # it densified
+    assert "kept in MLflow: runs:/" in description
+    assert instance.event_log_storage.get_concurrency_info("gpu").active_slot_count == 0
+    assert torch.cuda.memory_allocated() < before + 2**26  # splats and optimiser state freed

@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from gsplat.strategy import DefaultStrategy
 
 from mlops_assets.core.demo.nvs import NVSSceneSpec, write_nvs_scene
 from mlops_assets.core.nvs import train as train_module
@@ -25,6 +24,7 @@ from mlops_assets.core.nvs.train import (
     train_splats,
 )
 from mlops_assets.core.scenes.colmap import read_model
+from mlops_assets_tests.core.nvs import out_of_memory_at
 
 KAPTURE = Path(__file__).resolve().parents[2] / "data" / "kapture" / "maupertuis"
 
@@ -107,27 +107,6 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_checkpoint(
     assert caught.value.step == 7 and caught.value.checkpoint == checkpoint
     splats, step = load_checkpoint(checkpoint)
     assert step == 6 and all(torch.isfinite(v).all() for v in splats.values())
-
-
-def out_of_memory_at(monkeypatch: pytest.MonkeyPatch, fail_step: int, seen: dict[str, int]) -> None:
-    """gsplat's densification raises torch's out-of-memory error at ``fail_step``.
-
-    What CUDA raises when densification outgrows the device; ``seen`` gets the Gaussian count
-    the failing step started with. Shared with the asset test.
-    """
-    real = DefaultStrategy.step_post_backward
-
-    def densify(self: DefaultStrategy, *args: Any, **kwargs: Any) -> None:
-        params, step = args[0], args[3]
-        if step == fail_step:
-            seen["gaussians"] = len(params["means"])
-            raise torch.OutOfMemoryError(
-                "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of "
-                "79.19 GiB of which 1.50 GiB is free."
-            )
-        real(self, *args, **kwargs)
-
-    monkeypatch.setattr(DefaultStrategy, "step_post_backward", densify)
 
 
 def test_out_of_memory_while_densifying_names_the_count_and_keeps_the_checkpoint(
