@@ -85,9 +85,10 @@ def _benches() -> list[Bench]:
         ),
         Bench(
             "nvs-gpu",
-            "train_splats vs a bare gsplat loop on CUDA, same steps (not run without CUDA)",
-            lambda: bench_nvs_gpu(),
-            lambda: bench_nvs_gpu(steps=1000),
+            "train_splats vs a bare gsplat loop on CUDA, default preset, each twice (quick: 500 "
+            "steps; not run without CUDA)",
+            lambda: bench_nvs_gpu("default"),
+            lambda: bench_nvs_gpu("default", steps=500),
         ),
         Bench(
             "f1",

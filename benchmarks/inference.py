@@ -12,6 +12,7 @@ import dataclasses
 import json
 import tempfile
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -107,10 +108,12 @@ def reference_forward(scene: Path, model: nn.Module, stats: Stats, config: Infer
     return windows
 
 
-def bench_inference_throughput(size: int = 2048, repeats: int = 3) -> BenchResult:
+def bench_inference_throughput(
+    size: int = 2048, repeats: int = 3, device: Literal["auto", "cpu", "cuda"] = "auto"
+) -> BenchResult:
     """Scene Mpx/s of `predict_scene` and of the bare forward, best of ``repeats`` each."""
     scene = cached_scene(PERF_SCENE, size)
-    config = InferenceConfig()
+    config = dataclasses.replace(InferenceConfig(), device=device)
     model, multiple = random_model(TrainConfig())
     stats = scene_stats(scene)
     windows: dict[str, int] = {}

@@ -6,17 +6,21 @@ rasteriser when there is no CUDA) and reports held-out PSNR, steps/s, time and p
 ``bench_nvs_gpu`` (CUDA only) times `train_splats` against a bare loop over gsplat's own
 ``rasterization`` and ``DefaultStrategy`` used as their docstrings show (render, pre-backward, L1 +
 SSIM loss, backward, Adam steps, post-backward), from the same initial Gaussians for the same steps
-with the same learning rates and view order, and compares held-out PSNR. Without CUDA it returns a
-row that says it was not run.
+with the same learning rates and view order. Each side runs twice, alternating (bare first), so
+the bare loop's own run-to-run PSNR spread (CUDA's atomic adds make runs differ) is measured in
+the same process; speed is the best run of each, and the package's mean held-out PSNR must lie
+within that spread of the bare loop's mean. Peak GPU memory and the final Gaussian count of both
+are reported. Without CUDA it returns a row that says it was not run.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import shutil
+import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,6 +31,7 @@ from mlops_assets.core.nvs.config import NVSTrainConfig, nvs_preset
 from mlops_assets.core.nvs.data import NVSDataset, dataset_from_config
 from mlops_assets.core.nvs.gaussians import init_splats, sh_coefficients
 from mlops_assets.core.nvs.train import (
+    TrainResult,
     evaluate,
     gsplat_rasterizer,
     photometric_loss,
@@ -103,11 +108,25 @@ def bench_nvs_psnr(steps: int | None = None) -> BenchResult:
     )
 
 
-def bare_gsplat_loop(dataset: NVSDataset, config: NVSTrainConfig) -> tuple[float, float]:
-    """(steps/s, held-out PSNR) of a bare loop over gsplat's rasterization and DefaultStrategy."""
+@dataclass(frozen=True)
+class SplatRun:
+    """One timed training run on CUDA: speed, held-out quality, memory and size at the end."""
+
+    steps_per_second: float
+    psnr: float
+    peak_vram_mb: float
+    num_gaussians: int
+
+
+def bare_gsplat_loop(dataset: NVSDataset, config: NVSTrainConfig) -> SplatRun:
+    """A bare loop over gsplat's rasterization and DefaultStrategy, timed; then held-out PSNR."""
     from gsplat import DefaultStrategy, rasterization
 
+    if config.strategy != "default" or config.batch_size != 1:
+        raise ValueError("the bare loop is gsplat's DefaultStrategy with one view per step")
     device = torch.device("cuda")
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
     generator = seed_everything(config.seed)
     splats = init_splats(
         dataset.points,
@@ -180,11 +199,35 @@ def bare_gsplat_loop(dataset: NVSDataset, config: NVSTrainConfig) -> tuple[float
     psnr, _, _ = evaluate(
         splats, dataset.test, gsplat_rasterizer, config.sh_degree, background, device
     )
-    return rate, psnr
+    return SplatRun(
+        steps_per_second=rate,
+        psnr=psnr,
+        peak_vram_mb=torch.cuda.max_memory_allocated(device) / 2**20,
+        num_gaussians=len(splats["means"]),
+    )
 
 
-def bench_nvs_gpu(steps: int = 7_000, preset: str = "quality") -> BenchResult:
-    """`train_splats` vs the bare gsplat loop on CUDA: steps/s ratio and held-out PSNR gap."""
+def package_run(dataset: NVSDataset, config: NVSTrainConfig) -> tuple[SplatRun, TrainResult]:
+    """`train_splats` on CUDA, as the figures of a `SplatRun` and the full result."""
+    torch.cuda.empty_cache()
+    result = train_splats(dataset, config)
+    if result.psnr is None or result.peak_vram_mb is None:
+        raise RuntimeError("train_splats returned no held-out PSNR or peak memory on CUDA")
+    run = SplatRun(
+        steps_per_second=result.steps_per_second,
+        psnr=result.psnr,
+        peak_vram_mb=result.peak_vram_mb,
+        num_gaussians=result.num_gaussians,
+    )
+    return run, result
+
+
+def compare_nvs_gpu(
+    preset: str = "default", steps: int | None = None, repeats: int = 2
+) -> tuple[BenchResult, TrainResult | None]:
+    """The ``nvs-gpu`` row, and the package's last `TrainResult` (None without CUDA)."""
+    base = nvs_preset(preset)
+    steps = steps or base.steps
     name = f"NVS training on CUDA vs bare gsplat ({preset}, {steps} steps)"
     target = Target("ratio", ">=", 0.95)
     if not torch.cuda.is_available():
@@ -196,7 +239,7 @@ def bench_nvs_gpu(steps: int = 7_000, preset: str = "quality") -> BenchResult:
             target=target,
             judged=False,
             note="not run: no CUDA device",
-        )
+        ), None
     never = 10**9  # no evaluation, logging or checkpoints inside the timed run
     config = nvs_preset(
         preset,
@@ -207,31 +250,61 @@ def bench_nvs_gpu(steps: int = 7_000, preset: str = "quality") -> BenchResult:
         checkpoint_every=never,
     )
     dataset = load_scene(config)
-    reference_rate, reference_psnr = bare_gsplat_loop(dataset, config)
-    result = train_splats(dataset, config)
-    measured = result.steps_per_second
-    gap = None if result.psnr is None else result.psnr - reference_psnr
-    psnr_ok = gap is not None and abs(gap) <= 0.1
+    bare: list[SplatRun] = []
+    package: list[SplatRun] = []
+    result: TrainResult | None = None
+    for _ in range(max(repeats, 1)):
+        bare.append(bare_gsplat_loop(dataset, config))
+        run, result = package_run(dataset, config)
+        package.append(run)
+    measured = max(r.steps_per_second for r in package)
+    reference = max(r.steps_per_second for r in bare)
+    bare_psnr = statistics.mean(r.psnr for r in bare)
+    package_psnr = statistics.mean(r.psnr for r in package)
+    spread = max(r.psnr for r in bare) - min(r.psnr for r in bare)
+    gap = package_psnr - bare_psnr
+    psnr_ok = abs(gap) <= spread
+    device = torch.cuda.get_device_name(0)
+    width, height = dataset.image_size
     return BenchResult(
         name=name,
         unit="steps/s",
         measured=measured,
-        reference=reference_rate,
-        ratio=ratio(measured, reference_rate),
+        reference=reference,
+        ratio=ratio(measured, reference),
         target=target,
         note=(
-            f"PSNR {result.psnr:.2f} vs {reference_psnr:.2f} dB (gap {gap:+.2f}, "
-            f"{'within' if psnr_ok else 'OUTSIDE'} 0.1 dB); peak VRAM "
-            f"{result.peak_vram_mb or math.nan:.0f} MiB; {torch.cuda.get_device_name(0)}"
+            f"best of {len(package)} each; PSNR {package_psnr:.2f} vs {bare_psnr:.2f} dB (gap "
+            f"{gap:+.3f}, bare spread {spread:.3f}: {'within' if psnr_ok else 'OUTSIDE'}); peak "
+            f"GPU memory {max(r.peak_vram_mb for r in package):.0f} vs "
+            f"{max(r.peak_vram_mb for r in bare):.0f} MiB; {package[-1].num_gaussians} vs "
+            f"{bare[-1].num_gaussians} Gaussians; {device}"
         ),
         details={
-            "psnr": result.psnr,
-            "reference_psnr": reference_psnr,
-            "psnr_gap_db": gap,
-            "psnr_within_0_1_db": psnr_ok,
-            "num_gaussians": result.num_gaussians,
-            "peak_vram_mb": result.peak_vram_mb,
-            "device": torch.cuda.get_device_name(0),
+            "device": device,
+            "preset": preset,
             "steps": steps,
+            "scene": NVS_SCENE.scene_id,
+            "image_size": [width, height],
+            "train_views": len(dataset.train),
+            "test_views": len(dataset.test),
+            "psnr": package_psnr,
+            "reference_psnr": bare_psnr,
+            "psnr_gap_db": gap,
+            "reference_psnr_spread_db": spread,
+            "psnr_within_spread": psnr_ok,
+            "package_runs": [dataclasses.asdict(r) for r in package],
+            "reference_runs": [dataclasses.asdict(r) for r in bare],
+            "peak_vram_mb": max(r.peak_vram_mb for r in package),
+            "reference_peak_vram_mb": max(r.peak_vram_mb for r in bare),
+            "num_gaussians": package[-1].num_gaussians,
+            "reference_num_gaussians": bare[-1].num_gaussians,
         },
-    )
+    ), result
+
+
+def bench_nvs_gpu(
+    preset: str = "default", steps: int | None = None, repeats: int = 2
+) -> BenchResult:
+    """`train_splats` vs the bare gsplat loop on CUDA: steps/s ratio and held-out PSNR gap."""
+    return compare_nvs_gpu(preset, steps, repeats)[0]

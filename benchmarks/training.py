@@ -16,6 +16,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch.utils.data import DataLoader
@@ -87,33 +88,31 @@ def bare_loop(refs: Sequence[TileRef], config: TrainConfig) -> list[float]:
     return rates
 
 
-def bench_training_throughput(
-    size: int = 512, scenes: int = 2, epochs: int = 3, rounds: int = 2
-) -> BenchResult:
-    """Best-epoch samples/s of `train_change_model` against the bare loop (default architecture).
+def compare_training(
+    refs: Sequence[TileRef], config: TrainConfig, rounds: int, name: str
+) -> tuple[BenchResult, TrainResult]:
+    """Best-epoch samples/s of `train_change_model` against the bare loop on ``refs``.
 
     Each round trains from scratch with the bare loop, then with `train_change_model`, for
-    ``epochs`` epochs each; alternating rounds spread load from other processes over both.
+    ``config.epochs`` epochs each; alternating rounds spread load from other processes over both.
+    Returns the row and the package's last result (its model, for a change map).
     """
-    config = dataclasses.replace(TrainConfig(), epochs=epochs, overlay_images=0)
     package_rates: list[float] = []
     reference_rates: list[float] = []
     results: list[TrainResult] = []
-    with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
-        refs = tile_demo_scenes(DEMO_CD_SCENES[:scenes], size, TilingConfig(), Path(tmp))
-        for _ in range(max(rounds, 1)):
-            reference_rates += bare_loop(refs, config)
-            results.append(train_change_model(refs, config))
-            package_rates += [m.samples_per_second for m in results[-1].history]
+    for _ in range(max(rounds, 1)):
+        reference_rates += bare_loop(refs, config)
+        results.append(train_change_model(refs, config))
+        package_rates += [m.samples_per_second for m in results[-1].history]
     measured, reference = max(package_rates), max(reference_rates)
-    return BenchResult(
-        name=f"training throughput ({scenes} scenes, {size} px)",
+    row = BenchResult(
+        name=name,
         unit="samples/s",
         measured=measured,
         reference=reference,
         ratio=ratio(measured, reference),
         target=Target("ratio", ">=", 0.9),
-        note=f"vs bare PyTorch loop; best epoch of {rounds} x {epochs}, alternating",
+        note=f"vs bare PyTorch loop; best epoch of {rounds} x {config.epochs}, alternating",
         details={
             "train_tiles": results[0].train_tiles,
             "batch_size": config.batch_size,
@@ -123,6 +122,22 @@ def bench_training_throughput(
             "reference_rates": reference_rates,
         },
     )
+    return row, results[-1]
+
+
+def bench_training_throughput(
+    size: int = 512,
+    scenes: int = 2,
+    epochs: int = 3,
+    rounds: int = 2,
+    device: Literal["auto", "cpu", "cuda"] = "auto",
+) -> BenchResult:
+    """Best-epoch samples/s of `train_change_model` against the bare loop (default architecture)."""
+    config = dataclasses.replace(TrainConfig(), epochs=epochs, overlay_images=0, device=device)
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
+        refs = tile_demo_scenes(DEMO_CD_SCENES[:scenes], size, TilingConfig(), Path(tmp))
+        name = f"training throughput ({scenes} scenes, {size} px)"
+        return compare_training(refs, config, rounds, name)[0]
 
 
 def bench_heldout_f1(size: int = DEMO_SIZE, epochs: int | None = None) -> BenchResult:
