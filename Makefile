@@ -75,3 +75,16 @@ down: ## Stop the production stack.
 
 clean: ## Remove local state (scenes, runs, models) but keep .venv.
 	rm -rf $(MLOPS_HOME)
+
+# The GPU check (benchmarks/gpu_check.py). It runs on GPU_PYTHON: .venv-gpu's Python when that
+# exists (made by `make gpu-venv` on this machine's own torch), else .venv's (the pinned torch).
+GPU_VENV ?= .venv-gpu
+GPU_PYTHON ?= $(if $(wildcard $(GPU_VENV)/bin/python),$(CURDIR)/$(GPU_VENV)/bin/python,$(BIN)/python)
+.PHONY: gpu-venv gpu-check
+
+gpu-venv: ## A venv on this machine's own torch (GPU_BASE_PYTHON) where the pinned one cannot run.
+	scripts/gpu_venv.sh $(GPU_VENV)
+
+gpu-check: ## Every GPU path on this machine's CUDA device (~6 min); prints the report's folder.
+	@test -x $(GPU_PYTHON) || { echo "gpu-check: no $(GPU_PYTHON); run make install or make gpu-venv" >&2; exit 2; }
+	$(GPU_PYTHON) -m benchmarks.gpu_check $(GPU_CHECK_ARGS)
