@@ -1,0 +1,1 @@
+"""Tests of the benchmark tooling that runs without the benchmarks themselves."""
