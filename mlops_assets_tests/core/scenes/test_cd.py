@@ -2,8 +2,11 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
+import rasterio
 
 from mlops_assets.core.scenes.cd import (
     FILES_CHECK,
@@ -122,8 +125,21 @@ def test_all_nodata_scene_is_readable(store: EmbeddedStore, tmp_path: Path) -> N
     assert _outcomes(store, "empty")[FILES_CHECK][0]
 
 
+def _like(template: Path, out: Path, data: np.ndarray, **profile: Any) -> Path:
+    """A GeoTIFF on ``template``'s grid holding ``data`` ([bands, rows, cols])."""
+    with rasterio.open(template) as src:
+        meta = src.profile
+    meta.update(count=data.shape[0], dtype=str(data.dtype), nodata=None, **profile)
+    with rasterio.open(out, "w", **meta) as dst:
+        dst.write(data)
+    return out
+
+
 def test_label_must_be_single_band(store: EmbeddedStore, tmp_path: Path) -> None:
-    folder = _scene(tmp_path, RASTERIO / "rgb1.tif", RASTERIO / "rgb1.tif", RASTERIO / "rgb1.tif")
+    with rasterio.open(RASTERIO / "rgb1.tif") as src:
+        shape = (3, src.height, src.width)
+    label = _like(RASTERIO / "rgb1.tif", tmp_path / "label3.tif", np.ones(shape, np.uint8))
+    folder = _scene(tmp_path, RASTERIO / "rgb1.tif", RASTERIO / "rgb1.tif", label)
     commit_folder(store, folder, "cd/lab/")
     overlap = check_cd_scene(read_cd_scene(store, "main", "lab"))[1]
     assert "cd/lab/label.tif has 3 bands, expected 1" in overlap.description
