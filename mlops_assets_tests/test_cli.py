@@ -91,9 +91,14 @@ def test_demo_data_is_idempotent_and_partitions_sync(home: Path) -> None:
     first = runner.invoke(main, ["demo-data", "--size", "64", "--image-size", "24"])
     assert first.exit_code == 0, first.output
     assert "committed 7 demo scenes to 'main'" in first.output
+    store = _store(home)
+    head = store.get_commit("main")  # one merge from the writer's own branch
+    assert head.metadata["merge_source"].startswith("write-scenes-")
+    assert store.get_commit(head.parents[0]).message == "Repository created"
     second = runner.invoke(main, ["demo-data", "--size", "64", "--image-size", "24"])
     assert "demo scenes already up to date" in second.output
-    assert len(list(_store(home).log("main"))) == 2
+    assert store.resolve("main") == head.id
+    assert set(store.list_branches()) == {"main"}
 
     synced = runner.invoke(main, ["partitions", "sync"])
     assert synced.exit_code == 0, synced.output
