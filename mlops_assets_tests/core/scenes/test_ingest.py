@@ -86,6 +86,37 @@ def test_corrupt_and_missing_files_are_named(tmp_path: Path, demo_cd_dir: Path) 
         plan_upload(SceneKind.CD, folder, "s")
 
 
+def test_symbolic_links_are_refused_or_followed_inside_the_folder_only(
+    tmp_path: Path, demo_cd_dir: Path
+) -> None:
+    folder = tmp_path / "s"
+    shutil.copytree(demo_cd_dir, folder)
+    secret = tmp_path / "passwd"
+    secret.write_text("root:x:0:0::/root:/bin/bash\n")
+    (folder / "label.tif").unlink()
+    (folder / "label.tif").symlink_to(secret)
+    for validate in (True, False):  # before anything is opened, with --publish too
+        with pytest.raises(SceneError, match=r"label\.tif is a symbolic link \(to .*passwd\)"):
+            plan_upload(SceneKind.CD, folder, "s", validate=validate)
+    with pytest.raises(SceneError, match=r"label\.tif is a symbolic link to .*passwd, outside"):
+        plan_upload(SceneKind.CD, folder, "s", validate=False, follow_symlinks=True)
+
+    (folder / "label.tif").unlink()
+    shutil.copy(demo_cd_dir / "label.tif", folder / "original-label.tif")
+    (folder / "label.tif").symlink_to("original-label.tif")
+    with pytest.raises(SceneError, match="symbolic link"):
+        plan_upload(SceneKind.CD, folder, "s")
+    plan = plan_upload(SceneKind.CD, folder, "s", follow_symlinks=True)
+    assert (folder / "label.tif", "cd/s/label.tif") in plan.files
+
+    nvs = tmp_path / "n"
+    shutil.copytree(MAUPERTUIS, nvs)
+    shutil.rmtree(nvs / "images")
+    (nvs / "images").symlink_to(MAUPERTUIS / "images")  # a linked folder is a link too
+    with pytest.raises(SceneError, match=r"images is a symbolic link"):
+        plan_upload(SceneKind.NVS, nvs, "n", validate=False)
+
+
 def test_upload_to_missing_branch(store: EmbeddedStore, demo_cd_dir: Path) -> None:
     plan = plan_upload(SceneKind.CD, demo_cd_dir, "farm")
     with pytest.raises(NotFoundError, match=r"branch 'nope' not found.*cd scene 'farm'"):
