@@ -16,10 +16,12 @@ import errno
 import functools
 import logging
 import os
+import shutil
 import signal
 import sqlite3
 import sys
 import tempfile
+import uuid
 import warnings
 from collections.abc import Callable, Generator
 from contextlib import contextmanager
@@ -89,26 +91,52 @@ def describe_error(exc: BaseException) -> str:
     return redact_text(" ".join(text.split()))
 
 
+#: Warnings for developers, which Python hides by default too.
+_HIDDEN_WARNINGS = (
+    DeprecationWarning,
+    PendingDeprecationWarning,
+    FutureWarning,
+    ImportWarning,
+    ResourceWarning,
+)
+
+
 class _Warnings(logging.Handler):
     """Collects GDAL/rasterio log warnings and Python warnings, each distinct one once."""
 
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
-        self.messages: list[str] = []
-
-    def add(self, message: str) -> None:
-        message = redact_text(" ".join(message.split()))
-        if message and message not in self.messages:
-            self.messages.append(message)
+        self._logged: list[str] = []
+        self.caught: list[warnings.WarningMessage] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.add(record.getMessage())
+        self._logged.append(record.getMessage())
+
+    @property
+    def messages(self) -> list[str]:
+        """Every distinct warning so far, in order, on one line each, secrets redacted."""
+        found = [
+            *self._logged,
+            *(
+                f"{w.category.__name__}: {w.message}"
+                for w in self.caught
+                if not issubclass(w.category, _HIDDEN_WARNINGS)
+            ),
+        ]
+        distinct: list[str] = []
+        for message in found:
+            message = redact_text(" ".join(message.split()))
+            if message and message not in distinct:
+                distinct.append(message)
+        return distinct
 
     def folded(self) -> str:
-        if not self.messages:
+        """`` (GDAL/rasterio said: ...)`` to end an error line with, or nothing."""
+        messages = self.messages
+        if not messages:
             return ""
-        shown = "; ".join(self.messages[:3])
-        more = f"; and {len(self.messages) - 3} more" if len(self.messages) > 3 else ""
+        shown = "; ".join(messages[:3])
+        more = f"; and {len(messages) - 3} more" if len(messages) > 3 else ""
         return f" (GDAL/rasterio said: {shown}{more})"
 
 
@@ -122,12 +150,8 @@ def _collected_warnings() -> Generator[_Warnings, None, None]:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            try:
-                yield handler
-            finally:
-                for warning in caught:
-                    if not issubclass(warning.category, DeprecationWarning | FutureWarning):
-                        handler.add(f"{warning.category.__name__}: {warning.message}")
+            handler.caught = caught
+            yield handler
     finally:
         logger.removeHandler(handler)
         logger.propagate = propagate
@@ -429,10 +453,19 @@ def export(dest: Path, ref: str | None, prefix: str) -> None:
     objects = list(store.list(at, prefix))
     if not objects:
         raise StoreError(f"nothing under {prefix or '/'} at {at!r} in {store.repository!r}")
-    for obj in objects:
-        target = dest / obj.path
-        store.download(at, obj.path, target)  # checked: a corrupt object is an error, no file
-        click.echo(str(target))
+    # Everything is downloaded (and checked) beside DEST first, then moved into place: a
+    # damaged object or an interruption leaves no partial export.
+    staging = dest / f".export-{uuid.uuid4().hex[:8]}"
+    try:
+        for obj in objects:
+            store.download(at, obj.path, staging / obj.path)
+        for obj in objects:
+            target = dest / obj.path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            (staging / obj.path).replace(target)
+            click.echo(str(target))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 @main.command()

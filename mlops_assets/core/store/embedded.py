@@ -952,6 +952,7 @@ class EmbeddedStore(VersionedStore):
         if not every_repository:
             staged_sql += " AND repository = :repo"
             committed_sql += " WHERE c.repository = :repo"
+        committed_sql += " ORDER BY c.creation_date"  # the newest commit names an object
         found: dict[str, tuple[str, str]] = {}
         for checksum, path, branch in conn.execute(staged_sql, {"repo": self.repository}):
             found.setdefault(str(checksum), (str(path), f"branch {branch!r} (uncommitted)"))

@@ -381,6 +381,7 @@ def test_ingests_killed_at_random_points_leave_main_as_it_was(
     ctx = multiprocessing.get_context("fork")
     rng = random.Random(20)
     killed = 0
+    farm: dict[str, str] = {}
     for round_ in range(20):
         folder = folders[round_ % 2]
         before = store.resolve("main")
