@@ -307,7 +307,7 @@ def test_decoding_is_block_bounded_and_skips_sparse_blocks(tmp_path: Path) -> No
         "compress": "deflate",
     }
     with rasterio.open(path, "w", **profile) as dst:
-        block = Window(col_off=1024, row_off=2048, width=256, height=256)
+        block = Window.from_slices((2048, 2304), (1024, 1280))
         dst.write(np.full((2, 256, 256), 7, np.uint16), window=block)
     limits = CheckLimits(decode_chunk_bytes=1 << 20)  # 4 blocks of 256 x 256 x 2 x 2 bytes
     shapes: list[tuple[int, ...]] = []
