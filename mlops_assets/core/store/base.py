@@ -110,6 +110,12 @@ class VerifyingReader(io.RawIOBase):
                 f"{label} {self._hash.hexdigest()}",
             )
 
+    def readall(self) -> bytes:  # noqa: D102 (io.RawIOBase's reads 8 KiB at a time)
+        parts: list[bytes] = []
+        while chunk := self.read(CHUNK_SIZE):  # the empty read at the end runs the check
+            parts.append(chunk)
+        return b"".join(parts)
+
     def seekable(self) -> bool:  # noqa: D102 (io.RawIOBase's)
         return bool(getattr(self._raw, "seekable", lambda: False)())
 
