@@ -229,7 +229,29 @@ def _progress(total: int, description: str) -> Generator[Callable[[int], None], 
         yield advance
 
 
-@click.group()
+class _OneLineGroup(click.Group):
+    """A command group whose usage errors are one line too (click prints usage, hint and error)."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        """Run the command line; with ``standalone_mode``, exit with its status."""
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            status = super().main(*args, standalone_mode=False, **kwargs)
+        except click.UsageError as exc:
+            where = f" (see {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
+            click.echo(f"error: {redact_text(exc.format_message())}{where}", err=True)
+            sys.exit(1)
+        except click.ClickException as exc:
+            click.echo(f"error: {redact_text(exc.format_message())}", err=True)
+            sys.exit(1)
+        except click.Abort:
+            click.echo("error: aborted; nothing was changed", err=True)
+            sys.exit(1)
+        sys.exit(status if isinstance(status, int) else 0)
+
+
+@click.group(cls=_OneLineGroup)
 @click.version_option(package_name="mlops-assets")
 def main() -> None:
     """Versioned scenes for the mlops-assets Dagster pipeline.

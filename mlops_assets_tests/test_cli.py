@@ -400,3 +400,10 @@ def test_sigterm_cleans_up_like_ctrl_c(home: Path, demo_cd_dir: Path, tmp_path: 
     ]
     assert store.resolve("main") == before and store.uncommitted("main") == []
     assert set(store.list_branches()) == {"main"}  # its branch was deleted, as on Ctrl-C
+
+
+def test_usage_errors_are_one_line_too(home: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["ingest", "cd", str(tmp_path / "missing"), "--scene", "a"])
+    line = _one_error_line(result)
+    assert "Directory" in line and "does not exist" in line and "--help)" in line
+    assert "Usage:" not in result.output
