@@ -34,7 +34,9 @@ class Bench:
 
 def _benches() -> list[Bench]:
     # Imported here so `--help` and `--list` stay fast.
+    from benchmarks.adversarial import bench_adversarial_rss, bench_adversarial_time
     from benchmarks.inference import bench_inference_rss, bench_inference_throughput
+    from benchmarks.ingest import bench_ingest_throughput
     from benchmarks.nvs import bench_nvs_gpu, bench_nvs_psnr
     from benchmarks.sensor_latency import bench_sensor_latency
     from benchmarks.tiling import bench_tiling_rss, bench_tiling_throughput
@@ -89,6 +91,24 @@ def _benches() -> list[Bench]:
             "steps; not run without CUDA)",
             lambda: bench_nvs_gpu("default"),
             lambda: bench_nvs_gpu("default", steps=500),
+        ),
+        Bench(
+            "ingest",
+            "isolated, verified ingest_scene vs a put per file + one commit (4096 px; quick 1024)",
+            lambda: bench_ingest_throughput(4096),
+            lambda: bench_ingest_throughput(1024, repeats=3),
+        ),
+        Bench(
+            "adversarial-rss",
+            "peak RSS of the ingest checks on hostile files, fresh process each (<= 512 MB)",
+            lambda: bench_adversarial_rss(),
+            lambda: bench_adversarial_rss(quick=True),
+        ),
+        Bench(
+            "adversarial-time",
+            "wall time of the ingest checks on hostile files, fresh process each (<= 10 s)",
+            lambda: bench_adversarial_time(),
+            lambda: bench_adversarial_time(quick=True),
         ),
         Bench(
             "f1",

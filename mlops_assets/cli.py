@@ -1,48 +1,195 @@
 """``mlops-assets``: put scenes into the versioned store and look at what is there.
 
 Every command reads the same settings as the Dagster code location (``MLOPS_HOME``,
-``LAKEFS_ENDPOINT`` ...), so it talks to the same store. Errors end the command with one line on
-stderr and exit status 1; ``ingest --publish`` exits 3 when the scene failed its checks.
+``LAKEFS_ENDPOINT`` ...), so it talks to the same store. Every error, expected or not, ends the
+command with one line on stderr (the file and the problem, secrets redacted) and exit status 1;
+``ingest --publish`` exits 3 when the scene failed its checks. GDAL's and rasterio's warnings are
+folded into that line, or shown once each after a command that succeeds. SIGTERM is handled as
+Ctrl-C: the writer deletes its branch and the target stays as it was (exit 130, 143 for SIGTERM).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import errno
 import functools
+import logging
 import os
+import shutil
+import signal
+import sqlite3
 import sys
 import tempfile
+import uuid
+import warnings
 from collections.abc import Callable, Generator
 from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from tqdm import tqdm
 
-from mlops_assets.core.scenes.layout import SceneError, SceneKind, split_listing
+from mlops_assets.core.redact import redact_text
+from mlops_assets.core.scenes.layout import SceneKind, split_listing
 from mlops_assets.core.store.base import VersionedStore
 from mlops_assets.core.store.types import StoreError
-from mlops_assets.settings import Settings, SettingsError
+from mlops_assets.settings import Settings
 
 if TYPE_CHECKING:
+    from mlops_assets.core.scenes.checks import CheckLimits
     from mlops_assets.core.scenes.ingest import UploadPlan
 
 F = TypeVar("F", bound=Callable[..., Any])
 #: Exit status of ``ingest --publish`` when the scene failed its checks (errors exit 1).
 EXIT_CHECKS_FAILED = 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+#: Set to get the Python traceback of an unexpected error instead of its one line.
+DEBUG_VARIABLE = "MLOPS_DEBUG"
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so cleanup runs exactly as for Ctrl-C."""
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise Terminated()
+
+
+def _blocking_file(path: str) -> Path | None:
+    """The first ancestor of ``path`` that exists and is not a directory."""
+    for parent in [Path(path), *Path(path).parents]:
+        if parent.exists():
+            return None if parent.is_dir() else parent
+    return None
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line saying what went wrong and where, whatever raised it."""
+    if isinstance(exc, OSError) and exc.strerror:
+        where = exc.filename if exc.filename is not None else ""
+        text = f"{where}: {exc.strerror}" if where else exc.strerror
+        if exc.filename2 is not None:
+            text = f"{where} -> {exc.filename2}: {exc.strerror}"
+        if isinstance(exc, NotADirectoryError | FileExistsError) and exc.filename:
+            blocker = _blocking_file(str(exc.filename))
+            if blocker is not None:
+                text += f" ({blocker} is a file, not a directory)"
+        if exc.errno == errno.ENOSPC:
+            text += " (the disk is full: free space and run the command again)"
+        elif isinstance(exc, PermissionError):
+            text += " (check the file's and its folder's permissions)"
+    elif isinstance(exc, sqlite3.Error):
+        text = f"the store's database: {exc}"
+    elif isinstance(exc, StoreError | ValueError | click.ClickException):
+        text = str(exc)
+    else:
+        text = f"unexpected {type(exc).__name__}: {exc} (set {DEBUG_VARIABLE}=1 for a traceback)"
+    return redact_text(" ".join(text.split()))
+
+
+#: Warnings for developers, which Python hides by default too.
+_HIDDEN_WARNINGS = (
+    DeprecationWarning,
+    PendingDeprecationWarning,
+    FutureWarning,
+    ImportWarning,
+    ResourceWarning,
+)
+
+
+class _Warnings(logging.Handler):
+    """Collects GDAL/rasterio log warnings and Python warnings, each distinct one once."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self._logged: list[str] = []
+        self.caught: list[warnings.WarningMessage] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._logged.append(record.getMessage())
+
+    @property
+    def messages(self) -> list[str]:
+        """Every distinct warning so far, in order, on one line each, secrets redacted."""
+        found = [
+            *self._logged,
+            *(
+                f"{w.category.__name__}: {w.message}"
+                for w in self.caught
+                if not issubclass(w.category, _HIDDEN_WARNINGS)
+            ),
+        ]
+        distinct: list[str] = []
+        for message in found:
+            message = redact_text(" ".join(message.split()))
+            if message and message not in distinct:
+                distinct.append(message)
+        return distinct
+
+    def folded(self) -> str:
+        """`` (GDAL/rasterio said: ...)`` to end an error line with, or nothing."""
+        messages = self.messages
+        if not messages:
+            return ""
+        shown = "; ".join(messages[:3])
+        more = f"; and {len(messages) - 3} more" if len(messages) > 3 else ""
+        return f" (GDAL/rasterio said: {shown}{more})"
+
+
+@contextmanager
+def _collected_warnings() -> Generator[_Warnings, None, None]:
+    handler = _Warnings()
+    logger = logging.getLogger("rasterio")
+    propagate = logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False  # not also to stderr through logging's last-resort handler
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            handler.caught = caught
+            yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
 
 
 def _fail_cleanly(fn: F) -> F:
-    """Turn expected errors into one line on stderr and exit status 1."""
+    """Turn every error into one line on stderr and exit status 1 (130/143 when interrupted)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        previous = signal.getsignal(signal.SIGTERM)
+        with contextlib.suppress(ValueError):  # only the main thread may set handlers
+            signal.signal(signal.SIGTERM, _raise_terminated)
         try:
-            return fn(*args, **kwargs)
-        except (StoreError, SceneError, SettingsError, ValueError) as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(1)
+            with _collected_warnings() as collected:
+                try:
+                    result = fn(*args, **kwargs)
+                except (click.exceptions.Exit, click.Abort, SystemExit):
+                    raise
+                except KeyboardInterrupt as exc:
+                    name = "SIGTERM" if isinstance(exc, Terminated) else "Ctrl-C"
+                    click.echo(
+                        f"error: interrupted ({name}); what this command had not merged or "
+                        "committed was dropped",
+                        err=True,
+                    )
+                    sys.exit(EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED)
+                except Exception as exc:
+                    if os.environ.get(DEBUG_VARIABLE):
+                        raise
+                    click.echo(f"error: {describe_error(exc)}{collected.folded()}", err=True)
+                    sys.exit(1)
+            for message in collected.messages:
+                click.echo(f"warning: {message}", err=True)
+            return result
+        finally:
+            with contextlib.suppress(ValueError, TypeError):
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapper  # type: ignore[return-value]
 
@@ -82,7 +229,29 @@ def _progress(total: int, description: str) -> Generator[Callable[[int], None], 
         yield advance
 
 
-@click.group()
+class _OneLineGroup(click.Group):
+    """A command group whose usage errors are one line too (click prints usage, hint and error)."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        """Run the command line; with ``standalone_mode``, exit with its status."""
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            status = super().main(*args, standalone_mode=False, **kwargs)
+        except click.UsageError as exc:
+            where = f" (see {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
+            click.echo(f"error: {redact_text(exc.format_message())}{where}", err=True)
+            sys.exit(1)
+        except click.ClickException as exc:
+            click.echo(f"error: {redact_text(exc.format_message())}", err=True)
+            sys.exit(1)
+        except click.Abort:
+            click.echo("error: aborted; nothing was changed", err=True)
+            sys.exit(1)
+        sys.exit(status if isinstance(status, int) else 0)
+
+
+@click.group(cls=_OneLineGroup)
 @click.version_option(package_name="mlops-assets")
 def main() -> None:
     """Versioned scenes for the mlops-assets Dagster pipeline.
@@ -155,9 +324,29 @@ def demo_data(size: int, image_size: int, branch: str | None, out: Path | None) 
     help="Write-audit-publish: upload to a fresh branch ingest-<scene>-<UTC time>, run the "
     "raw-scene checks on that commit, and merge into the branch only if every check passes.",
 )
+@click.option(
+    "--follow-symlinks",
+    is_flag=True,
+    help="Upload what a symbolic link in SRC points to when that lies inside SRC (without this, "
+    "any symbolic link is refused; one that points outside SRC always is).",
+)
+@click.option(
+    "--max-pixels",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Refuse rasters and photos with more pixels than this before decoding them "
+    "(default 2^31 for rasters, 2^27 for photos).",
+)
 @_fail_cleanly
 def ingest(
-    kind: str, src: Path, scene_id: str, branch: str | None, message: str | None, publish: bool
+    kind: str,
+    src: Path,
+    scene_id: str,
+    branch: str | None,
+    message: str | None,
+    publish: bool,
+    follow_symlinks: bool,
+    max_pixels: int | None,
 ) -> None:
     r"""Upload the scene folder SRC and commit it.
 
@@ -165,23 +354,33 @@ def ingest(
     cd:  SRC holds pre.tif, post.tif and optionally label.tif
     nvs: SRC holds images/*.png|jpg and sparse/0/ (a COLMAP model)
 
-    Without --publish the folder is checked first; nothing is uploaded if it is not valid, and
-    nothing stays staged if the upload fails. With --publish the checks that decide are the
-    cd/scene or nvs/scene asset checks, run on the ingest branch's commit: a scene that fails
-    them is not merged, its branch is kept for inspection, the failed checks are printed, and the
-    exit status is 3.
+    Without --publish the folder is checked first; nothing is uploaded if it is not valid. The
+    upload goes to a short-lived branch write-<scene>-..., is committed there and merged into
+    the branch in one step: an ingest that fails, is interrupted or killed leaves the branch as
+    it was. With --publish the checks that decide are the cd/scene or nvs/scene asset checks,
+    run on the ingest branch's commit: a scene that fails them is not merged, its branch is kept
+    for inspection, the failed checks are printed, and the exit status is 3.
     """
+    from mlops_assets.core.scenes.checks import CheckLimits
     from mlops_assets.core.scenes.ingest import ingest_scene, plan_upload
 
     settings = _settings()
     store = _store(settings)
     target = branch or settings.main_branch
-    plan = plan_upload(SceneKind(kind), src, scene_id, validate=not publish)
+    limits = CheckLimits.with_max_pixels(max_pixels)
+    plan = plan_upload(
+        SceneKind(kind),
+        src,
+        scene_id,
+        validate=not publish,
+        follow_symlinks=follow_symlinks,
+        limits=limits,
+    )
     for ignored in plan.ignored:
         click.echo(f"note: not uploading {ignored} (not part of the {kind} layout)", err=True)
     metadata = {"source": str(src.resolve()), "ingested_at": dt.datetime.now(dt.UTC).isoformat()}
     if publish:
-        _publish(store, target, plan, message, metadata)
+        _publish(store, target, plan, message, metadata, limits)
         return
     with _progress(plan.total_bytes, f"{kind}/{scene_id}") as progress:
         commit = ingest_scene(
@@ -196,6 +395,7 @@ def _publish(
     plan: UploadPlan,
     message: str | None,
     metadata: dict[str, str],
+    limits: CheckLimits,
 ) -> None:
     from mlops_assets.core.wap import write_audit_publish
 
@@ -209,6 +409,7 @@ def _publish(
             message=message,
             metadata={**metadata, "ingested_by": "mlops-assets ingest --publish"},
             progress=progress,
+            limits=limits,
         )
     if not result.merged:
         click.echo(
@@ -274,10 +475,125 @@ def export(dest: Path, ref: str | None, prefix: str) -> None:
     objects = list(store.list(at, prefix))
     if not objects:
         raise StoreError(f"nothing under {prefix or '/'} at {at!r} in {store.repository!r}")
-    for obj in objects:
-        target = dest / obj.path
-        store.download(at, obj.path, target)
-        click.echo(str(target))
+    # Everything is downloaded (and checked) beside DEST first, then moved into place: a
+    # damaged object or an interruption leaves no partial export.
+    staging = dest / f".export-{uuid.uuid4().hex[:8]}"
+    try:
+        for obj in objects:
+            store.download(at, obj.path, staging / obj.path)
+        for obj in objects:
+            target = dest / obj.path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            (staging / obj.path).replace(target)
+            click.echo(str(target))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+@main.command()
+@click.option(
+    "--ref",
+    default=None,
+    help="Only the objects at this ref (default: every object the repository references; "
+    "on lakeFS, every branch).",
+)
+@_fail_cleanly
+def fsck(ref: str | None) -> None:
+    """Read every stored object back and check it against its recorded checksum.
+
+    Embedded store: the SHA-256 of every object any commit or staged change references. lakeFS:
+    each object is streamed and its size and ETag compared with what lakeFS recorded. Damaged
+    objects are listed one per line; ingesting the original file again repairs one.
+    """
+    settings = _settings()
+    store = _store(settings)
+    report = store.fsck(ref)
+    for problem in report.problems:
+        click.echo(f"damaged: {problem}")
+    size = _size(report.bytes)
+    if report.problems:
+        raise StoreError(
+            f"{len(report.problems)} of {report.objects} object(s) in {store.repository!r} are "
+            f"damaged ({report.method}); ingest the original files again to repair them"
+        )
+    click.echo(f"{report.objects} object(s), {size}, all intact ({report.method})")
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+@main.command()
+@click.option(
+    "--grace-hours",
+    type=click.FloatRange(min=0),
+    default=24.0,
+    show_default=True,
+    help="Leave alone what is younger than this: its writer may still be running.",
+)
+@click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
+@_fail_cleanly
+def gc(grace_hours: float, dry_run: bool) -> None:
+    """Remove what interrupted writers left behind.
+
+    Branches write-*, publish-* and ingest-* older than the grace period are removed, except an
+    ingest-* branch whose scene failed its checks (kept for inspection). On the embedded store,
+    objects that no commit and no staged change references, and partial uploads, go too (on
+    lakeFS, its own garbage collection does that).
+    """
+    from mlops_assets.core.store.branches import collect_branches
+    from mlops_assets.core.store.embedded import EmbeddedStore
+
+    settings = _settings()
+    store = _store(settings)
+    grace = dt.timedelta(hours=grace_hours)
+    verdicts = collect_branches(store, dt.datetime.now(dt.UTC), grace, dry_run)
+    verb = "would remove" if dry_run else "removed"
+    for verdict in verdicts:
+        action = verb if verdict.remove else "kept"
+        click.echo(f"{action} branch {verdict.name}: {verdict.reason}")
+    removed = sum(v.remove for v in verdicts)
+    click.echo(f"branches: {verb} {removed}, kept {len(verdicts) - removed}")
+    if isinstance(store, EmbeddedStore):
+        report = store.collect_garbage(grace.total_seconds(), dry_run)
+        click.echo(
+            f"objects: {verb} {report.objects} unreferenced ({_size(report.bytes)}) and "
+            f"{report.partial_uploads} partial upload(s)"
+        )
+    else:
+        click.echo("objects: left to lakeFS's own garbage collection")
+
+
+@main.command()
+@click.argument("branch")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@_fail_cleanly
+def reset(branch: str, yes: bool) -> None:
+    """Drop the uncommitted changes on BRANCH (its commits stay as they are).
+
+    Nothing can be merged into a branch with uncommitted changes; an interrupted ingest of an
+    older version of this tool could leave some on main.
+    """
+    settings = _settings()
+    store = _store(settings)
+    changes = store.uncommitted(branch)
+    head = store.resolve(branch)
+    if not changes:
+        click.echo(f"nothing to reset: {branch!r} has no uncommitted changes (at {head[:12]})")
+        return
+    for change in changes[:10]:
+        click.echo(f"  {change.type.value:8} {change.path}")
+    if len(changes) > 10:
+        click.echo(f"  ... and {len(changes) - 10} more")
+    if not yes:
+        click.confirm(f"Drop these {len(changes)} uncommitted change(s) on {branch!r}?", abort=True)
+    store.reset(branch)
+    click.echo(f"dropped {len(changes)} uncommitted change(s) on {branch!r}; head {head[:12]}")
 
 
 @main.group()

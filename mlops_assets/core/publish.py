@@ -10,13 +10,13 @@ without conflict; two runs of the same scene resolve in favour of the later merg
 from __future__ import annotations
 
 import contextlib
-import re
-import uuid
+import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from mlops_assets.core.store.base import VersionedStore
+from mlops_assets.core.store.branches import PUBLISH_PREFIX, work_branch_name
 from mlops_assets.core.store.types import MergeStrategy, NoChangesError, StoreError
 
 _CONTENT_TYPES = {
@@ -70,8 +70,8 @@ def publish_files(
     """Write ``files`` (names relative to ``prefix``) to ``outputs_branch`` in one merge."""
     prefix = prefix.rstrip("/") + "/"
     ensure_branch(store, outputs_branch, base)
-    slug = re.sub(r"[^\w-]+", "-", prefix.strip("/"))[:40]
-    work = f"publish-{slug}-{uuid.uuid4().hex[:8]}"
+    # The UTC time in the name tells `mlops-assets gc` how old a branch a killed run left is.
+    work = work_branch_name(PUBLISH_PREFIX, prefix.strip("/"), dt.datetime.now(dt.UTC))
     store.create_branch(work, outputs_branch)
     try:
         # Only the named files are written. Nothing else under the prefix is removed: outputs is

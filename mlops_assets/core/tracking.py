@@ -16,7 +16,6 @@ import contextlib
 import json
 import os
 import time
-import urllib.parse
 from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,10 @@ from mlflow.tracking._model_registry import utils as registry_utils
 from mlflow.tracking._tracking_service import utils as tracking_utils
 from PIL import Image
 
+from mlops_assets.core.redact import redact_text, redact_uri
+
+__all__ = ["redact_uri"]  # re-exported: callers have imported it from here
+
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 
@@ -45,13 +48,26 @@ class AliasNotFoundError(TrackingError):
     """A registered model has no version under the requested alias."""
 
 
-def redact_uri(uri: str) -> str:
-    """``uri`` without a password (``https://user:***@host``), safe for logs and metadata."""
-    parts = urllib.parse.urlsplit(uri)
-    if parts.password is None:
-        return uri
-    host = parts.netloc.rsplit("@", 1)[1]  # as written: keeps an IPv6 literal's brackets
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+_SUPPRESS_URL_PRINTING = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
+
+
+@contextlib.contextmanager
+def _no_url_printing() -> Generator[None]:
+    """Keep MLflow from printing run and experiment URLs (they embed the tracking URI's secrets).
+
+    MLflow writes "View run ... at: <tracking URI>/#/..." to stdout when a run on a tracking
+    server ends; Dagster stores stdout as the step's compute log. The URL the pipeline records
+    itself (`Tracker.run_url`) is redacted.
+    """
+    saved = os.environ.get(_SUPPRESS_URL_PRINTING)
+    os.environ[_SUPPRESS_URL_PRINTING] = "true"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(_SUPPRESS_URL_PRINTING, None)
+        else:
+            os.environ[_SUPPRESS_URL_PRINTING] = saved
 
 
 @dataclass(frozen=True)
@@ -151,7 +167,7 @@ class Tracker:
         except requests.RequestException as exc:
             raise TrackingError(
                 f"MLflow tracking server {redact_uri(self.tracking_uri)} is unreachable: "
-                f"{type(exc).__name__}: {redact_uri(str(exc))}"
+                f"{type(exc).__name__}: {redact_text(str(exc))}"
             ) from exc
 
     def experiment_id(self) -> str:
@@ -187,9 +203,11 @@ class Tracker:
         try:
             yield run_id
         except BaseException:
-            self.client.set_terminated(run_id, "FAILED")
+            with _no_url_printing():
+                self.client.set_terminated(run_id, "FAILED")
             raise
-        self.client.set_terminated(run_id, "FINISHED")
+        with _no_url_printing():
+            self.client.set_terminated(run_id, "FINISHED")
 
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
         """Log ``params`` (values stringified, 100 per batch as MLflow allows)."""
@@ -238,8 +256,9 @@ class Tracker:
         self.client.log_dict(run_id, value, path)
 
     def run_url(self, run_id: str, ui_url: str) -> str:
-        """The MLflow UI page of a run."""
-        return f"{ui_url.rstrip('/')}/#/experiments/{self.experiment_id()}/runs/{run_id}"
+        """The MLflow UI page of a run, without any secret ``ui_url`` carries (it is stored)."""
+        base = redact_uri(ui_url.rstrip("/"))
+        return f"{base}/#/experiments/{self.experiment_id()}/runs/{run_id}"
 
     # Registry ----------------------------------------------------------------------------------
 
@@ -346,7 +365,11 @@ def log_pyfunc(
 
     ``code_paths`` are copied into the model and put on ``sys.path`` when it loads.
     """
-    with _fluent_uris(tracker.tracking_uri), mlflow.start_run(run_id=run_id):
+    with (
+        _no_url_printing(),
+        _fluent_uris(tracker.tracking_uri),
+        mlflow.start_run(run_id=run_id),
+    ):
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(code_path),

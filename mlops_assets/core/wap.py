@@ -11,8 +11,10 @@ r"""Write, audit, publish: a scene reaches main only from a branch whose checks 
   the checks, and the lineage the caller passes (Dagster run id, lakeFS link buttons).
 
 A scene that fails a check is never merged: main's head is unchanged, the branch stays for
-inspection, and the result lists the failed checks with their messages. After a merge the branch
-is deleted (its commits stay reachable from main).
+inspection, and the result lists the failed checks with their messages. An empty commit on the
+branch records the verdict (`WAP_STATUS_KEY`), so ``mlops-assets gc`` keeps such a branch while it
+removes those of ingests that were killed before their audit ended. After a merge the branch is
+deleted (its commits stay reachable from main).
 
 Branch names: the design asked for ``ingest/<scene_id>-<timestamp>``, but lakeFS refuses ``/``
 in branch names (graveler's ``^\w[-\w]*$``, which the embedded store enforces too), so the
@@ -28,15 +30,26 @@ from dataclasses import dataclass
 
 from mlops_assets.core.changes import MERGE_SOURCE_KEY
 from mlops_assets.core.scenes.cd import check_cd_scene, read_cd_scene
-from mlops_assets.core.scenes.checks import CheckOutcome, failures
-from mlops_assets.core.scenes.ingest import ProgressCallback, UploadPlan, ingest_scene
+from mlops_assets.core.scenes.checks import CheckLimits, CheckOutcome, failures
+from mlops_assets.core.scenes.ingest import (
+    ProgressCallback,
+    UploadPlan,
+    commit_scenes,
+    require_clean,
+)
 from mlops_assets.core.scenes.layout import SceneKind
 from mlops_assets.core.scenes.nvs import check_nvs_scene, read_nvs_scene
 from mlops_assets.core.store.base import VersionedStore
+from mlops_assets.core.store.branches import (
+    INGEST_PREFIX,
+    WAP_CHECKS_FAILED,
+    WAP_MERGE_FAILED,
+    WAP_STATUS_KEY,
+    timestamp,
+)
 from mlops_assets.core.store.types import AlreadyExistsError, NoChangesError, StoreError
 
-INGEST_BRANCH_PREFIX = "ingest-"
-TIMESTAMP_FORMAT = "%Y%m%dT%H%M%SZ"
+INGEST_BRANCH_PREFIX = INGEST_PREFIX
 #: Attempts at a free branch name when ingests of one scene start within the same second.
 _NAME_ATTEMPTS = 20
 
@@ -47,16 +60,20 @@ class PublishError(StoreError):
 
 def ingest_branch_name(scene_id: str, when: dt.datetime) -> str:
     """``ingest-<scene_id>-<UTC timestamp>`` (lakeFS branch names cannot hold ``/``)."""
-    return f"{INGEST_BRANCH_PREFIX}{scene_id}-{when.astimezone(dt.UTC):{TIMESTAMP_FORMAT}}"
+    return f"{INGEST_BRANCH_PREFIX}{scene_id}-{timestamp(when)}"
 
 
 def audit_scene(
-    store: VersionedStore, kind: SceneKind, scene_id: str, ref: str
+    store: VersionedStore,
+    kind: SceneKind,
+    scene_id: str,
+    ref: str,
+    limits: CheckLimits | None = None,
 ) -> list[CheckOutcome]:
     """The raw-scene checks of ``kind/scene_id`` at ``ref``, as the scene assets run them."""
     if kind is SceneKind.CD:
-        return check_cd_scene(read_cd_scene(store, ref, scene_id))
-    return check_nvs_scene(read_nvs_scene(store, ref, scene_id))
+        return check_cd_scene(read_cd_scene(store, ref, scene_id, limits))
+    return check_nvs_scene(read_nvs_scene(store, ref, scene_id, limits))
 
 
 def describe_checks(outcomes: list[CheckOutcome]) -> str:
@@ -110,6 +127,28 @@ def _cut_branch(store: VersionedStore, scene_id: str, base: str, when: dt.dateti
     raise AlreadyExistsError(f"branches {name} to {name}-{_NAME_ATTEMPTS} all exist already")
 
 
+def _record(
+    store: VersionedStore,
+    branch: str,
+    ingest_commit: str,
+    status: str,
+    checks: list[CheckOutcome],
+    lineage: Mapping[str, str],
+) -> None:
+    """An empty commit on the kept branch saying why it was not merged (gc keeps such branches)."""
+    store.commit(
+        branch,
+        f"Not merged: {status} ({describe_checks(checks)})",
+        {
+            WAP_STATUS_KEY: status,
+            "checks": describe_checks(checks),
+            "ingest_commit": ingest_commit,
+            **lineage,
+        },
+        allow_empty=True,
+    )
+
+
 def write_audit_publish(
     store: VersionedStore,
     main_branch: str,
@@ -121,6 +160,7 @@ def write_audit_publish(
     lineage: Mapping[str, str] | None = None,
     keep_branch: bool = False,
     progress: ProgressCallback | None = None,
+    limits: CheckLimits | None = None,
 ) -> WapResult:
     """Upload ``plan`` to a fresh branch, audit that commit, merge it into main if it passes.
 
@@ -132,15 +172,16 @@ def write_audit_publish(
     e.g. someone changed the same scene on main meanwhile; the branch is kept).
     """
     lineage = dict(lineage or {})
+    require_clean(store, main_branch)  # nothing could be merged into it
     base = store.resolve(main_branch)
     branch = _cut_branch(store, plan.scene_id, base, when)
     scene = f"{plan.kind.value}/{plan.scene_id}"
     try:
-        commit = ingest_scene(
+        commit = commit_scenes(
             store,
             branch,
-            plan,
-            message=message or f"Ingest {plan.kind.value} scene {plan.scene_id} (audit pending)",
+            [plan],
+            message or f"Ingest {plan.kind.value} scene {plan.scene_id} (audit pending)",
             metadata={**(metadata or {}), **lineage, "wap_branch": branch},
             progress=progress,
         )
@@ -153,9 +194,10 @@ def write_audit_publish(
         with contextlib.suppress(StoreError):  # keep the upload's error, not a cleanup's
             store.delete_branch(branch)  # nothing of ours was committed there
         raise
-    checks = audit_scene(store, plan.kind, plan.scene_id, commit.id)
+    checks = audit_scene(store, plan.kind, plan.scene_id, commit.id, limits)
     result = WapResult(plan.kind, plan.scene_id, branch, base, commit.id, checks, main_branch)
     if result.failed:
+        _record(store, branch, commit.id, WAP_CHECKS_FAILED, checks, lineage)
         return result
     try:
         merged = store.merge(
@@ -171,6 +213,8 @@ def write_audit_publish(
             },
         )
     except StoreError as exc:
+        with contextlib.suppress(StoreError):
+            _record(store, branch, commit.id, WAP_MERGE_FAILED, checks, lineage)
         raise PublishError(
             f"{scene} passed its checks on branch {branch!r} ({commit.id[:12]}) but was not "
             f"merged into {main_branch!r}; the branch is kept: {exc}"

@@ -8,6 +8,7 @@ import dagster as dg
 from pydantic import Field
 
 from mlops_assets.core.lineage import git_sha
+from mlops_assets.core.redact import redact_uri
 
 _PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
@@ -29,5 +30,5 @@ class LineageResource(dg.ConfigurableResource):  # pyright: ignore[reportMissing
         return self.git_sha or git_sha(_PACKAGE_DIR)
 
     def run_url(self, run_id: str) -> str:
-        """The Dagster UI page of a run."""
-        return f"{self.dagster_url.rstrip('/')}/runs/{run_id}"
+        """The Dagster UI page of a run, without any secret the URL carries (it is stored)."""
+        return f"{redact_uri(self.dagster_url.rstrip('/'))}/runs/{run_id}"

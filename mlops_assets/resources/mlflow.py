@@ -36,5 +36,5 @@ class MLflowResource(dg.ConfigurableResource):  # pyright: ignore[reportMissingT
         return redact_uri(self.tracking_uri)
 
     def model_url(self, name: str, version: str) -> str:
-        """The MLflow UI page of a registered model version."""
-        return f"{self.ui_url.rstrip('/')}/#/models/{name}/versions/{version}"
+        """The MLflow UI page of a registered model version (without secrets: it is stored)."""
+        return f"{redact_uri(self.ui_url.rstrip('/'))}/#/models/{name}/versions/{version}"

@@ -88,11 +88,11 @@ def test_gate_names_the_metric() -> None:
         ("http://alice:p%40ss@host:5000", "http://alice:***@host:5000"),
         ("http://alice:@host", "http://alice:***@host"),
         ("http://host:5000", "http://host:5000"),
-        ("http://alice@host:5000", "http://alice@host:5000"),
+        ("http://alice@host:5000", "http://***@host:5000"),  # a bare token looks the same
         ("sqlite:////data/mlflow.db", "sqlite:////data/mlflow.db"),
     ],
 )
-def test_redact_uri_hides_only_the_password(uri: str, shown: str) -> None:
+def test_redact_uri_hides_the_password_or_token(uri: str, shown: str) -> None:
     assert redact_uri(uri) == shown
 
 

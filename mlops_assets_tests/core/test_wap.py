@@ -107,7 +107,11 @@ def test_a_failing_scene_leaves_main_alone_and_keeps_its_branch(
     assert not result.merged and result.branch_kept
     assert store.resolve("main") == before
     assert store.list_prefixes("main", "cd/") == []
-    assert store.list_branches()[result.branch] == result.commit_id
+    # The audited commit, then an empty one recording the verdict (gc keeps such branches).
+    record = store.get_commit(result.branch)
+    assert record.parents == (result.commit_id,)
+    assert record.metadata["wap_status"] == "checks-failed"
+    assert record.metadata["checks"] == f"{FILES_CHECK}: FAILED; {OVERLAP_CHECK}: FAILED"
     assert store.exists(result.branch, "cd/bad/pre.tif")  # there for inspection
     (line,) = [line for line in result.failure_lines() if line.startswith(FILES_CHECK)]
     assert "cd/bad/pre.tif: not a readable GeoTIFF" in line
@@ -157,7 +161,7 @@ def test_a_conflicting_change_on_main_keeps_the_audited_branch(
     plan = plan_upload(SceneKind.CD, demo_cd_dir, "farm")
 
     def audit_then_race(
-        store_: EmbeddedStore, kind: SceneKind, scene_id: str, ref: str
+        store_: EmbeddedStore, kind: SceneKind, scene_id: str, ref: str, limits: object = None
     ) -> list[CheckOutcome]:  # somebody commits the same scene to main meanwhile
         outcomes = audit_scene(store_, kind, scene_id, ref)
         for name in ("pre.tif", "post.tif"):
@@ -169,7 +173,8 @@ def test_a_conflicting_change_on_main_keeps_the_audited_branch(
     with pytest.raises(PublishError, match="passed its checks on branch 'ingest-farm-"):
         write_audit_publish(store, "main", plan, when=WHEN)
     assert store.get_commit("main").message == "racing ingest"
-    assert any(name.startswith("ingest-farm-") for name in store.list_branches())
+    (kept,) = [name for name in store.list_branches() if name.startswith("ingest-farm-")]
+    assert store.get_commit(kept).metadata["wap_status"] == "merge-failed"
 
 
 def test_the_lakefs_client_publishes_and_refuses_the_same_way(

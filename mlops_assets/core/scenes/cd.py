@@ -9,6 +9,8 @@ recorded as problems rather than raised, so the checks can report all of them at
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,17 +19,17 @@ import numpy as np
 import rasterio
 import rasterio.errors
 import rasterio.io
+from numpy.typing import NDArray
+from rasterio._err import CPLE_BaseError  # GDAL errors rasterio does not wrap (e.g. PROJ's)
 from rasterio.crs import CRS
+from rasterio.errors import RasterBlockError
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
-from mlops_assets.core.scenes.checks import CheckOutcome, content_hash
+from mlops_assets.core.scenes.checks import CheckLimits, CheckOutcome, content_hash
 from mlops_assets.core.scenes.layout import CDPaths
 from mlops_assets.core.store.base import RasterLocation, VersionedStore
-from mlops_assets.core.store.types import NotFoundError, lakefs_uri
-
-#: Bytes decoded per read while proving that a raster decodes end to end.
-_DECODE_CHUNK_BYTES = 64 << 20
+from mlops_assets.core.store.types import CorruptObjectError, NotFoundError, lakefs_uri
 
 FILES_CHECK = "files_present_and_readable"
 OVERLAP_CHECK = "footprints_overlap_and_bands_match"
@@ -50,32 +52,212 @@ class RasterInfo:
     resolution: tuple[float, float]
     block_shape: tuple[int, int]
     compression: str | None
+    #: Things the pipeline does differently for this file (float64 read as float32, areas in a
+    #: geographic CRS only approximate ...), shown in the asset and check metadata.
+    notes: tuple[str, ...] = ()
+
+    @property
+    def geographic(self) -> bool:
+        """True for a CRS in degrees: areas and distances computed from it are approximate."""
+        return bool(self.crs) and CRS.from_string(self.crs).is_geographic
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable description."""
         return asdict(self)
 
 
-def decode_all(src: rasterio.io.DatasetReader) -> None:
-    """Decode every full-resolution block, in row bands of bounded size.
+@dataclass
+class DecodeStats:
+    """What one decode pass did: windows read, windows skipped as sparse (never written)."""
 
-    A reduced-resolution read is not enough: it may be served from (intact) overviews while the
-    full-resolution blocks are broken, as in rasterio's ``corrupt.tif``.
+    windows: int = 0
+    sparse_windows: int = 0
+
+
+BlockVisitor = Callable[[NDArray[Any]], None]
+
+
+def _sparse(src: rasterio.io.DatasetReader, rows: range, cols: range) -> bool:
+    """True when every block of every band in ``rows`` x ``cols`` was never written.
+
+    GDAL answers "no size" for a sparse TIFF block (offset and byte count 0) and fills it with
+    nodata (or 0) without reading anything: a pass can skip it too.
     """
-    block_rows = int(src.block_shapes[0][0])
-    row_bytes = src.width * src.count * np.dtype(src.dtypes[0]).itemsize
-    rows = max(block_rows, _DECODE_CHUNK_BYTES // max(row_bytes, 1) // block_rows * block_rows)
-    for row in range(0, src.height, rows):
-        src.read(window=Window.from_slices((row, min(row + rows, src.height)), (0, src.width)))
+    try:
+        for band in src.indexes:
+            for i in rows:
+                for j in cols:
+                    if src.block_size(band, i, j) > 0:
+                        return False
+    except RasterBlockError:
+        return True
+    return True
+
+
+def decode_all(
+    src: rasterio.io.DatasetReader,
+    limits: CheckLimits | None = None,
+    visit: BlockVisitor | None = None,
+) -> DecodeStats:
+    """Decode every full-resolution block, in block-aligned windows of bounded size.
+
+    A window is whole blocks: as many as fit in ``limits.decode_chunk_bytes`` (at least one), so
+    memory is bounded by that or by one block, never by the scene's width; windows of blocks that
+    were never written (a sparse TIFF) are skipped. ``visit`` sees each decoded window
+    ([bands, rows, cols]). A reduced-resolution read is not enough: it may be served from
+    (intact) overviews while the full-resolution blocks are broken, as in rasterio's
+    ``corrupt.tif``. Raises `ValueError` when the pass runs past ``limits.seconds_per_file``.
+    """
+    limits = limits or CheckLimits()
+    deadline = limits.deadline()
+    block_rows, block_cols = (int(n) for n in src.block_shapes[0])
+    block_bytes = block_rows * block_cols * src.count * np.dtype(src.dtypes[0]).itemsize
+    blocks_across = -(-src.width // block_cols)
+    blocks_down = -(-src.height // block_rows)
+    per_window = max(1, limits.decode_chunk_bytes // max(block_bytes, 1))
+    cols_per = min(blocks_across, per_window)
+    rows_per = max(1, per_window // blocks_across) if cols_per == blocks_across else 1
+    tiff = src.driver == "GTiff"
+    stats = DecodeStats()
+    for i0 in range(0, blocks_down, rows_per):
+        rows = range(i0, min(i0 + rows_per, blocks_down))
+        for j0 in range(0, blocks_across, cols_per):
+            cols = range(j0, min(j0 + cols_per, blocks_across))
+            stats.windows += 1
+            if tiff and _sparse(src, rows, cols):
+                stats.sparse_windows += 1
+                continue
+            window = Window.from_slices(
+                (rows.start * block_rows, min(rows.stop * block_rows, src.height)),
+                (cols.start * block_cols, min(cols.stop * block_cols, src.width)),
+            )
+            data = src.read(window=window)
+            if visit is not None:
+                visit(data)
+            if time.monotonic() > deadline:
+                raise ValueError(
+                    f"decoding took longer than {limits.seconds_per_file:.0f} s "
+                    f"(stopped at row {window.row_off} of {src.height})"
+                )
+    return stats
+
+
+def crs_problem(crs: CRS | None, pixel_grid: bool = False) -> str | None:
+    """Why a raster's CRS cannot place it on the Earth, or None if it can.
+
+    A projected or a geographic CRS can (areas in degrees are approximate: see `RasterInfo`).
+    No CRS at all, an engineering (``LOCAL_CS``) or a geocentric one cannot: pre, post and label
+    could not be aligned. ``pixel_grid`` scenes (a pair declared to share one pixel grid) need no
+    CRS, and skip this rule.
+    """
+    if pixel_grid:
+        return None
+    if crs is None or not crs.to_wkt():
+        return "has no coordinate reference system (not georeferenced)"
+    if crs.is_projected or crs.is_geographic:
+        return None
+    wkt = crs.to_wkt()
+    kind = wkt.split("[", 1)[0]
+    what = {
+        "LOCAL_CS": "an engineering (local) CRS",
+        "ENGCRS": "an engineering (local) CRS",
+        "GEOCCS": "a geocentric CRS",
+    }.get(kind, f"a {kind} CRS")
+    name = wkt.split('"', 2)[1] if wkt.count('"') >= 2 else kind
+    return (
+        f"its CRS is {what} ({name!r}), which does not place the image on the Earth, so pre, "
+        "post and label cannot be aligned; reproject it to a projected (or geographic) CRS"
+    )
+
+
+class _LabelValues:
+    """Counts label pixels other than 0, 1 and the declared nodata (255 = ignore in tiles)."""
+
+    def __init__(self, nodata: float | None) -> None:
+        self.nodata = nodata
+        self.bad = 0
+        self.values: set[float] = set()
+
+    def __call__(self, data: NDArray[Any]) -> None:
+        band = data[0]
+        ok = (band == 0) | (band == 1)
+        if self.nodata is not None:
+            ok |= np.isnan(band) if math.isnan(self.nodata) else band == self.nodata
+        bad = band[~ok]
+        if bad.size:
+            self.bad += int(bad.size)
+            if len(self.values) < 10:
+                self.values.update(float(v) for v in np.unique(bad)[:10])
+
+    def problem(self, total: int) -> str | None:
+        if not self.bad:
+            return None
+        shown = ", ".join(f"{v:g}" for v in sorted(self.values)[:8])
+        allowed = "0, 1" + (f" and its nodata {self.nodata:g}" if self.nodata is not None else "")
+        return (
+            f"a change label may only hold {allowed} (declare nodata 255 for pixels to ignore); "
+            f"{self.bad:,} of {total:,} pixels hold other values ({shown}"
+            f"{' ...' if len(self.values) > 8 else ''})"
+        )
 
 
 def describe_raster(
-    src: rasterio.io.DatasetReader, path: str, checksum: str, size: int
+    src: rasterio.io.DatasetReader,
+    path: str,
+    checksum: str,
+    size: int,
+    limits: CheckLimits | None = None,
+    *,
+    label: bool = False,
+    pixel_grid: bool = False,
 ) -> RasterInfo:
-    """Describe an open raster; raise `rasterio.errors.RasterioError` if it does not decode."""
-    decode_all(src)
+    """Describe an open raster after checking it; raise `ValueError` naming ``path`` if unusable.
+
+    The cheap refusals come first, before a pixel is decoded: the CRS (`crs_problem`), the data
+    type (complex is refused), the pixel budget and the block size. Then every block is decoded
+    (`decode_all`); a ``label`` must hold only 0, 1 and its declared nodata. Raises
+    `rasterio.errors.RasterioError` if a block does not decode.
+    """
+    limits = limits or CheckLimits()
     crs: CRS | None = src.crs
+    problem = crs_problem(crs, pixel_grid)
+    if problem is not None:
+        raise ValueError(f"{path}: {problem}")
+    dtype = np.dtype(src.dtypes[0])
+    if dtype.kind == "c":
+        raise ValueError(
+            f"{path}: complex data type {dtype} is not supported (bands must be real numbers)"
+        )
+    pixels = src.width * src.height
+    if pixels > limits.max_raster_pixels:
+        raise ValueError(
+            f"{path}: {src.width:,} x {src.height:,} px is {pixels:,} pixels, over the budget of "
+            f"{limits.max_raster_pixels:,} (refused before decoding; raise --max-pixels if it "
+            "is real)"
+        )
+    block_rows, block_cols = (int(n) for n in src.block_shapes[0])
+    block_bytes = block_rows * block_cols * src.count * dtype.itemsize
+    if block_bytes > limits.max_block_bytes:
+        raise ValueError(
+            f"{path}: its blocks are {block_cols:,} x {block_rows:,} px x {src.count} band(s), "
+            f"{block_bytes / 2**20:,.0f} MiB each when decoded, over the "
+            f"{limits.max_block_bytes / 2**20:,.0f} MiB a check may decode at once; write it "
+            "tiled (e.g. gdal_translate -co TILED=YES)"
+        )
     nodata = src.nodata
+    values = _LabelValues(None if nodata is None else float(nodata)) if label else None
+    decode_all(src, limits, values)
+    if values is not None:
+        label_problem = values.problem(pixels)
+        if label_problem is not None:
+            raise ValueError(f"{path}: {label_problem}")
+    notes: list[str] = []
+    if dtype == np.float64:
+        notes.append("float64 bands are read as float32 (about 7 significant digits)")
+    if crs is not None and crs.is_geographic:
+        notes.append(
+            f"geographic CRS ({crs.to_string()}): areas and distances in degrees are approximate"
+        )
     return RasterInfo(
         path=path,
         checksum=checksum,
@@ -90,21 +272,35 @@ def describe_raster(
         if nodata is None or (isinstance(nodata, float) and math.isnan(nodata))
         else float(nodata),
         resolution=(float(src.res[0]), float(src.res[1])),
-        block_shape=(int(src.block_shapes[0][0]), int(src.block_shapes[0][1])),
+        block_shape=(block_rows, block_cols),
         compression=src.compression.value if src.compression else None,
+        notes=tuple(notes),
     )
 
 
-def inspect_raster(location: RasterLocation, path: str, checksum: str, size: int) -> RasterInfo:
-    """Open ``location`` and describe it; raise `ValueError` naming ``path`` if it is unusable."""
+def inspect_raster(
+    location: RasterLocation,
+    path: str,
+    checksum: str,
+    size: int,
+    limits: CheckLimits | None = None,
+    *,
+    label: bool = False,
+    pixel_grid: bool = False,
+) -> RasterInfo:
+    """Open ``location`` and describe it; raise `ValueError` naming ``path`` if it is unusable.
+
+    GDAL's block cache is held to ``limits.gdal_cache_mb`` meanwhile (its default, 5 % of the
+    machine's memory, would let one check grow by gigabytes).
+    """
+    limits = limits or CheckLimits()
     try:
-        with location.open() as src:
-            info = describe_raster(src, path, checksum, size)
-    except rasterio.errors.RasterioError as exc:
-        raise ValueError(f"{path}: not a readable GeoTIFF ({exc})") from exc
-    if not info.crs:
-        raise ValueError(f"{path}: has no coordinate reference system (not georeferenced)")
-    return info
+        with rasterio.Env(GDAL_CACHEMAX=limits.gdal_cache_mb), location.open() as src:
+            return describe_raster(
+                src, path, checksum, size, limits, label=label, pixel_grid=pixel_grid
+            )
+    except (rasterio.errors.RasterioError, CPLE_BaseError) as exc:
+        raise ValueError(f"{path}: not a readable GeoTIFF ({' '.join(str(exc).split())})") from exc
 
 
 @dataclass(frozen=True)
@@ -153,8 +349,14 @@ class CDScene:
         }
 
 
-def read_cd_scene(store: VersionedStore, ref: str, scene_id: str) -> CDScene:
-    """Pin ``scene_id`` at ``ref`` to a commit and describe its files."""
+def read_cd_scene(
+    store: VersionedStore,
+    ref: str,
+    scene_id: str,
+    limits: CheckLimits | None = None,
+    pixel_grid: bool = False,
+) -> CDScene:
+    """Pin ``scene_id`` at ``ref`` to a commit and describe its files (within ``limits``)."""
     paths = CDPaths(scene_id)
     commit_id = store.resolve(ref)
     found: dict[str, RasterInfo] = {}
@@ -171,9 +373,17 @@ def read_cd_scene(store: VersionedStore, ref: str, scene_id: str) -> CDScene:
                 problems[path] = f"missing: scene {scene_id!r} has no {role} image"
             continue
         try:
-            location = store.raster_location(commit_id, path)
-            found[role] = inspect_raster(location, path, stat.checksum, stat.size)
-        except ValueError as exc:
+            location = store.raster_location(commit_id, path)  # checks the object's bytes
+            found[role] = inspect_raster(
+                location,
+                path,
+                stat.checksum,
+                stat.size,
+                limits,
+                label=role == "label",
+                pixel_grid=pixel_grid,
+            )
+        except (ValueError, CorruptObjectError) as exc:
             problems[path] = str(exc).removeprefix(f"{path}: ")
     return CDScene(
         scene_id=scene_id,
@@ -192,10 +402,19 @@ def _area(bounds: tuple[float, float, float, float]) -> float:
 
 
 def footprint_overlap(pre: RasterInfo, other: RasterInfo) -> float:
-    """The fraction of ``pre``'s footprint covered by ``other`` (bounds compared in pre's CRS)."""
-    other_bounds = transform_bounds(
-        CRS.from_string(other.crs), CRS.from_string(pre.crs), *other.bounds
-    )
+    """The fraction of ``pre``'s footprint covered by ``other`` (bounds compared in pre's CRS).
+
+    Raises `ValueError` naming both files when the CRSs cannot be transformed into each other.
+    """
+    try:
+        other_bounds = transform_bounds(
+            CRS.from_string(other.crs), CRS.from_string(pre.crs), *other.bounds
+        )
+    except (rasterio.errors.RasterioError, CPLE_BaseError) as exc:
+        raise ValueError(
+            f"cannot place {other.path} ({other.crs}) on the grid of {pre.path} ({pre.crs}): "
+            f"{' '.join(str(exc).split())[:200]}"
+        ) from exc
     inter = (
         max(pre.bounds[0], other_bounds[0]),
         max(pre.bounds[1], other_bounds[1]),
@@ -216,7 +435,11 @@ def check_cd_scene(scene: CDScene) -> list[CheckOutcome]:
             if not scene.problems
             else "; ".join(f"{path}: {problem}" for path, problem in sorted(scene.problems.items()))
         ),
-        metadata={"problems": dict(scene.problems), "files": [r.path for r in scene.rasters]},
+        metadata={
+            "problems": dict(scene.problems),
+            "files": [r.path for r in scene.rasters],
+            "notes": {r.path: list(r.notes) for r in scene.rasters if r.notes},
+        },
     )
     if scene.pre is None or scene.post is None:
         overlap = CheckOutcome(
@@ -226,9 +449,14 @@ def check_cd_scene(scene: CDScene) -> list[CheckOutcome]:
         )
         return [files, overlap]
     reasons: list[str] = []
-    fraction = footprint_overlap(scene.pre, scene.post)
-    if fraction <= 0:
-        reasons.append(f"{scene.post.path} does not overlap {scene.pre.path}")
+    try:
+        fraction = footprint_overlap(scene.pre, scene.post)
+    except ValueError as exc:
+        reasons.append(str(exc))
+        fraction = 0.0
+    else:
+        if fraction <= 0:
+            reasons.append(f"{scene.post.path} does not overlap {scene.pre.path}")
     if scene.pre.count != scene.post.count:
         reasons.append(
             f"band counts differ: {scene.pre.path} has {scene.pre.count}, "
@@ -238,14 +466,20 @@ def check_cd_scene(scene: CDScene) -> list[CheckOutcome]:
         "overlap_fraction": round(fraction, 4),
         "pre_bands": scene.pre.count,
         "post_bands": scene.post.count,
+        # Areas (the change map's m², this overlap) come from a CRS in degrees: approximate.
+        "areas_approximate": scene.pre.geographic,
     }
     if scene.label is not None:
-        label_fraction = footprint_overlap(scene.pre, scene.label)
-        metadata["label_overlap_fraction"] = round(label_fraction, 4)
         if scene.label.count != 1:
             reasons.append(f"{scene.label.path} has {scene.label.count} bands, expected 1")
-        if label_fraction <= 0:
-            reasons.append(f"{scene.label.path} does not overlap {scene.pre.path}")
+        try:
+            label_fraction = footprint_overlap(scene.pre, scene.label)
+        except ValueError as exc:
+            reasons.append(str(exc))
+        else:
+            metadata["label_overlap_fraction"] = round(label_fraction, 4)
+            if label_fraction <= 0:
+                reasons.append(f"{scene.label.path} does not overlap {scene.pre.path}")
     overlap = CheckOutcome(
         name=OVERLAP_CHECK,
         passed=not reasons,
@@ -259,7 +493,9 @@ def check_cd_scene(scene: CDScene) -> list[CheckOutcome]:
     return [files, overlap]
 
 
-def validate_local_cd(src: Path) -> list[str]:
+def validate_local_cd(
+    src: Path, limits: CheckLimits | None = None, pixel_grid: bool = False
+) -> list[str]:
     """Problems with a local CD scene folder (empty list: ready to ingest)."""
     problems: list[str] = []
     infos: dict[str, RasterInfo] = {}
@@ -271,7 +507,13 @@ def validate_local_cd(src: Path) -> list[str]:
             continue
         try:
             infos[name] = inspect_raster(
-                RasterLocation(str(path)), str(path), "", path.stat().st_size
+                RasterLocation(str(path)),
+                str(path),
+                "",
+                path.stat().st_size,
+                limits,
+                label=name == "label.tif",
+                pixel_grid=pixel_grid,
             )
         except ValueError as exc:
             problems.append(str(exc))

@@ -1,11 +1,45 @@
-"""Check outcomes and scene fingerprints, independent of any orchestrator."""
+"""Check outcomes, check limits and scene fingerprints, independent of any orchestrator."""
 
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
+
+#: Default raster budget: far above any real scene (46,340 px square), far below a hostile one.
+MAX_RASTER_PIXELS = 2**31
+#: Default photo budget: a photo is decoded whole (RGB, 3 bytes a pixel), so 2^27 px is 384 MiB.
+MAX_PHOTO_PIXELS = 2**27
+
+
+@dataclass(frozen=True)
+class CheckLimits:
+    """How much a check may decode, hold and spend on one file before it refuses it.
+
+    The budgets are tested before anything is decoded, so a hostile header (a sparse
+    1,000,000 x 1,000,000 px GeoTIFF of 11 MB) is refused in milliseconds.
+    """
+
+    max_raster_pixels: int = MAX_RASTER_PIXELS  # width x height of a GeoTIFF
+    max_photo_pixels: int = MAX_PHOTO_PIXELS  # width x height of a photo
+    max_block_bytes: int = 256 << 20  # one GeoTIFF block (all bands), decoded at once by GDAL
+    decode_chunk_bytes: int = 64 << 20  # what one windowed read of a decode pass may return
+    gdal_cache_mb: int = 64  # GDAL's block cache while checking (its default is 5 % of RAM)
+    seconds_per_file: float = 900.0  # wall-clock bound of one file's decode pass
+
+    @classmethod
+    def with_max_pixels(cls, max_pixels: int | None) -> CheckLimits:
+        """The defaults, with both pixel budgets set to ``max_pixels`` when it is given."""
+        limits = cls()
+        if max_pixels is None:
+            return limits
+        return replace(limits, max_raster_pixels=max_pixels, max_photo_pixels=max_pixels)
+
+    def deadline(self) -> float:
+        """The `time.monotonic` value a check started now must finish by."""
+        return time.monotonic() + self.seconds_per_file
 
 
 @dataclass(frozen=True)

@@ -3,10 +3,19 @@
 `ColmapModel` is a plain, typed copy of what the pipeline needs from a reconstruction; `read_model`
 and `write_model` convert to and from COLMAP's text or binary files with pycolmap, so both formats
 are handled by COLMAP's own reader and writer.
+
+pycolmap trusts the counts in a binary model's headers: a truncated ``points3D.bin`` made it
+allocate 17 GB. So `read_model` first walks every binary file's records (`check_binary_model`):
+each count must fit in the bytes that follow it, every variable-length record (an image's
+keypoints, a point's track) must end inside the file, and the last record must end exactly at the
+end of the file. The walk reads a few bytes per record, in memory bounded by the file size.
 """
 
 from __future__ import annotations
 
+import functools
+import mmap
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -118,8 +127,10 @@ def read_model(directory: Path) -> ColmapModel:
     if model_format(names) is None:
         raise ValueError(
             f"{directory}: no complete COLMAP model (need cameras, images and points3D, "
-            ".bin or .txt); found {sorted(names)}"
+            f".bin or .txt); found {', '.join(sorted(names)) or 'nothing'}"
         )
+    if model_format(names) == "bin":
+        check_binary_model(directory)
     try:
         rec = pycolmap.Reconstruction(str(directory))
     except Exception as exc:  # pycolmap raises plain RuntimeError / ValueError from C++
@@ -159,6 +170,139 @@ def read_model(directory: Path) -> ColmapModel:
         observations.append(track)
     error = float(rec.compute_mean_reprojection_error()) if point_ids else None
     return ColmapModel(cameras, images, points, colours, observations, error)
+
+
+@functools.cache
+def _camera_param_counts() -> dict[int, int]:
+    """Parameters per COLMAP camera model id, as this pycolmap knows them."""
+    counts: dict[int, int] = {}
+    for name, model_id in pycolmap.CameraModelId.__members__.items():
+        if int(model_id) < 0 or name == "INVALID":
+            continue
+        camera = pycolmap.Camera.create_from_model_id(1, model_id, 1.0, 2, 2)
+        counts[int(model_id)] = len(camera.params)
+    return counts
+
+
+_COUNT = struct.Struct("<Q")
+_CAMERA = struct.Struct("<IiQQ")  # camera_id, model_id, width, height, then the params
+_IMAGE = struct.Struct("<I4d3dI")  # image_id, qvec, tvec, camera_id, then name and keypoints
+_POINT2D_BYTES = 24  # x, y (double), point3D_id (int64)
+_POINT_HEAD = 8 + 24 + 3 + 8  # point3D_id, xyz, rgb, error; then the track length (uint64)
+_TRACK_ELEMENT_BYTES = 8  # image_id, point2D_idx (uint32 each)
+_MAX_NAME_BYTES = 4096
+#: Smallest record of the files newer COLMAPs write beside the model (only their count is read).
+_MIN_RECORD = {"rigs.bin": 8, "frames.bin": 68}
+
+
+class _Walk:
+    """A cursor over one binary file that fails, naming it, when a record runs past its end."""
+
+    def __init__(self, path: Path, data: mmap.mmap | bytes) -> None:
+        self.path = path
+        self.data = data
+        self.size = len(data)
+        self.offset = 0
+
+    def fail(self, what: str) -> ValueError:
+        return ValueError(
+            f"{self.path}: truncated or corrupt binary COLMAP file ({what}; the file has "
+            f"{self.size:,} bytes)"
+        )
+
+    def need(self, n: int, what: str) -> None:
+        if n < 0 or self.offset + n > self.size:
+            raise self.fail(f"{what} needs {n:,} bytes at offset {self.offset:,}")
+
+    def unpack(self, layout: struct.Struct, what: str) -> tuple[int | float, ...]:
+        self.need(layout.size, what)
+        values = layout.unpack_from(self.data, self.offset)
+        self.offset += layout.size
+        return values
+
+    def count(self, min_record: int, what: str) -> int:
+        (n,) = self.unpack(_COUNT, f"the number of {what}")
+        n = int(n)
+        if n * min_record > self.size - self.offset:
+            raise self.fail(
+                f"it declares {n:,} {what}, which need at least {n * min_record:,} bytes, but "
+                f"{self.size - self.offset:,} follow"
+            )
+        return n
+
+    def end(self) -> None:
+        if self.offset != self.size:
+            raise self.fail(f"{self.size - self.offset:,} bytes follow the last record")
+
+
+def _walk_cameras(walk: _Walk) -> None:
+    counts = _camera_param_counts()
+    for i in range(walk.count(_CAMERA.size + 8, "cameras")):
+        _, model_id, _, _ = walk.unpack(_CAMERA, f"camera {i}")
+        if int(model_id) not in counts:
+            raise walk.fail(f"camera {i} has the unknown camera model id {model_id}")
+        walk.need(8 * counts[int(model_id)], f"the parameters of camera {i}")
+        walk.offset += 8 * counts[int(model_id)]
+    walk.end()
+
+
+def _walk_images(walk: _Walk) -> None:
+    for i in range(walk.count(_IMAGE.size + 1 + 8, "images")):
+        walk.unpack(_IMAGE, f"image {i}")
+        end = walk.data.find(b"\0", walk.offset, walk.offset + _MAX_NAME_BYTES)
+        if end < 0:
+            raise walk.fail(f"the name of image {i} does not end")
+        walk.offset = end + 1
+        (points,) = walk.unpack(_COUNT, f"the keypoint count of image {i}")
+        if int(points) > (walk.size - walk.offset) // _POINT2D_BYTES:
+            raise walk.fail(f"image {i} declares {int(points):,} keypoints")
+        walk.offset += int(points) * _POINT2D_BYTES
+    walk.end()
+
+
+def _walk_points(walk: _Walk) -> None:
+    data, size = walk.data, walk.size
+    n = walk.count(_POINT_HEAD + 8, "3D points")
+    offset = walk.offset
+    for i in range(n):  # the hot loop: one 8-byte read per point
+        length_at = offset + _POINT_HEAD
+        if length_at + 8 > size:
+            walk.offset = offset
+            raise walk.fail(f"3D point {i} of {n:,} runs past the end")
+        length = int.from_bytes(data[length_at : length_at + 8], "little")
+        if length > (size - length_at - 8) // _TRACK_ELEMENT_BYTES:
+            walk.offset = offset
+            raise walk.fail(f"3D point {i} declares a track of {length:,} observations")
+        offset = length_at + 8 + length * _TRACK_ELEMENT_BYTES
+    walk.offset = offset
+    walk.end()
+
+
+def check_binary_model(directory: Path) -> None:
+    """Walk the binary model files in ``directory``; raise `ValueError` naming a broken one."""
+    walkers = {
+        "cameras.bin": _walk_cameras,
+        "images.bin": _walk_images,
+        "points3D.bin": _walk_points,
+    }
+    for name in [*walkers, *_MIN_RECORD]:
+        path = directory / name
+        if not path.is_file():
+            continue
+        with path.open("rb") as stream:
+            size = path.stat().st_size
+            data: mmap.mmap | bytes = (
+                mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+            )
+            try:
+                walk = _Walk(path, data)
+                if name in walkers:
+                    walkers[name](walk)
+                else:
+                    walk.count(_MIN_RECORD[name], name.removesuffix(".bin"))
+            finally:
+                if isinstance(data, mmap.mmap):
+                    data.close()
 
 
 def write_model(model: ColmapModel, directory: Path, fmt: ModelFormat = "bin") -> Path:

@@ -1,20 +1,29 @@
 """Uploading a local scene folder to a branch: validate first, stream, commit, or leave nothing.
 
 A scene folder is checked locally before a byte is sent (required files, readable rasters or
-photos, a readable COLMAP model). It then replaces the scene's prefix on the branch exactly (files
-no longer present are deleted) and is committed. If anything fails after the first upload, the
-staged changes under the scene's prefix are reset, so the branch is left as it was.
+photos, a readable COLMAP model, no symbolic links). The upload itself never touches the branch
+people read: `ingest_scenes` cuts a short-lived branch ``write-<scene>-<UTC time>-<random>`` from
+the target's head, makes the scene's prefix there hold exactly the folder's files, commits, and
+merges that commit into the target with the default (fail on conflict) strategy, the way lakeFS's
+``Branch.transact`` does. So two ingests at once never see each other's files; two ingests of the
+same scene never leave a commit mixing both folders (the later one fails, naming the commit that
+won); an ingest that fails, is interrupted or killed leaves the target exactly as it was (a killed
+one leaves its ``write-`` branch behind, for ``mlops-assets gc``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import io
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from mlops_assets.core.changes import MERGE_SOURCE_KEY
 from mlops_assets.core.scenes.cd import validate_local_cd
+from mlops_assets.core.scenes.checks import CheckLimits
 from mlops_assets.core.scenes.layout import (
     CDPaths,
     NVSPaths,
@@ -25,7 +34,21 @@ from mlops_assets.core.scenes.layout import (
 )
 from mlops_assets.core.scenes.nvs import local_nvs_files, validate_local_nvs
 from mlops_assets.core.store.base import VersionedStore
-from mlops_assets.core.store.types import Change, Commit, NoChangesError, NotFoundError, StoreError
+from mlops_assets.core.store.branches import WRITE_PREFIX, work_branch_name
+from mlops_assets.core.store.types import (
+    Change,
+    Commit,
+    DirtyBranchError,
+    MergeConflictError,
+    NoChangesError,
+    NotFoundError,
+    StoreError,
+)
+
+
+class SceneConflictError(StoreError):
+    """Another writer changed the same scene on the target branch while this ingest ran."""
+
 
 ProgressCallback = Callable[[int], None]
 
@@ -57,29 +80,75 @@ class UploadPlan:
         return sum(local.stat().st_size for local, _ in self.files)
 
 
-def plan_upload(kind: SceneKind, src: Path, scene_id: str, validate: bool = True) -> UploadPlan:
+def _link_problem(src: Path, local: Path, follow_symlinks: bool) -> str | None:
+    """Why ``local`` (inside ``src``) may not be uploaded as it is, or None.
+
+    A symbolic link anywhere between ``src`` and the file is refused: it would upload whatever
+    it points to (``/etc/passwd`` ...). With ``follow_symlinks`` a link is followed only when
+    its target lies inside ``src``. Only regular files are uploaded (a FIFO would hang the
+    checks).
+    """
+    root = src.resolve()
+    current = src
+    for part in local.relative_to(src).parts:
+        current = current / part
+        if not current.is_symlink():
+            continue
+        target = current.readlink()
+        if not follow_symlinks:
+            return (
+                f"{current} is a symbolic link (to {target}); ingest uploads regular files only "
+                "(--follow-symlinks uploads link targets that lie inside the folder)"
+            )
+        resolved = current.resolve()
+        if not resolved.is_relative_to(root):
+            return f"{current} is a symbolic link to {resolved}, outside {src}: refused"
+    if not local.is_file():
+        return f"{local} is not a regular file"
+    return None
+
+
+def plan_upload(
+    kind: SceneKind,
+    src: Path,
+    scene_id: str,
+    validate: bool = True,
+    *,
+    follow_symlinks: bool = False,
+    limits: CheckLimits | None = None,
+) -> UploadPlan:
     """Validate a local scene folder; raise `SceneError` listing every problem.
 
     ``validate=False`` only maps the folder's layout files to their object paths and leaves the
     judging to the raw-scene checks on the branch the scene is written to (write-audit-publish,
     `mlops_assets.core.wap`): there, a scene that fails stays on its branch for inspection. The
-    scene id and the folder itself are checked either way.
+    scene id, the folder itself and symbolic links (refused, or with ``follow_symlinks`` followed
+    only inside the folder) are checked either way, before any file is opened.
     """
     validate_scene_id(scene_id)
     if not src.is_dir():
         raise SceneError(f"scene {scene_id!r}: {src} is not a directory")
-    problems: list[str] = []
     if kind is SceneKind.CD:
-        if validate:
-            problems = validate_local_cd(src)
         paths = CDPaths(scene_id)
         wanted = {"pre.tif": paths.pre, "post.tif": paths.post, "label.tif": paths.label}
-        files = [(src / name, target) for name, target in wanted.items() if (src / name).exists()]
+        files = [
+            (src / name, target)
+            for name, target in wanted.items()
+            if (src / name).exists() or (src / name).is_symlink()
+        ]
     else:
-        if validate:
-            problems = validate_local_nvs(src)
         nvs_paths = NVSPaths(scene_id)
         files = [(src / rel, nvs_paths.prefix + rel) for rel in local_nvs_files(src)]
+    links = [p for local, _ in files if (p := _link_problem(src, local, follow_symlinks))]
+    if links:
+        raise SceneError(f"{kind.value} scene {scene_id!r} from {src}: {'; '.join(links)}")
+    problems: list[str] = []
+    if validate:
+        problems = (
+            validate_local_cd(src, limits)
+            if kind is SceneKind.CD
+            else validate_local_nvs(src, limits)
+        )
     if problems:
         listed = "; ".join(problems)
         raise SceneError(f"{kind.value} scene {scene_id!r} from {src} is not valid: {listed}")
@@ -139,7 +208,22 @@ def stage_scene(
     return store.uncommitted(branch, plan.prefix)
 
 
-def ingest_scenes(
+def require_clean(store: VersionedStore, branch: str) -> None:
+    """Refuse a target with uncommitted changes: nothing can be merged into it.
+
+    Since every writer works on its own branch, only an older version of this tool (or a hand)
+    stages on a branch people read; `mlops-assets reset` drops what it left.
+    """
+    pending = store.uncommitted(branch)
+    if pending:
+        raise DirtyBranchError(
+            f"branch {branch!r} has {len(pending)} uncommitted change(s) (e.g. {pending[0].path}), "
+            "probably left by an interrupted write: nothing can be merged into it until they are "
+            f"dropped with `mlops-assets reset {branch}` (or committed)"
+        )
+
+
+def commit_scenes(
     store: VersionedStore,
     branch: str,
     plans: list[UploadPlan],
@@ -147,23 +231,11 @@ def ingest_scenes(
     metadata: Mapping[str, str] | None = None,
     progress: ProgressCallback | None = None,
 ) -> Commit:
-    """Upload validated scenes to ``branch`` and commit them together; return the commit.
+    """Upload scenes to ``branch``, a branch this writer owns, and commit them together.
 
-    Refuses a branch with uncommitted changes (they would end up in this commit) and raises
-    `NoChangesError` if the branch already holds exactly these files. On failure, nothing the
-    call staged stays staged.
+    Raises `NoChangesError` if the branch already holds exactly these files. On failure, nothing
+    the call staged stays staged.
     """
-    if branch not in store.list_branches():
-        names = ", ".join(f"{p.kind.value} scene {p.scene_id!r}" for p in plans)
-        raise NotFoundError(
-            f"branch {branch!r} not found in repository {store.repository!r}: cannot upload {names}"
-        )
-    pending = store.uncommitted(branch)
-    if pending:
-        raise StoreError(
-            f"branch {branch!r} has {len(pending)} uncommitted change(s) (e.g. {pending[0].path}); "
-            "commit or reset them before ingesting"
-        )
     staged: list[UploadPlan] = []
     try:
         changed = False
@@ -173,19 +245,94 @@ def ingest_scenes(
         if not changed:
             names = ", ".join(f"{p.kind.value}/{p.scene_id}" for p in plans)
             raise NoChangesError(f"{names} unchanged on branch {branch!r}: no changes to commit")
-        return store.commit(
-            branch,
-            message,
-            {
-                "scenes": ",".join(f"{p.kind.value}/{p.scene_id}" for p in plans),
-                "files": str(sum(len(p.files) for p in plans)),
-                **(metadata or {}),
-            },
-        )
+        return store.commit(branch, message, _commit_metadata(plans, metadata))
     except BaseException:
-        for plan in staged:
-            store.reset(branch, plan.prefix)
+        with contextlib.suppress(StoreError):  # keep the original error, not a cleanup's
+            for plan in staged:
+                store.reset(branch, plan.prefix)
         raise
+
+
+def _commit_metadata(plans: list[UploadPlan], metadata: Mapping[str, str] | None) -> dict[str, str]:
+    return {
+        "scenes": ",".join(f"{p.kind.value}/{p.scene_id}" for p in plans),
+        "files": str(sum(len(p.files) for p in plans)),
+        **(metadata or {}),
+    }
+
+
+def _conflict(
+    store: VersionedStore, branch: str, base: str, plans: list[UploadPlan]
+) -> SceneConflictError | None:
+    """The error to raise if a scene of ``plans`` changed on ``branch`` since ``base``."""
+    head = store.resolve(branch)
+    for plan in plans:
+        if head == base or not store.diff(base, head, plan.prefix):
+            continue
+        scene = f"{plan.kind.value}/{plan.scene_id}"
+        other = next(iter(store.log(head, prefixes=[plan.prefix], limit=1)), None)
+        by = f"commit {other.id[:12]} ({other.message!r})" if other else f"head {head[:12]}"
+        return SceneConflictError(
+            f"{scene} was changed on {branch!r} by {by} while this ingest ran (it started from "
+            f"{base[:12]}); nothing was merged and {branch!r} holds that version whole: ingest "
+            "again to replace it"
+        )
+    return None
+
+
+def ingest_scenes(
+    store: VersionedStore,
+    branch: str,
+    plans: list[UploadPlan],
+    message: str,
+    metadata: Mapping[str, str] | None = None,
+    progress: ProgressCallback | None = None,
+) -> Commit:
+    """Write validated scenes into ``branch`` in one merge; return the merge commit.
+
+    The files go to a fresh ``write-`` branch cut from ``branch``'s head and are committed there
+    (`commit_scenes`); that commit is merged into ``branch`` with the default strategy, and the
+    ``write-`` branch is deleted, whatever happened. Raises `NoChangesError` if ``branch``
+    already holds exactly these files, `SceneConflictError` if another writer changed one of the
+    scenes on ``branch`` meanwhile (nothing is merged), `DirtyBranchError` if ``branch`` has
+    uncommitted changes. ``branch`` never holds a part of the upload.
+    """
+    if branch not in store.list_branches():
+        names = ", ".join(f"{p.kind.value} scene {p.scene_id!r}" for p in plans)
+        raise NotFoundError(
+            f"branch {branch!r} not found in repository {store.repository!r}: cannot upload {names}"
+        )
+    require_clean(store, branch)
+    label = plans[0].scene_id if len(plans) == 1 else "scenes"
+    work = work_branch_name(WRITE_PREFIX, label, dt.datetime.now(dt.UTC))
+    base = store.create_branch(work, branch)
+    try:
+        try:
+            commit = commit_scenes(store, work, plans, message, metadata, progress)
+        except NoChangesError:
+            names = ", ".join(f"{p.kind.value}/{p.scene_id}" for p in plans)
+            raise NoChangesError(
+                f"{names} unchanged on branch {branch!r}: no changes to commit"
+            ) from None
+        conflict = _conflict(store, branch, base, plans)
+        if conflict is not None:
+            raise conflict
+        try:
+            merged = store.merge(
+                commit.id,
+                branch,
+                message=message,
+                metadata={**_commit_metadata(plans, metadata), MERGE_SOURCE_KEY: work},
+            )
+        except MergeConflictError:
+            conflict = _conflict(store, branch, base, plans)
+            if conflict is None:
+                raise
+            raise conflict from None
+        return store.get_commit(merged)
+    finally:
+        with contextlib.suppress(StoreError):  # keep the original error, not a cleanup's
+            store.delete_branch(work)
 
 
 def ingest_scene(

@@ -18,7 +18,7 @@ import enum
 import re
 from dataclasses import dataclass, field
 
-SCENE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+SCENE_ID_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 COLMAP_FILES = ("cameras", "images", "points3D")
 
@@ -46,7 +46,7 @@ def scene_id_problem(scene_id: str) -> str | None:
         return f"it is {len(scene_id)} characters long (at most 63)"
     if scene_id != scene_id.lower():
         return "it contains upper-case letters"
-    if not SCENE_ID_RE.match(scene_id):
+    if not SCENE_ID_RE.fullmatch(scene_id):  # match() with ``$`` accepts a trailing newline
         return "it must start with a-z or 0-9 and contain only a-z, 0-9, '_' and '-'"
     return None
 

@@ -12,27 +12,30 @@ the model is read from, and `materialize_nvs_scene` downloads photos and model f
 
 from __future__ import annotations
 
+import math
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from mlops_assets.core.nvs.sfm import SfMError, run_sfm
 from mlops_assets.core.publish import publish_files
-from mlops_assets.core.scenes.checks import CheckOutcome, content_hash
+from mlops_assets.core.scenes.checks import CheckLimits, CheckOutcome, content_hash
 from mlops_assets.core.scenes.colmap import (
     PINHOLE_MODELS,
     RADIAL_MODELS,
+    Camera,
     ColmapModel,
     model_format,
     read_model,
 )
 from mlops_assets.core.scenes.layout import IMAGE_SUFFIXES, NVSPaths, SceneError
 from mlops_assets.core.store.base import VersionedStore
-from mlops_assets.core.store.types import lakefs_uri
+from mlops_assets.core.store.types import CorruptObjectError, lakefs_uri
 
 FILES_CHECK = "files_present_and_readable"
 MODEL_CHECK = "model_readable_and_images_present"
@@ -176,11 +179,28 @@ class NVSScene:
         }
 
 
-def _image_problem(path: Path) -> str | None:
+def image_problem(path: Path, limits: CheckLimits | None = None) -> str | None:
+    """Why the photo at ``path`` cannot be trained on, or None: it must decode completely.
+
+    ``Image.verify`` reads the header and checksums only: a JPEG truncated to a third, or with
+    garbage after its header, passes it. So the photo is decoded whole, after its size is checked
+    against ``limits.max_photo_pixels`` (a header may claim any size).
+    """
+    limits = limits or CheckLimits()
     try:
         with Image.open(path) as image:
-            image.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+            width, height = image.size
+            if width * height > limits.max_photo_pixels:
+                return (
+                    f"{width:,} x {height:,} px is over the photo budget of "
+                    f"{limits.max_photo_pixels:,} pixels (refused before decoding)"
+                )
+            if width < 1 or height < 1:
+                return f"has no pixels ({width} x {height})"
+            image.load()
+    except Image.DecompressionBombError as exc:
+        return f"refused before decoding: {exc}"
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         return f"not a readable image ({exc})"
     return None
 
@@ -199,11 +219,46 @@ def summarise_model(model: ColmapModel, fmt: str) -> ModelSummary:
     )
 
 
+def _camera_problem(camera: Camera) -> str | None:
+    """Why a camera's intrinsics cannot be trained with, or None."""
+    fx, fy = camera.focal
+    if camera.width < 1 or camera.height < 1:
+        return f"camera {camera.camera_id} is {camera.width} x {camera.height} px"
+    if not all(math.isfinite(v) for v in camera.params):
+        return f"camera {camera.camera_id} has non-finite parameters {list(camera.params)}"
+    if fx <= 0 or fy <= 0:
+        return f"camera {camera.camera_id} has focal length {fx:g}, {fy:g} px (must be > 0)"
+    return None
+
+
 def _model_problems(model: ColmapModel) -> list[str]:
-    """What makes a readable model unusable (zero registered images, an unsupported camera)."""
+    """What makes a readable model unusable for training.
+
+    Zero registered images, an unsupported camera model, intrinsics that are not positive and
+    finite, poses or points that are not finite, an image whose camera is missing.
+    """
     problems: list[str] = []
     if not model.images:
         problems.append("the COLMAP model has zero registered images")
+    for camera in model.cameras.values():
+        problem = _camera_problem(camera)
+        if problem is not None:
+            problems.append(problem)
+    bad_poses = [
+        image.name
+        for image in model.images
+        if not (np.isfinite(image.rotation).all() and np.isfinite(image.translation).all())
+    ]
+    if bad_poses:
+        problems.append(
+            f"{len(bad_poses)} image(s) have non-finite poses: {', '.join(bad_poses[:5])}"
+        )
+    orphans = sorted({i.camera_id for i in model.images} - set(model.cameras))
+    if orphans:
+        problems.append(f"images refer to missing camera(s) {orphans}")
+    bad_points = int((~np.isfinite(model.points).all(axis=1)).sum()) if len(model.points) else 0
+    if bad_points:
+        problems.append(f"{bad_points} 3D point(s) have non-finite coordinates")
     unsupported = sorted(
         {c.model for c in model.cameras.values()} - set(PINHOLE_MODELS) - set(RADIAL_MODELS)
     )
@@ -215,7 +270,9 @@ def _model_problems(model: ColmapModel) -> list[str]:
     return problems
 
 
-def read_nvs_scene(store: VersionedStore, ref: str, scene_id: str) -> NVSScene:
+def read_nvs_scene(
+    store: VersionedStore, ref: str, scene_id: str, limits: CheckLimits | None = None
+) -> NVSScene:
     """Pin ``scene_id`` at ``ref`` to a commit and describe its photos and model."""
     paths = NVSPaths(scene_id)
     commit_id = store.resolve(ref)
@@ -238,13 +295,20 @@ def read_nvs_scene(store: VersionedStore, ref: str, scene_id: str) -> NVSScene:
     missing: list[str] = []
     with tempfile.TemporaryDirectory(prefix="nvs-scene-") as tmp:
         for image in images:
-            local = store.download(commit_id, image.path, Path(tmp) / "image")
-            problem = _image_problem(local)
+            try:  # the download checks the object's bytes
+                local = store.download(commit_id, image.path, Path(tmp) / "image")
+            except CorruptObjectError as exc:
+                problems[image.path] = str(exc).removeprefix(f"{image.path}: ")
+                continue
+            problem = image_problem(local, limits)
             if problem:
                 problems[image.path] = problem
         model_dir = Path(tmp) / "sparse"
         for obj in model_files:
-            store.download(commit_id, obj.path, model_dir / obj.path[len(paths.sparse) :])
+            try:
+                store.download(commit_id, obj.path, model_dir / obj.path[len(paths.sparse) :])
+            except CorruptObjectError as exc:
+                problems[paths.sparse] = str(exc)
         fmt = model_format([o.path[len(paths.sparse) :] for o in model_files])
         if fmt is None and model_files:
             found = ", ".join(sorted(o.path[len(paths.sparse) :] for o in model_files))
@@ -254,6 +318,8 @@ def read_nvs_scene(store: VersionedStore, ref: str, scene_id: str) -> NVSScene:
             )
         elif fmt is None:
             pass  # photos only: structure-from-motion can pose them (`recover_model_with_sfm`)
+        elif paths.sparse in problems:
+            pass  # a model file is damaged in the store: reading it would read what is left
         else:
             try:
                 model = read_model(model_dir)
@@ -517,18 +583,21 @@ def materialize_nvs_scene(
 
 
 def local_nvs_files(src: Path) -> list[str]:
-    """Relative paths of the photos and model files in a local scene folder."""
+    """Relative paths of the photos and model files in a local scene folder.
+
+    Symbolic links are listed too (whatever they point to), so that the ingest can refuse them.
+    """
     images = sorted(
         f"images/{p.name}"
         for p in (src / "images").glob("*")
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+        if (p.is_file() or p.is_symlink()) and p.suffix.lower() in IMAGE_SUFFIXES
     )
     sparse = src / "sparse" / "0"
-    model = sorted(f"sparse/0/{p.name}" for p in sparse.glob("*") if p.is_file())
+    model = sorted(f"sparse/0/{p.name}" for p in sparse.glob("*") if p.is_file() or p.is_symlink())
     return images + model
 
 
-def validate_local_nvs(src: Path) -> list[str]:
+def validate_local_nvs(src: Path, limits: CheckLimits | None = None) -> list[str]:
     """Problems with a local NVS scene folder (empty list: ready to ingest)."""
     problems: list[str] = []
     image_dir = src / "images"
@@ -538,7 +607,7 @@ def validate_local_nvs(src: Path) -> list[str]:
     if not names:
         problems.append(f"{image_dir}: missing or holds no .png/.jpg photos")
     for name in sorted(names):
-        problem = _image_problem(image_dir / name)
+        problem = image_problem(image_dir / name, limits)
         if problem:
             problems.append(f"{image_dir / name}: {problem}")
     sparse = src / "sparse" / "0"

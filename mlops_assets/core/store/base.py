@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import hashlib
+import io
+import re
+import uuid
 from collections.abc import Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +25,7 @@ from rasterio.session import AWSSession
 from mlops_assets.core.store.types import (
     Change,
     Commit,
+    CorruptObjectError,
     MergeStrategy,
     NotFoundError,
     ObjectStat,
@@ -29,6 +34,130 @@ from mlops_assets.core.store.types import (
 
 #: Chunk size for every streamed copy: large enough to be fast, small enough to stay flat.
 CHUNK_SIZE = 1 << 20
+
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+_MD5_RE = re.compile(r"[0-9a-f]{32}")
+
+
+def checksum_algorithm(checksum: str) -> str | None:
+    """The hash a store checksum is made with: ``sha256`` (embedded), ``md5`` (a lakeFS ETag).
+
+    None for a checksum whose content hash cannot be recomputed from the bytes alone (an S3
+    multipart ETag, ``<md5 of the part md5s>-<parts>``): only the size can be checked then.
+    """
+    value = checksum.strip('"').lower()
+    if _SHA256_RE.fullmatch(value):
+        return "sha256"
+    if _MD5_RE.fullmatch(value):
+        return "md5"
+    return None
+
+
+class VerifyingReader(io.RawIOBase):
+    """Passes a stream through, hashing it; at its end, checks the size and the checksum.
+
+    The check runs when the reader reaches the end of the stream, so whoever reads an object
+    whole (`VersionedStore.read_bytes`, `VersionedStore.download`, an export) gets a
+    `CorruptObjectError` instead of silently wrong bytes. A reader that seeks reads parts only
+    (a ranged read) and is not checked.
+    """
+
+    def __init__(
+        self, raw: BinaryIO, checksum: str, size: int | None, path: str, where: str
+    ) -> None:
+        super().__init__()
+        self._raw = raw
+        self._expected = checksum.strip('"').lower()
+        algorithm = checksum_algorithm(checksum)
+        self._hash = hashlib.new(algorithm) if algorithm else None
+        self._size = size
+        self._count = 0
+        self._done = False
+        self._path = path
+        self._where = where
+
+    def readable(self) -> bool:  # noqa: D102 (io.RawIOBase's)
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]  # noqa: D102
+        data = self._raw.read(len(buffer))
+        n = len(data)
+        if n:
+            buffer[:n] = data
+            self._count += n
+            if self._hash is not None:
+                self._hash.update(data)
+        elif len(buffer) and not self._done:
+            self._finish()
+        return n
+
+    def _finish(self) -> None:
+        self._done = True
+        if self._size is not None and self._count != self._size:
+            raise CorruptObjectError(
+                self._path,
+                self._where,
+                f"{self._size} bytes",
+                f"{self._count} bytes",
+                "the object is truncated" if self._count < self._size else "the object grew",
+            )
+        if self._hash is not None and self._hash.hexdigest() != self._expected:
+            label = "SHA-256" if self._hash.name == "sha256" else "MD5"
+            raise CorruptObjectError(
+                self._path,
+                self._where,
+                f"{label} {self._expected}",
+                f"{label} {self._hash.hexdigest()}",
+            )
+
+    def readall(self) -> bytes:  # noqa: D102 (io.RawIOBase's reads 8 KiB at a time)
+        parts: list[bytes] = []
+        while chunk := self.read(CHUNK_SIZE):  # the empty read at the end runs the check
+            parts.append(chunk)
+        return b"".join(parts)
+
+    def seekable(self) -> bool:  # noqa: D102 (io.RawIOBase's)
+        return bool(getattr(self._raw, "seekable", lambda: False)())
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:  # noqa: D102
+        self._done = True  # a ranged read: no whole-object check
+        return self._raw.seek(offset, whence)
+
+    def tell(self) -> int:  # noqa: D102 (io.RawIOBase's)
+        return self._raw.tell() if self.seekable() else self._count
+
+    def close(self) -> None:  # noqa: D102 (io.RawIOBase's)
+        if not self.closed:
+            with contextlib.suppress(Exception):
+                self._raw.close()
+        super().close()
+
+
+@dataclass(frozen=True)
+class IntegrityProblem:
+    """One object whose stored bytes do not match what the store recorded for it."""
+
+    path: str
+    where: str  # a commit id (short) or "staged on branch X"
+    problem: str
+
+    def __str__(self) -> str:
+        return f"{self.path} at {self.where}: {self.problem}"
+
+
+@dataclass(frozen=True)
+class FsckReport:
+    """What `VersionedStore.fsck` looked at and what it found."""
+
+    objects: int
+    bytes: int
+    problems: list[IntegrityProblem] = field(default_factory=lambda: list[IntegrityProblem]())
+    method: str = "sha256"
+
+    @property
+    def clean(self) -> bool:
+        """True when every object checked out."""
+        return not self.problems
 
 
 @dataclass(frozen=True)
@@ -219,9 +348,54 @@ class VersionedStore(abc.ABC):
         return True
 
     def download(self, ref: str, path: str, destination: Path) -> Path:
-        """Stream ``path`` at ``ref`` into the local file ``destination``."""
+        """Stream ``path`` at ``ref`` into the local file ``destination``, checked on the way.
+
+        The bytes go to a temporary file beside ``destination``, renamed into place once the
+        object's checksum matched: a corrupt object or an interrupted copy leaves no file.
+        """
         destination.parent.mkdir(parents=True, exist_ok=True)
-        with self.open(ref, path) as stream, destination.open("wb") as out:
-            while chunk := stream.read(CHUNK_SIZE):
-                out.write(chunk)
+        part = destination.with_name(f".{destination.name}.{uuid.uuid4().hex[:8]}.part")
+        try:
+            with self.open(ref, path) as stream, part.open("wb") as out:
+                while chunk := stream.read(CHUNK_SIZE):
+                    out.write(chunk)
+            part.replace(destination)
+        except BaseException:
+            part.unlink(missing_ok=True)
+            raise
         return destination
+
+    def fsck(self, ref: str | None = None) -> FsckReport:
+        """Read every object at ``ref`` (default: every branch) back and check it.
+
+        Each object is streamed and its size and checksum compared with what the store
+        recorded (an SHA-256 for the embedded store; for lakeFS the ETag when it is an MD5).
+        """
+        refs = [ref] if ref is not None else sorted(self.list_branches())
+        seen: set[tuple[str, str]] = set()
+        problems: list[IntegrityProblem] = []
+        count = total = 0
+        for at in refs:
+            commit_id = self.resolve(at)
+            for stat in self.list(at):
+                key = (stat.path, stat.checksum)
+                if key in seen:
+                    continue
+                seen.add(key)
+                count += 1
+                total += stat.size
+                try:
+                    with self.open(at, stat.path) as stream:
+                        while stream.read(CHUNK_SIZE):
+                            pass
+                except CorruptObjectError as exc:
+                    problems.append(
+                        IntegrityProblem(
+                            stat.path,
+                            commit_id[:12],
+                            f"expected {exc.expected}, the stored bytes have {exc.actual}",
+                        )
+                    )
+                except NotFoundError as exc:
+                    problems.append(IntegrityProblem(stat.path, commit_id[:12], f"missing: {exc}"))
+        return FsckReport(count, total, problems, method="size and checksum, read back")

@@ -11,6 +11,16 @@ place (atomic, idempotent since the name is the content hash); every metadata ch
 ``BEGIN IMMEDIATE`` SQLite transaction (WAL mode), so commits and merges are serialised and a branch
 head only moves from the value the transaction read.
 
+What is read is what was written: `open` hashes an object as it streams and fails at its end if
+the SHA-256 differs from the object's name (`CorruptObjectError`, naming the path, the commit and
+both checksums); `raster_location`, which hands GDAL a file to read by random access, hashes the
+file once before its first use and remembers that it did (table ``verified_objects``, keyed by the
+file's size, mtime, ctime and inode, so any later write to the file makes it hash again). Every
+upload renames its freshly hashed bytes over the object file even when one exists already, so
+ingesting the original file again repairs a corrupt object. `fsck` hashes every object the
+repository references; `collect_garbage` removes objects that no commit and no staged change
+references, and uploads abandoned in ``tmp/``, once they are older than a grace period.
+
 Semantics follow lakeFS (graveler): reading a branch includes its staged changes, ``branch@``
 reads the committed state only; a ref is a commit id or unique prefix, a branch or a tag, then
 ``~N`` (first parent, N times) and ``^N`` (N-th parent) operators; a merge always writes a merge
@@ -33,16 +43,24 @@ import uuid
 from collections.abc import Generator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, NamedTuple
+from typing import BinaryIO, NamedTuple, cast
 
 from typing_extensions import override
 
-from mlops_assets.core.store.base import CHUNK_SIZE, RasterLocation, VersionedStore
+from mlops_assets.core.store.base import (
+    CHUNK_SIZE,
+    FsckReport,
+    IntegrityProblem,
+    RasterLocation,
+    VerifyingReader,
+    VersionedStore,
+)
 from mlops_assets.core.store.types import (
     AlreadyExistsError,
     Change,
     ChangeType,
     Commit,
+    CorruptObjectError,
     DirtyBranchError,
     InvalidNameError,
     MergeConflictError,
@@ -106,6 +124,10 @@ CREATE TABLE IF NOT EXISTS staging (
     content_type TEXT,
     PRIMARY KEY (repository, branch, path)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS verified_objects (
+    checksum TEXT PRIMARY KEY,
+    file_key TEXT NOT NULL  -- size:mtime_ns:ctime_ns:inode of the object file when it was hashed
+) WITHOUT ROWID;
 """
 
 _EMPTY_TREE = hashlib.sha256(b"").hexdigest()
@@ -138,6 +160,28 @@ def _identity(entry: _Entry | None) -> tuple[str, int, str] | None:
 def _prefix_upper(prefix: str) -> str:
     """The smallest string greater than every string starting with ``prefix``."""
     return prefix + "\U0010ffff"
+
+
+def _file_key(stat: os.stat_result) -> str:
+    """What changes whenever a file's bytes are written (ctime cannot be set back by hand)."""
+    return f"{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ctime_ns}:{stat.st_ino}"
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        while chunk := stream.read(CHUNK_SIZE):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class ObjectGcReport:
+    """What `EmbeddedStore.collect_garbage` removed (or would remove, on a dry run)."""
+
+    objects: int
+    bytes: int
+    partial_uploads: int
 
 
 class EmbeddedStore(VersionedStore):
@@ -518,7 +562,7 @@ class EmbeddedStore(VersionedStore):
         validate_path(path)
         with self._tx() as conn:  # fail before streaming anything to a missing branch
             self._branch_head(conn, branch)
-        checksum, size = self._ingest(source)
+        checksum, size, file_key = self._ingest(source)
         entry = _Entry(checksum, size, time.time(), content_type)
         with self._tx(write=True) as conn:
             self._branch_head(conn, branch)
@@ -526,10 +570,17 @@ class EmbeddedStore(VersionedStore):
                 "INSERT OR REPLACE INTO staging VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (self.repository, branch, path, *entry),
             )
+            conn.execute(
+                "INSERT OR REPLACE INTO verified_objects VALUES (?, ?)", (checksum, file_key)
+            )
         return ObjectStat(path, size, checksum, entry.mtime, content_type)
 
-    def _ingest(self, source: BinaryIO | Path) -> tuple[str, int]:
-        """Stream ``source`` into the object store; return its SHA-256 and size."""
+    def _ingest(self, source: BinaryIO | Path) -> tuple[str, int, str]:
+        """Stream ``source`` into the object store; return its SHA-256, size and file key.
+
+        The new bytes always replace the object file, also when one with that name exists: the
+        bytes were hashed on the way in, the existing file may have rotted since it was written.
+        """
         self._init()
         digest = hashlib.sha256()
         size = 0
@@ -547,18 +598,17 @@ class EmbeddedStore(VersionedStore):
                     out.write(chunk)
             checksum = digest.hexdigest()
             final = self._object_path(checksum)
-            if final.exists():
-                tmp.unlink()
-            else:
-                final.parent.mkdir(parents=True, exist_ok=True)
-                tmp.chmod(0o444)
-                tmp.replace(final)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            tmp.chmod(0o444)
+            tmp.replace(final)
+            file_key = _file_key(final.stat())
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        return checksum, size
+        return checksum, size, file_key
 
-    def _lookup(self, ref: str, path: str) -> _Entry:
+    def _lookup(self, ref: str, path: str) -> tuple[_Entry, str]:
+        """The entry of ``path`` at ``ref`` and where it lives (a short commit id, or staging)."""
         validate_path(path)
         with self._tx() as conn:
             resolved = self._resolve(conn, ref)
@@ -571,7 +621,7 @@ class EmbeddedStore(VersionedStore):
                 if staged is not None:
                     if staged[0] is None:
                         raise NotFoundError(f"object {path!r} not found at {ref!r} (deleted)")
-                    return _Entry(*staged)
+                    return _Entry(*staged), f"branch {resolved.staging_branch!r} (uncommitted)"
             _, tree, _ = self._commit_row(conn, resolved.commit_id)
             row = conn.execute(
                 "SELECT checksum, size, mtime, content_type FROM tree_entries "
@@ -580,16 +630,57 @@ class EmbeddedStore(VersionedStore):
             ).fetchone()
             if row is None:
                 raise NotFoundError(f"object {path!r} not found at ref {ref!r}")
-            return _Entry(*row)
+            return _Entry(*row), f"commit {resolved.commit_id[:12]}"
+
+    def _object_file(self, entry: _Entry, path: str, where: str) -> Path:
+        file = self._object_path(entry.checksum)
+        if not file.exists():
+            raise CorruptObjectError(
+                path, where, f"SHA-256 {entry.checksum}", "no object file", f"{file} is missing"
+            )
+        return file
 
     @override
     def open(self, ref: str, path: str) -> contextlib.AbstractContextManager[BinaryIO]:
-        entry = self._lookup(ref, path)
-        return self._object_path(entry.checksum).open("rb")
+        entry, where = self._lookup(ref, path)
+        raw = self._object_file(entry, path, where).open("rb")
+        reader = VerifyingReader(cast(BinaryIO, raw), entry.checksum, entry.size, path, where)
+        return cast(contextlib.AbstractContextManager[BinaryIO], reader)
+
+    def physical_path(self, ref: str, path: str) -> Path:
+        """The object file behind ``path`` at ``ref``, unchecked (lakeFS's physical address).
+
+        For callers that serve ranges of it (the lakeFS double in the tests); everything else
+        reads through `open` or `raster_location`, which check the bytes.
+        """
+        entry, _ = self._lookup(ref, path)
+        return self._object_path(entry.checksum)
+
+    def verify_object(self, checksum: str, path: str, where: str) -> Path:
+        """Hash the object file once (or trust an unchanged file hashed before); return it."""
+        file = self._object_path(checksum)
+        try:
+            key = _file_key(file.stat())
+        except FileNotFoundError:
+            raise CorruptObjectError(
+                path, where, f"SHA-256 {checksum}", "no object file", f"{file} is missing"
+            ) from None
+        with self._tx() as conn:
+            row = conn.execute(
+                "SELECT file_key FROM verified_objects WHERE checksum = ?", (checksum,)
+            ).fetchone()
+        if row is not None and row[0] == key:
+            return file
+        actual = _sha256_file(file)
+        if actual != checksum:
+            raise CorruptObjectError(path, where, f"SHA-256 {checksum}", f"SHA-256 {actual}")
+        with self._tx(write=True) as conn:
+            conn.execute("INSERT OR REPLACE INTO verified_objects VALUES (?, ?)", (checksum, key))
+        return file
 
     @override
     def stat(self, ref: str, path: str) -> ObjectStat:
-        e = self._lookup(ref, path)
+        e, _ = self._lookup(ref, path)
         return ObjectStat(path, e.size, e.checksum, e.mtime, e.content_type)
 
     @override
@@ -841,4 +932,112 @@ class EmbeddedStore(VersionedStore):
 
     @override
     def raster_location(self, ref: str, path: str) -> RasterLocation:
-        return RasterLocation(str(self._object_path(self._lookup(ref, path).checksum)))
+        entry, where = self._lookup(ref, path)
+        return RasterLocation(str(self.verify_object(entry.checksum, path, where)))
+
+    # Integrity and garbage -------------------------------------------------------------------
+
+    def _referenced(
+        self, conn: sqlite3.Connection, every_repository: bool = False
+    ) -> dict[str, tuple[str, str]]:
+        """Every checksum a commit or a staged change references, with one (path, where).
+
+        Repositories under one root share their objects: garbage collection asks for all of
+        them (``every_repository``), `fsck` for this repository's.
+        """
+        staged_sql = "SELECT checksum, path, branch FROM staging WHERE checksum IS NOT NULL"
+        committed_sql = (
+            "SELECT e.checksum, e.path, c.id FROM tree_entries e JOIN commits c ON c.tree = e.tree"
+        )
+        if not every_repository:
+            staged_sql += " AND repository = :repo"
+            committed_sql += " WHERE c.repository = :repo"
+        committed_sql += " ORDER BY c.creation_date"  # the newest commit names an object
+        found: dict[str, tuple[str, str]] = {}
+        for checksum, path, branch in conn.execute(staged_sql, {"repo": self.repository}):
+            found.setdefault(str(checksum), (str(path), f"branch {branch!r} (uncommitted)"))
+        for checksum, path, commit_id in conn.execute(committed_sql, {"repo": self.repository}):
+            found[str(checksum)] = (str(path), f"commit {str(commit_id)[:12]}")
+        return found
+
+    @override
+    def fsck(self, ref: str | None = None) -> FsckReport:
+        """Hash every object the store references (``ref``: only those visible at ``ref``)."""
+        with self._tx() as conn:
+            if ref is None:
+                wanted = self._referenced(conn)
+            else:
+                commit_id = self._resolve(conn, ref).commit_id
+                wanted = {
+                    e.checksum: (path, f"commit {commit_id[:12]}")
+                    for path, e in self._view(conn, ref).items()
+                }
+        problems: list[IntegrityProblem] = []
+        total = 0
+        for checksum, (path, where) in sorted(wanted.items(), key=lambda kv: kv[1]):
+            file = self._object_path(checksum)
+            try:
+                total += file.stat().st_size
+                key = _file_key(file.stat())
+                actual = _sha256_file(file)
+            except FileNotFoundError:
+                problems.append(IntegrityProblem(path, where, f"object file {file} is missing"))
+                continue
+            if actual != checksum:
+                problems.append(
+                    IntegrityProblem(
+                        path,
+                        where,
+                        f"expected SHA-256 {checksum}, the stored bytes have SHA-256 {actual}",
+                    )
+                )
+                continue
+            with self._tx(write=True) as conn:
+                conn.execute(
+                    "INSERT OR REPLACE INTO verified_objects VALUES (?, ?)", (checksum, key)
+                )
+        return FsckReport(len(wanted), total, problems, method="SHA-256 of every object")
+
+    def collect_garbage(self, grace_s: float, dry_run: bool = False) -> ObjectGcReport:
+        """Remove objects no commit or staged change references, older than ``grace_s``.
+
+        Uploads left in ``tmp/`` by killed writers go too. The grace period protects uploads in
+        flight: an object is written before the staged change that references it. A candidate
+        is first moved aside and only deleted if it is still the old file, so an upload that
+        renames the same bytes into place meanwhile keeps its object.
+        """
+        self._init()
+        cutoff = time.time() - grace_s
+        with self._tx() as conn:
+            referenced = set(self._referenced(conn, every_repository=True))
+        removed = freed = partial = 0
+        for file in sorted(self._tmp.iterdir()):
+            with contextlib.suppress(FileNotFoundError):
+                if file.stat().st_mtime < cutoff:
+                    partial += 1
+                    if not dry_run:
+                        file.unlink()
+        for directory in sorted(p for p in self._objects.iterdir() if p.is_dir()):
+            for file in sorted(directory.iterdir()):
+                checksum = directory.name + file.name
+                try:
+                    info = file.stat()
+                except FileNotFoundError:
+                    continue
+                if checksum in referenced or info.st_mtime >= cutoff:
+                    continue
+                if not dry_run:
+                    aside = self._tmp / f"gc-{uuid.uuid4().hex}"
+                    try:
+                        file.replace(aside)
+                    except FileNotFoundError:
+                        continue
+                    if aside.stat().st_mtime >= cutoff:  # re-uploaded meanwhile: put it back
+                        aside.replace(file)
+                        continue
+                    aside.unlink()
+                    with self._tx(write=True) as conn:
+                        conn.execute("DELETE FROM verified_objects WHERE checksum = ?", (checksum,))
+                removed += 1
+                freed += info.st_size
+        return ObjectGcReport(removed, freed, partial)

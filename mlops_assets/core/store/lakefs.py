@@ -40,7 +40,13 @@ from lakefs_sdk.models.tag_creation import TagCreation
 from typing_extensions import override
 from urllib3.util import make_headers
 
-from mlops_assets.core.store.base import CHUNK_SIZE, RasterLocation, VersionedStore
+from mlops_assets.core.redact import redact_text, redact_uri
+from mlops_assets.core.store.base import (
+    CHUNK_SIZE,
+    RasterLocation,
+    VerifyingReader,
+    VersionedStore,
+)
 from mlops_assets.core.store.types import (
     AlreadyExistsError,
     Change,
@@ -118,16 +124,21 @@ class LakeFSStore(VersionedStore):
         raster_access: Literal["cache", "s3_gateway"] = "cache",
         cache_dir: str | Path | None = None,
         timeout_s: float = 60.0,
+        verify_etags: bool = True,
     ) -> None:
         super().__init__(validate_repository_name(repository))
         endpoint = endpoint.rstrip("/")
         if not urlsplit(endpoint).scheme:
             endpoint = f"http://{endpoint}"
         self.endpoint = endpoint.removesuffix("/api/v1")
+        self._shown_endpoint = redact_uri(self.endpoint)  # for messages: never a secret
         self.storage_namespace = storage_namespace or f"local://{repository}"
         self.raster_access = raster_access
         self.cache_dir = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "lakefs"
         self.timeout_s = timeout_s
+        # An ETag that is not the content's MD5 (an object store encrypting with SSE-KMS) would
+        # fail every download: such a deployment turns the content check off (sizes stay checked).
+        self.verify_etags = verify_etags
         self._access_key_id = access_key_id
         self._secret_access_key = secret_access_key
         config = Configuration(
@@ -142,7 +153,7 @@ class LakeFSStore(VersionedStore):
         self._tags = TagsApi(self._client)
 
     def __repr__(self) -> str:  # never show the credentials
-        return f"LakeFSStore(endpoint={self.endpoint!r}, repository={self.repository!r})"
+        return f"LakeFSStore(endpoint={self._shown_endpoint!r}, repository={self.repository!r})"
 
     # Plumbing ------------------------------------------------------------------------------
 
@@ -154,7 +165,7 @@ class LakeFSStore(VersionedStore):
             raise  # unreachable: _raise_for_status always raises
         except urllib3.exceptions.HTTPError as exc:
             raise StoreUnavailableError(
-                f"{what}: lakeFS at {self.endpoint} unreachable: {exc}"
+                f"{what}: lakeFS at {self._shown_endpoint} unreachable: {redact_text(str(exc))}"
             ) from exc
 
     def _paginate(
@@ -187,7 +198,8 @@ class LakeFSStore(VersionedStore):
             )
         except urllib3.exceptions.HTTPError as exc:
             raise StoreUnavailableError(
-                f"{method} {route}: lakeFS at {self.endpoint} unreachable: {exc}"
+                f"{method} {route}: lakeFS at {self._shown_endpoint} unreachable: "
+                f"{redact_text(str(exc))}"
             ) from exc
         if response.status >= 300:
             body = response.read()
@@ -320,7 +332,19 @@ class LakeFSStore(VersionedStore):
         route = f"/repositories/{quote(self.repository)}/refs/{quote(ref, safe='')}/objects"
         response = self._raw("GET", route, {"path": path})
         try:
-            yield cast(BinaryIO, response)
+            # lakeFS sends the object's recorded checksum as its ETag: check the bytes against it.
+            etag = str(response.headers.get("ETag") or "") if self.verify_etags else ""
+            length = response.headers.get("Content-Length")
+            yield cast(
+                BinaryIO,
+                VerifyingReader(
+                    cast(BinaryIO, response),
+                    etag,
+                    int(length) if length and length.isdigit() else None,
+                    path,
+                    f"ref {ref!r}",
+                ),
+            )
         finally:
             response.release_conn()
 

@@ -61,6 +61,21 @@ class StoreUnavailableError(StoreError):
     """The store's server cannot be reached."""
 
 
+class CorruptObjectError(StoreError):
+    """An object's bytes no longer match the checksum recorded when it was written."""
+
+    def __init__(self, path: str, where: str, expected: str, actual: str, detail: str = "") -> None:
+        self.path = path
+        self.where = where
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"{path} at {where} is corrupt: expected {expected}, the stored bytes have "
+            f"{actual}{f' ({detail})' if detail else ''}; "
+            "ingesting the original file again repairs it (`mlops-assets fsck` checks them all)"
+        )
+
+
 class ChangeType(enum.StrEnum):
     """How a path differs between two states."""
 

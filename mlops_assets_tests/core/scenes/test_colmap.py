@@ -97,5 +97,18 @@ def test_intrinsics_by_model(
 
 def test_incomplete_model_is_named(tmp_path: Path) -> None:
     (tmp_path / "cameras.txt").write_text("")
-    with pytest.raises(ValueError, match="no complete COLMAP model"):
+    with pytest.raises(ValueError, match="no complete COLMAP model") as info:
+        read_model(tmp_path)
+    assert str(info.value).endswith("; found cameras.txt")  # the names, not a template
+
+
+def test_a_half_points3d_bin_is_refused_by_its_size(tmp_path: Path) -> None:
+    write_model(_model(), tmp_path, "bin")
+    points = tmp_path / "points3D.bin"
+    data = points.read_bytes()
+    points.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"points3D\.bin: truncated or corrupt binary COLMAP"):
+        read_model(tmp_path)
+    points.write_bytes(data + b"\0")
+    with pytest.raises(ValueError, match="1 bytes follow the last record"):
         read_model(tmp_path)

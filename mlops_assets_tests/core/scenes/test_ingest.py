@@ -1,17 +1,40 @@
 from __future__ import annotations
 
+import hashlib
 import io
+import multiprocessing
+import os
+import random
 import shutil
+import signal
+import time
+from collections.abc import Callable
+from multiprocessing.synchronize import Barrier
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import pytest
 
-from mlops_assets.core.scenes.ingest import ingest_scene, ingest_scenes, plan_upload, stage_scene
+from mlops_assets.core.scenes.ingest import (
+    SceneConflictError,
+    ingest_scene,
+    ingest_scenes,
+    plan_upload,
+    stage_scene,
+)
 from mlops_assets.core.scenes.layout import SceneError, SceneKind
 from mlops_assets.core.store.embedded import EmbeddedStore
-from mlops_assets.core.store.types import NoChangesError, NotFoundError, ObjectStat, StoreError
+from mlops_assets.core.store.lakefs import LakeFSStore
+from mlops_assets.core.store.types import (
+    Commit,
+    NoChangesError,
+    NotFoundError,
+    ObjectStat,
+    StoreError,
+)
 from mlops_assets_tests.conftest import DATA
+from mlops_assets_tests.core.store.conftest import DOUBLE_KEY, DOUBLE_SECRET
+from mlops_assets_tests.core.store.lakefs_double import LakeFSDouble
 
 MAUPERTUIS = DATA / "kapture" / "maupertuis"
 
@@ -63,6 +86,37 @@ def test_corrupt_and_missing_files_are_named(tmp_path: Path, demo_cd_dir: Path) 
         plan_upload(SceneKind.CD, folder, "s")
 
 
+def test_symbolic_links_are_refused_or_followed_inside_the_folder_only(
+    tmp_path: Path, demo_cd_dir: Path
+) -> None:
+    folder = tmp_path / "s"
+    shutil.copytree(demo_cd_dir, folder)
+    secret = tmp_path / "passwd"
+    secret.write_text("root:x:0:0::/root:/bin/bash\n")
+    (folder / "label.tif").unlink()
+    (folder / "label.tif").symlink_to(secret)
+    for validate in (True, False):  # before anything is opened, with --publish too
+        with pytest.raises(SceneError, match=r"label\.tif is a symbolic link \(to .*passwd\)"):
+            plan_upload(SceneKind.CD, folder, "s", validate=validate)
+    with pytest.raises(SceneError, match=r"label\.tif is a symbolic link to .*passwd, outside"):
+        plan_upload(SceneKind.CD, folder, "s", validate=False, follow_symlinks=True)
+
+    (folder / "label.tif").unlink()
+    shutil.copy(demo_cd_dir / "label.tif", folder / "original-label.tif")
+    (folder / "label.tif").symlink_to("original-label.tif")
+    with pytest.raises(SceneError, match="symbolic link"):
+        plan_upload(SceneKind.CD, folder, "s")
+    plan = plan_upload(SceneKind.CD, folder, "s", follow_symlinks=True)
+    assert (folder / "label.tif", "cd/s/label.tif") in plan.files
+
+    nvs = tmp_path / "n"
+    shutil.copytree(MAUPERTUIS, nvs)
+    shutil.rmtree(nvs / "images")
+    (nvs / "images").symlink_to(MAUPERTUIS / "images")  # a linked folder is a link too
+    with pytest.raises(SceneError, match=r"images is a symbolic link"):
+        plan_upload(SceneKind.NVS, nvs, "n", validate=False)
+
+
 def test_upload_to_missing_branch(store: EmbeddedStore, demo_cd_dir: Path) -> None:
     plan = plan_upload(SceneKind.CD, demo_cd_dir, "farm")
     with pytest.raises(NotFoundError, match=r"branch 'nope' not found.*cd scene 'farm'"):
@@ -90,10 +144,15 @@ def test_reingest_replaces_the_scene_exactly(
     assert store.exists("main~1", "cd/farm/label.tif")
 
 
-def test_dirty_branch_is_refused(store: EmbeddedStore, demo_cd_dir: Path) -> None:
-    store.put("main", "somebody/else.txt", io.BytesIO(b"x"))
-    with pytest.raises(StoreError, match="uncommitted change"):
+def test_dirty_branch_is_refused_naming_the_way_out(
+    store: EmbeddedStore, demo_cd_dir: Path
+) -> None:
+    store.put("main", "somebody/else.txt", io.BytesIO(b"x"))  # as an older version left it
+    with pytest.raises(StoreError, match=r"uncommitted change.*`mlops-assets reset main`"):
         ingest_scene(store, "main", plan_upload(SceneKind.CD, demo_cd_dir, "farm"))
+    assert set(store.list_branches()) == {"main"}
+    store.reset("main")
+    ingest_scene(store, "main", plan_upload(SceneKind.CD, demo_cd_dir, "farm"))
 
 
 class _FailingStore(EmbeddedStore):
@@ -133,6 +192,219 @@ def test_failed_upload_leaves_nothing_staged_or_committed(
     assert store.resolve("main") == head
     assert store.uncommitted("main") == []
     assert store.list_prefixes("main", "cd/") == ["cd/existing/"]  # the other scene is untouched
+    assert set(store.list_branches()) == {"main"}  # the writer's branch went with it
+
+
+def test_an_ingest_writes_on_its_own_branch_and_merges_once(
+    store: EmbeddedStore, demo_cd_dir: Path
+) -> None:
+    before = store.resolve("main")
+    commit = ingest_scene(store, "main", plan_upload(SceneKind.CD, demo_cd_dir, "farm"))
+    assert store.resolve("main") == commit.id
+    assert commit.parents[0] == before and len(commit.parents) == 2
+    assert commit.metadata["merge_source"].startswith("write-farm-")
+    written = store.get_commit(commit.parents[1])
+    assert written.metadata["scenes"] == "cd/farm" and written.parents == (before,)
+    assert set(store.list_branches()) == {"main"}
+
+
+class _Interleaving(EmbeddedStore):
+    """Runs ``during`` once, in the middle of this writer's upload (after its first put)."""
+
+    def __init__(self, root: Path, during: Callable[[], None]) -> None:
+        super().__init__(root, "scenes")
+        self.during: Callable[[], None] | None = during
+
+    def put(
+        self,
+        branch: str,
+        path: str,
+        source: BinaryIO | Path,
+        content_type: str = "application/octet-stream",
+    ) -> ObjectStat:
+        stat = super().put(branch, path, source, content_type)
+        if self.during is not None:
+            during, self.during = self.during, None
+            during()
+        return stat
+
+
+def test_two_ingests_at_once_never_see_each_others_files(tmp_path: Path, demo_cd_dir: Path) -> None:
+    other = EmbeddedStore(tmp_path / "store", "scenes")
+    committed: list[Commit] = []
+    store = _Interleaving(
+        tmp_path / "store",
+        lambda: committed.append(
+            ingest_scene(other, "main", plan_upload(SceneKind.CD, demo_cd_dir, "b"))
+        ),
+    )
+    store.ensure_repository()
+
+    first = ingest_scene(store, "main", plan_upload(SceneKind.CD, demo_cd_dir, "a"))
+
+    (second,) = committed  # committed while the first was half uploaded
+    assert [s.path for s in store.list(second.id)] == [
+        "cd/b/label.tif",
+        "cd/b/post.tif",
+        "cd/b/pre.tif",
+    ]
+    assert [s.path for s in store.list(first.id, "cd/a/")] == [
+        "cd/a/label.tif",
+        "cd/a/post.tif",
+        "cd/a/pre.tif",
+    ]
+    assert store.get_commit(first.id).parents[0] == second.id
+    assert store.uncommitted("main") == [] and set(store.list_branches()) == {"main"}
+
+
+def test_two_ingests_of_one_scene_never_mix_the_folders(
+    tmp_path: Path, demo_cd_dir: Path, demo_cd_warped_dir: Path
+) -> None:
+    other = EmbeddedStore(tmp_path / "store", "scenes")
+    committed: list[Commit] = []
+    store = _Interleaving(
+        tmp_path / "store",
+        lambda: committed.append(
+            ingest_scene(other, "main", plan_upload(SceneKind.CD, demo_cd_warped_dir, "farm"))
+        ),
+    )
+    store.ensure_repository()
+
+    with pytest.raises(SceneConflictError) as info:
+        ingest_scene(store, "main", plan_upload(SceneKind.CD, demo_cd_dir, "farm"))
+
+    (winner,) = committed
+    assert f"cd/farm was changed on 'main' by commit {winner.id[:12]}" in str(info.value)
+    assert "nothing was merged" in str(info.value)
+    assert store.resolve("main") == winner.id
+    assert {s.path.rsplit("/", 1)[1]: s.checksum for s in store.list("main", "cd/farm/")} == (
+        _checksums(demo_cd_warped_dir)
+    )
+    assert set(store.list_branches()) == {"main"}
+
+
+def _checksums(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.glob("*.tif")}
+
+
+class _SlowStore(EmbeddedStore):
+    """Takes its time over each write, so other writers and signals land in the middle."""
+
+    def __init__(self, root: Path, delay: float) -> None:
+        super().__init__(root, "scenes")
+        self.delay = delay
+
+    def put(
+        self,
+        branch: str,
+        path: str,
+        source: BinaryIO | Path,
+        content_type: str = "application/octet-stream",
+    ) -> ObjectStat:
+        time.sleep(self.delay)
+        return super().put(branch, path, source, content_type)
+
+    def commit(self, branch: str, message: str, *args: Any, **kwargs: Any) -> Commit:
+        time.sleep(self.delay)
+        return super().commit(branch, message, *args, **kwargs)
+
+    def merge(self, source: str, destination: str, *args: Any, **kwargs: Any) -> str:
+        time.sleep(self.delay)
+        return super().merge(source, destination, *args, **kwargs)
+
+
+def _concurrent_ingest(root: str, folder: str, scene: str, barrier: Barrier, results: Any) -> None:
+    store = _SlowStore(Path(root), delay=0.02)
+    plan = plan_upload(SceneKind.CD, Path(folder), scene, validate=False)
+    barrier.wait()
+    try:
+        commit = ingest_scene(store, "main", plan)
+    except StoreError as exc:
+        results.put((scene, folder, "error", f"{type(exc).__name__}: {exc}"))
+    else:
+        results.put((scene, folder, "merged", commit.id))
+
+
+def test_eight_concurrent_ingests_of_four_scenes_leave_whole_scenes_only(
+    tmp_path: Path, demo_cd_dir: Path, demo_cd_warped_dir: Path
+) -> None:
+    store = EmbeddedStore(tmp_path / "store", "scenes")
+    store.ensure_repository()
+    folders = {str(demo_cd_dir): _checksums(demo_cd_dir)}
+    folders[str(demo_cd_warped_dir)] = _checksums(demo_cd_warped_dir)
+    jobs = [(f"s{i}", folder) for i in range(4) for folder in folders]
+    ctx = multiprocessing.get_context("fork")  # everything is imported already: starts at once
+    barrier = ctx.Barrier(len(jobs))
+    results = ctx.Queue()
+    workers = [
+        ctx.Process(
+            target=_concurrent_ingest, args=(str(store.root), folder, scene, barrier, results)
+        )
+        for scene, folder in jobs
+    ]
+    for worker in workers:
+        worker.start()
+    outcomes = [results.get(timeout=120) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=60)
+    assert [w.exitcode for w in workers] == [0] * len(jobs)
+
+    merged = {scene for scene, _, status, _ in outcomes if status == "merged"}
+    assert merged == {"s0", "s1", "s2", "s3"}
+    for scene, _, status, detail in outcomes:
+        if status == "error":  # the loser of a race on one scene id, naming the winner
+            assert detail.startswith(f"SceneConflictError: cd/{scene} was changed on 'main'")
+    # Every commit on main holds, for every scene, the files of exactly one folder.
+    for commit in store.log("main"):
+        for scene in ("s0", "s1", "s2", "s3"):
+            files = {
+                s.path.rsplit("/", 1)[1]: s.checksum for s in store.list(commit.id, f"cd/{scene}/")
+            }
+            assert not files or files in folders.values(), (commit.id, scene, files)
+    assert store.fsck().clean
+    assert store.uncommitted("main") == [] and set(store.list_branches()) == {"main"}
+
+
+def _killable_ingest(root: str, folder: str, ready: Any) -> None:
+    store = _SlowStore(Path(root), delay=0.03)
+    plan = plan_upload(SceneKind.CD, Path(folder), "farm", validate=False)
+    ready.set()
+    ingest_scene(store, "main", plan)
+
+
+def test_ingests_killed_at_random_points_leave_main_as_it_was(
+    tmp_path: Path, demo_cd_dir: Path, demo_cd_warped_dir: Path
+) -> None:
+    store = EmbeddedStore(tmp_path / "store", "scenes")
+    store.ensure_repository()
+    folders = [demo_cd_dir, demo_cd_warped_dir]
+    ctx = multiprocessing.get_context("fork")
+    rng = random.Random(20)
+    killed = 0
+    farm: dict[str, str] = {}
+    for round_ in range(20):
+        folder = folders[round_ % 2]
+        before = store.resolve("main")
+        ready = ctx.Event()
+        child = ctx.Process(target=_killable_ingest, args=(str(store.root), str(folder), ready))
+        child.start()
+        assert ready.wait(timeout=60)
+        time.sleep(rng.uniform(0.0, 0.5))  # an ingest takes about 0.3 s here
+        os.kill(child.pid or 0, signal.SIGKILL)
+        child.join(timeout=60)
+        farm = {s.path.rsplit("/", 1)[1]: s.checksum for s in store.list("main", "cd/farm/")}
+        if store.resolve("main") == before:
+            killed += child.exitcode == -signal.SIGKILL
+        else:  # it merged before the signal (maybe killed while deleting its branch): whole
+            assert farm == _checksums(folder)
+            assert store.get_commit("main").parents[0] == before
+        assert store.uncommitted("main") == []
+    assert killed >= 5  # the random points did land inside ingests, before their merge
+
+    last = next(f for f in folders if _checksums(f) != farm)
+    commit = ingest_scene(store, "main", plan_upload(SceneKind.CD, last, "farm"))
+    assert store.resolve("main") == commit.id
+    assert store.fsck().clean
 
 
 def test_stage_scene_reports_changes(store: EmbeddedStore, demo_cd_dir: Path) -> None:
@@ -160,3 +432,53 @@ def test_without_validation_the_layout_files_are_planned_as_they_are(
     empty.mkdir()
     with pytest.raises(SceneError, match="holds no file of the layout"):
         plan_upload(SceneKind.NVS, empty, "e", validate=False)
+
+
+def test_the_lakefs_client_writes_isolated_and_atomic_too(
+    tmp_path: Path,
+    demo_cd_dir: Path,
+    demo_cd_warped_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    double = LakeFSDouble(tmp_path / "lakefs-server", DOUBLE_KEY, DOUBLE_SECRET).start()
+    try:
+        client = LakeFSStore(double.endpoint, DOUBLE_KEY, DOUBLE_SECRET, "scenes")
+        other = LakeFSStore(double.endpoint, DOUBLE_KEY, DOUBLE_SECRET, "scenes")
+        client.ensure_repository()
+        first = ingest_scene(client, "main", plan_upload(SceneKind.CD, demo_cd_dir, "a"))
+        assert first.metadata["merge_source"].startswith("write-a-")
+        assert set(client.list_branches()) == {"main"}
+
+        # A second writer of the same scene finishes while this one is half way: no mix.
+        real_put = client.put
+        calls: list[str] = []
+
+        def racing_put(branch: str, path: str, *args: Any, **kwargs: Any) -> ObjectStat:
+            stat = real_put(branch, path, *args, **kwargs)
+            if not calls:
+                calls.append(path)
+                ingest_scene(other, "main", plan_upload(SceneKind.CD, demo_cd_warped_dir, "b"))
+            return stat
+
+        monkeypatch.setattr(client, "put", racing_put)
+        with pytest.raises(SceneConflictError, match="cd/b was changed on 'main' by commit"):
+            ingest_scene(client, "main", plan_upload(SceneKind.CD, demo_cd_dir, "b"))
+        files = {s.path.rsplit("/", 1)[1]: s.checksum for s in client.list("main", "cd/b/")}
+        assert files == _checksums(demo_cd_warped_dir)  # the double's checksums are SHA-256
+        assert set(client.list_branches()) == {"main"}
+
+        # Ctrl-C in the middle of an upload: main as it was, nothing staged, no branch left.
+        head = client.resolve("main")
+
+        def interrupted_put(branch: str, path: str, *args: Any, **kwargs: Any) -> ObjectStat:
+            if path.endswith("post.tif"):
+                raise KeyboardInterrupt
+            return real_put(branch, path, *args, **kwargs)
+
+        monkeypatch.setattr(client, "put", interrupted_put)
+        with pytest.raises(KeyboardInterrupt):
+            ingest_scene(client, "main", plan_upload(SceneKind.CD, demo_cd_warped_dir, "c"))
+        assert client.resolve("main") == head and client.uncommitted("main") == []
+        assert set(client.list_branches()) == {"main"}
+    finally:
+        double.stop()

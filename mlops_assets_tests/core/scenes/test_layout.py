@@ -29,6 +29,7 @@ def test_valid_scene_ids(scene_id: str) -> None:
         ("-leading", "must start"),
         ("has space", "must start with a-z or 0-9 and contain only"),
         ("x" * 64, "64 characters"),
+        ("nl\n", "must start with a-z or 0-9 and contain only"),  # ``$`` matched before it
     ],
 )
 def test_invalid_scene_ids_say_why(scene_id: str, reason: str) -> None:

@@ -1,12 +1,15 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
+from mlops_assets.core.scenes.checks import CheckLimits
 from mlops_assets.core.scenes.colmap import read_model, write_model
 from mlops_assets.core.scenes.layout import SceneError
 from mlops_assets.core.scenes.nvs import (
@@ -287,3 +290,88 @@ def test_materialize_a_committed_model(store: EmbeddedStore, tmp_path: Path) -> 
     assert (model_dir, images_dir) == (tmp_path / "local/sparse/0", tmp_path / "local/images")
     assert sorted(p.name for p in images_dir.iterdir()) == [f"0{i}.jpg" for i in range(4)]
     assert len(read_model(model_dir).points) == 1039
+
+
+# Checks check what training relies on ----------------------------------------------------
+
+
+def test_photos_are_decoded_whole_not_just_verified(store: EmbeddedStore, tmp_path: Path) -> None:
+    folder = _copy(MAUPERTUIS, tmp_path)
+    original = (folder / "images" / "01.jpg").read_bytes()
+    (folder / "images" / "01.jpg").write_bytes(original[: len(original) // 3])
+    header = original.index(b"\xff\xda") + 20  # the start of scan: compressed data follows
+    rng = np.random.default_rng(0)
+    garbage = rng.integers(0, 256, len(original) - header, dtype=np.uint8).tobytes()
+    (folder / "images" / "02.jpg").write_bytes(original[:header] + garbage)
+    problems = validate_local_nvs(folder)
+    assert problems[0].startswith(f"{folder / 'images' / '01.jpg'}: not a readable image")
+    assert "truncated" in problems[0]
+    assert problems[1].startswith(f"{folder / 'images' / '02.jpg'}: not a readable image")
+    commit_folder(store, folder, "nvs/m/")
+    passed, description = _outcomes(store, "m")[FILES_CHECK]
+    assert not passed
+    assert "nvs/m/images/01.jpg: not a readable image" in description
+    assert "nvs/m/images/02.jpg: not a readable image" in description
+
+
+def test_photos_over_the_pixel_budget_are_refused_before_decoding(tmp_path: Path) -> None:
+    folder = _copy(MAUPERTUIS, tmp_path)
+    problems = validate_local_nvs(folder, CheckLimits(max_photo_pixels=1000))
+    assert len(problems) == 4
+    assert "px is over the photo budget of 1,000 pixels (refused before decoding)" in problems[0]
+
+
+def test_truncated_binary_model_files_are_refused_before_pycolmap_reads_them(
+    demo_nvs_dir: Path, tmp_path: Path
+) -> None:
+    for name in ("cameras.bin", "images.bin", "points3D.bin"):
+        folder = tmp_path / name
+        shutil.copytree(demo_nvs_dir, folder)
+        path = folder / "sparse" / "0" / name
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+        (problem,) = validate_local_nvs(folder)
+        assert problem.startswith(f"{path}: truncated or corrupt binary COLMAP file (")
+    # A points3D.bin whose count claims a billion points fails on its size, at once.
+    folder = tmp_path / "claims"
+    shutil.copytree(demo_nvs_dir, folder)
+    points = folder / "sparse" / "0" / "points3D.bin"
+    points.write_bytes((10**9).to_bytes(8, "little") + points.read_bytes()[8:])
+    (problem,) = validate_local_nvs(folder)
+    assert "it declares 1,000,000,000 3D points, which need at least 51,000,000,000 bytes" in (
+        problem
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"params": (0.0, 0.0, 24.0, 24.0)}, "camera 1 has focal length 0, 0 px (must be > 0)"),
+        ({"params": (-50.0, 50.0, 24.0, 24.0)}, "camera 1 has focal length -50, 50 px"),
+        ({"params": (math.nan, 50.0, 24.0, 24.0)}, "camera 1 has non-finite parameters"),
+        ({"width": 0}, "camera 1 is 0 x 48 px"),
+    ],
+)
+def test_intrinsics_must_be_positive_and_finite(
+    demo_nvs_dir: Path, tmp_path: Path, change: dict[str, Any], message: str
+) -> None:
+    folder = tmp_path / "scene"
+    shutil.copytree(demo_nvs_dir, folder)
+    model = read_model(folder / "sparse" / "0")
+    model.cameras[1] = dataclasses.replace(model.cameras[1], **change)
+    shutil.rmtree(folder / "sparse" / "0")
+    write_model(model, folder / "sparse" / "0", "bin")  # pycolmap reads these as they are
+    problems = validate_local_nvs(folder)
+    assert any(message in p for p in problems), problems
+
+
+def test_poses_must_be_finite(demo_nvs_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "scene"
+    shutil.copytree(demo_nvs_dir, folder)
+    model = read_model(folder / "sparse" / "0")
+    image = model.images[2]
+    model.images[2] = dataclasses.replace(image, translation=np.array([np.nan, 0.0, 1.0]))
+    shutil.rmtree(folder / "sparse" / "0")
+    write_model(model, folder / "sparse" / "0", "bin")  # pycolmap reads these as they are
+    problems = validate_local_nvs(folder)
+    assert f"1 image(s) have non-finite poses: {image.name}" in problems[0]

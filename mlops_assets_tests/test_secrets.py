@@ -1,0 +1,85 @@
+"""The secret test: a materialisation with credential-laden URIs leaves no secret anywhere.
+
+Userinfo tokens, passwords and query-string credentials in the MLflow tracking URI, the MLflow UI
+URL and the Dagster URL must not reach the Dagster event log, the compute logs, asset metadata,
+MLflow params and tags, or lakeFS commit metadata. Other work extends this test with its URIs.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pytest
+from mlflow.tracking import MlflowClient
+
+from mlops_assets.assets.cd.model import cd_model, cd_registered_model
+from mlops_assets.assets.cd.scene import cd_scene
+from mlops_assets.assets.cd.tiles import cd_tiles
+from mlops_assets.core.store.embedded import EmbeddedStore
+from mlops_assets.resources.lineage import LineageResource
+from mlops_assets.resources.mlflow import MLflowResource
+from mlops_assets_tests.assets.cd.test_chain import materialize
+from mlops_assets_tests.conftest import commit_folder
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+
+def _files_holding(root: Path, secrets: list[str]) -> dict[str, list[str]]:
+    """Every file under ``root`` whose bytes contain one of ``secrets``."""
+    found: dict[str, list[str]] = {}
+    for path in root.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            hits = [s for s in secrets if s.encode() in data]
+            if hits:
+                found[str(path)] = hits
+    return found
+
+
+def test_no_secret_reaches_logs_metadata_or_mlflow(
+    store: EmbeddedStore,
+    instance: dg.DagsterInstance,
+    resources: dict[str, Any],
+    mlflow_server: str,
+    demo_cd_dir: Path,
+    demo_cd_warped_dir: Path,
+    tmp_path: Path,
+) -> None:
+    token, query_secret, password = (f"s3cr3t-{uuid.uuid4().hex[:12]}" for _ in range(3))
+    tracking = mlflow_server.replace("http://", f"http://{token}@")
+    ui_url = f"{mlflow_server}/?access_token={query_secret}"
+    dagster_url = f"http://admin:{password}@dagster.example:3000/?token={query_secret}"
+    secrets = [token, query_secret, password]
+    leaky = {
+        **resources,
+        "mlflow": MLflowResource(tracking_uri=tracking, ui_url=ui_url),
+        "lineage": LineageResource(git_sha="0123abc", dagster_url=dagster_url),
+    }
+    commit_folder(store, demo_cd_dir, "cd/farm/")
+    commit_folder(store, demo_cd_warped_dir, "cd/river/")
+    for scene in ("farm", "river"):
+        assert materialize([cd_scene, cd_tiles], instance, leaky, scene).success
+    trained = materialize([cd_model, cd_registered_model], instance, leaky)
+    assert trained.success
+
+    # The URIs were used: redacted, not dropped.
+    (model,) = trained.asset_materializations_for_node("cd__model")
+    run_url = str(model.metadata["mlflow_run"].value)
+    assert run_url.startswith(f"{mlflow_server}/?access_token=***")
+    # Event log (metadata and messages), compute logs, run storage: everything Dagster keeps.
+    for run in instance.get_runs():
+        for entry in instance.all_logs(run.run_id):
+            text = str(entry)
+            assert not [s for s in secrets if s in text], text[:500]
+    assert _files_holding(Path(instance.root_directory), secrets) == {}
+    # MLflow: the run's params and tags, and the server's own store.
+    client = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
+    run = client.get_run(str(model.metadata["mlflow_run_id"].value))
+    logged = f"{run.data.params} {run.data.tags}"
+    assert run.data.tags["dagster.run_url"].startswith("http://admin:***@dagster.example:3000")
+    assert not [s for s in secrets if s in logged]
+    # The lakeFS commits the pipeline wrote, and everything else under the test's folder.
+    assert _files_holding(tmp_path, secrets) == {}
