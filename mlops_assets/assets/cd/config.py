@@ -59,7 +59,13 @@ class TilesConfig(dg.Config):
         default=0.5, description="Label-balance check: largest share of changed labelled pixels."
     )
     max_residual_px: float = Field(
-        default=0.5, description="Alignment check: largest median pre/post residual (pixels)."
+        default=1.0,
+        description="Alignment check: largest median shift of post against pre (pixels).",
+    )
+    min_alignment_windows: int = Field(
+        default=5,
+        description="Alignment check: fewer windows with a distinct correlation peak than this "
+        "is inconclusive (a warning, not a failure).",
     )
 
     def to_core(self) -> TilingConfig:

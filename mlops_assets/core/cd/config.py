@@ -32,6 +32,12 @@ class TilingConfig:
     max_nodata_fraction: float = 0.25
     resampling: Literal["nearest", "bilinear", "cubic"] = "bilinear"
     alignment_samples: int = 12  # tiles used to estimate the pre/post alignment residual
+    # Each sampled tile is measured in windows of this side overlapping by half; a window
+    # votes when its phase-correlation peak-to-sidelobe ratio reaches the confidence below.
+    # Unrelated real windows (other places, other dates) measured mostly under 10 (99th
+    # percentile 7-11 at 32 and 64 px); benchmarks/RESULTS.md has the table.
+    alignment_window: int = 64
+    alignment_min_confidence: float = 10.0
 
     def __post_init__(self) -> None:
         if self.tile_size < 16 or self.tile_size % 16:
@@ -40,6 +46,8 @@ class TilingConfig:
             raise ValueError(f"overlap {self.overlap} must be in [0, tile_size)")
         if not 0.0 <= self.max_nodata_fraction <= 1.0:
             raise ValueError(f"max_nodata_fraction {self.max_nodata_fraction} must be in [0, 1]")
+        if self.alignment_window < 16:
+            raise ValueError(f"alignment_window {self.alignment_window} must be at least 16")
 
     @property
     def stride(self) -> int:
@@ -121,7 +129,9 @@ class GateConfig:
 
 PRESETS: dict[PresetName, dict[type[Any], Any]] = {
     "tiny": {
-        TilingConfig: TilingConfig(tile_size=64, overlap=16, alignment_samples=4),
+        TilingConfig: TilingConfig(
+            tile_size=64, overlap=16, alignment_samples=4, alignment_window=32
+        ),
         TrainConfig: TrainConfig(
             encoder_depth=3,
             decoder_channels=(16, 8, 8),

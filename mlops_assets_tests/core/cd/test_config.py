@@ -101,9 +101,12 @@ def test_config_hash_is_short_stable_and_sensitive_to_every_field() -> None:
     tiny = preset(TilingConfig, "tiny")
     # Pinned: tile sets are published under this hash, so a change here orphans every
     # published tile set. Update it only on purpose.
-    assert config_hash(tiny) == "1cc3ed9bb427"
+    assert config_hash(tiny) == "b145f8427643"
     assert (
-        config_hash(TilingConfig(tile_size=64, overlap=16, alignment_samples=4)) == "1cc3ed9bb427"
+        config_hash(
+            TilingConfig(tile_size=64, overlap=16, alignment_samples=4, alignment_window=32)
+        )
+        == "b145f8427643"
     )
     assert len(config_hash(TrainConfig())) == 12
     changed = {
@@ -112,6 +115,8 @@ def test_config_hash_is_short_stable_and_sensitive_to_every_field() -> None:
         "max_nodata_fraction": 0.5,
         "resampling": "nearest",
         "alignment_samples": 5,
+        "alignment_window": 64,
+        "alignment_min_confidence": 8.0,
     }
     hashes = {config_hash(dataclasses.replace(tiny, **{k: v})) for k, v in changed.items()}
     assert len(hashes) == len(changed) and config_hash(tiny) not in hashes
