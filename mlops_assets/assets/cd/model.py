@@ -130,7 +130,18 @@ def cd_model(
             raise dg.Failure(description=f"training failed: {exc}") from exc
         best = {f"val_{k}": getattr(result.best, k) for k in _METRICS}
         tracker.log_metrics(run_id, {**best, "best_epoch": result.best.epoch}, step=0)
-        tracker.set_tags(run_id, {"device": result.device})
+        tracker.set_tags(
+            run_id,
+            {
+                "device": result.device,
+                "split": train_config.split,
+                "train_scenes": str(len(result.train_scenes)),
+                "val_scenes": str(len(result.val_scenes)),
+            },
+        )
+        tracker.log_dict(
+            run_id, {"train": result.train_scenes, "val": result.val_scenes}, "split.json"
+        )
         for name, image in result.overlays:
             tracker.log_image(run_id, image, f"validation/{name}.png")
         tracker.log_dict(run_id, [dataclasses.asdict(h) for h in result.history], "history.json")
@@ -146,6 +157,8 @@ def cd_model(
         "lakefs_repository": sets[0][1].repository,
         "git_sha": git_sha,
         "tiles": {index.scene_id: value["key"] for _, index, value in sets},
+        "train_scenes": result.train_scenes,
+        "val_scenes": result.val_scenes,
     }
     history = [
         [h.epoch, f"{h.train_loss:.4f}", f"{h.val_loss:.4f}", f"{h.f1:.4f}", f"{h.iou:.4f}"]
@@ -164,6 +177,9 @@ def cd_model(
                 "train_tiles": result.train_tiles,
                 "val_tiles": result.val_tiles,
                 "buffer_tiles": result.buffer_tiles,
+                "split": train_config.split,
+                "train_scenes": result.train_scenes,
+                "val_scenes": result.val_scenes,
                 "device": result.device,
                 "lakefs_commits": commits,
                 "git_sha": git_sha,

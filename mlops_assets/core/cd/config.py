@@ -79,9 +79,12 @@ class TrainConfig:
     # a decay of 0.98 gave a best F1 of 0.938, and with weight decay 0.05 0.939, against 0.939
     # without (benchmarks/RESULTS.md).
     ema_decay: float = 0.0
+    # "block": validation takes spatial blocks of every scene; "scene": whole scenes, named
+    # (ids or patterns such as "levircd-val-*") or, without val_scenes, picked by seed until
+    # val_fraction of the labelled tiles.
     split: Literal["block", "scene"] = "block"
     val_fraction: float = 0.25
-    val_scenes: tuple[str, ...] = ()  # with split="scene"
+    val_scenes: tuple[str, ...] = ()
     block_tiles: int = 4  # side of a split block, in tile strides
     augment: bool = True
     threshold: float = 0.5
@@ -99,8 +102,8 @@ class TrainConfig:
             raise ValueError(f"ema_decay {self.ema_decay} must be in [0, 1)")
         if self.warmup_epochs < 0:
             raise ValueError(f"warmup_epochs {self.warmup_epochs} must be >= 0")
-        if self.split == "scene" and not self.val_scenes:
-            raise ValueError("split='scene' needs val_scenes")
+        if self.val_scenes and self.split != "scene":
+            raise ValueError("val_scenes needs split='scene'")
 
 
 @dataclass(frozen=True)

@@ -202,7 +202,7 @@ class TileIndex:
 
     @property
     def constant_bands(self) -> list[int]:
-        """1-based bands that are constant over the valid pixels of either date."""
+        """1-based bands whose spread is at the floor in either date: constant, or nearly."""
         return [
             band + 1
             for band in range(self.bands)

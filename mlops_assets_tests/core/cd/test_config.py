@@ -70,7 +70,7 @@ def test_scaled_shrinks_epochs_but_keeps_at_least_one() -> None:
             lambda: TrainConfig(encoder_depth=3),
             "decoder_channels has 4 entries; encoder_depth is 3",
         ),
-        (lambda: TrainConfig(split="scene"), "split='scene' needs val_scenes"),
+        (lambda: TrainConfig(val_scenes=("a",)), "val_scenes needs split='scene'"),
         (
             lambda: InferenceConfig(tile_size=64, overlap=33),
             r"overlap 33 must be in \[0, tile_size / 2\]",
