@@ -17,6 +17,7 @@ windows, whatever order the bands are read in.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import json
 import math
@@ -283,21 +284,38 @@ class ShiftEstimate:
         return math.hypot(self.dy, self.dx)
 
 
+@functools.lru_cache(maxsize=16)
+def _dft_kernel(size: int, n: int, factor: int) -> NDArray[np.complex128]:
+    """``exp(2 pi i k f)`` for ``size`` fine samples ``k`` and the ``n`` frequencies ``f``."""
+    kernel = np.arange(size, dtype=np.float64)[:, None] * np.fft.fftfreq(n, factor)
+    return np.exp(2j * np.pi * kernel)
+
+
 def _upsampled_correlation(
     spectrum: NDArray[np.complex128], size: int, factor: int, offsets: NDArray[np.float64]
 ) -> NDArray[np.complex128]:
     """The inverse DFT of ``spectrum`` on a ``size``-point grid, ``factor`` times finer.
 
     Sampled around ``offsets`` by matrix-multiply DFT: only the neighbourhood of the peak is
-    computed, never the whole upsampled array.
+    computed, never the whole upsampled array. The kernel is a cached part that depends on the
+    sizes only, times a phase ramp for the offset.
     """
     data = spectrum
     for n, offset in zip(spectrum.shape[::-1], offsets[::-1], strict=True):
-        kernel = (np.arange(size) - offset)[:, None] * np.fft.fftfreq(n, factor)
+        ramp = np.exp(-2j * np.pi * offset * np.fft.fftfreq(n, factor))
         # einsum, not tensordot: these products are tiny, and BLAS's thread hand-off made them
         # 20-50 ms each on an oversubscribed 2-core machine (measured), against ~1 ms.
-        data = np.einsum("ij,...j->i...", np.exp(2j * np.pi * kernel), data)
+        data = np.einsum("ij,...j->i...", _dft_kernel(size, n, factor) * ramp, data)
     return data
+
+
+@functools.lru_cache(maxsize=16)
+def _taper_and_weight(height: int, width: int) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """The Hann taper of a window and the low-pass weight of its spectrum (cached per shape)."""
+    taper = np.outer(np.hanning(height), np.hanning(width))
+    fy = np.fft.fftfreq(height)[:, None]
+    fx = np.fft.fftfreq(width)[None, :]
+    return taper, np.exp(-(fy**2 + fx**2) / LOWPASS_CUTOFF**2)
 
 
 def _peak_to_sidelobe(corr: NDArray[np.float64], peak: tuple[int, int]) -> float:
@@ -305,13 +323,15 @@ def _peak_to_sidelobe(corr: NDArray[np.float64], peak: tuple[int, int]) -> float
     height, width = corr.shape
     rows = np.arange(peak[0] - PEAK_RADIUS, peak[0] + PEAK_RADIUS + 1) % height
     cols = np.arange(peak[1] - PEAK_RADIUS, peak[1] + PEAK_RADIUS + 1) % width
-    outside = np.ones(corr.shape, bool)
-    outside[np.ix_(rows, cols)] = False
-    sidelobes = corr[outside]
-    spread = float(sidelobes.std())
-    if not math.isfinite(spread) or spread <= 0.0:
+    near = corr[np.ix_(rows, cols)]
+    count = corr.size - near.size
+    total = float(corr.sum()) - float(near.sum())
+    squares = float(np.square(corr).sum()) - float(np.square(near).sum())
+    mean = total / count
+    variance = squares / count - mean * mean
+    if not math.isfinite(variance) or variance <= 1e-30:
         return 0.0
-    return float((corr[peak] - sidelobes.mean()) / spread)
+    return float((corr[peak] - mean) / math.sqrt(variance))
 
 
 def phase_shift(a: NDArray[np.floating[Any]], b: NDArray[np.floating[Any]]) -> ShiftEstimate:
@@ -324,18 +344,14 @@ def phase_shift(a: NDArray[np.floating[Any]], b: NDArray[np.floating[Any]]) -> S
     window whose content changed, or that has no texture, has no distinct peak.
     """
     height, width = a.shape
-    window = np.outer(np.hanning(height), np.hanning(width))
-    fa = np.fft.fft2((a - a.mean()) * window)
-    fb = np.fft.fft2((b - b.mean()) * window)
-    cross = fa * np.conj(fb)
+    taper, weight = _taper_and_weight(height, width)
+    spectra = np.fft.fft2(np.stack([(a - a.mean()) * taper, (b - b.mean()) * taper]))
+    cross = spectra[0] * np.conj(spectra[1])
     magnitude = np.abs(cross)
     top = float(magnitude.max())
     if not math.isfinite(top) or top <= 0.0:  # a flat window: nothing to correlate
         return ShiftEstimate(0.0, 0.0, 0.0)
-    fy = np.fft.fftfreq(height)[:, None]
-    fx = np.fft.fftfreq(width)[None, :]
-    weight = np.exp(-(fy**2 + fx**2) / LOWPASS_CUTOFF**2)
-    cross = cross / np.maximum(magnitude, 1e-9 * top) * weight
+    cross *= weight / np.maximum(magnitude, 1e-9 * top)
     corr = np.fft.ifft2(cross).real
     at = np.unravel_index(int(np.argmax(corr)), corr.shape)
     confidence = _peak_to_sidelobe(corr, (int(at[0]), int(at[1])))
@@ -350,11 +366,13 @@ def phase_shift(a: NDArray[np.floating[Any]], b: NDArray[np.floating[Any]]) -> S
     return ShiftEstimate(float(shift[0]), float(shift[1]), round(confidence, 2))
 
 
-def _intensity(data: NDArray[Any], valid: NDArray[np.bool_]) -> NDArray[np.float64]:
-    """The band mean, its invalid pixels filled with the valid mean (no edge at nodata)."""
-    image = data.astype(np.float64).mean(axis=0)
-    image[~valid] = float(image[valid].mean())
-    return image
+def _filled(image: NDArray[np.float64], valid: NDArray[np.bool_]) -> NDArray[np.float64]:
+    """``image`` with its invalid pixels set to the valid mean (no edge at nodata)."""
+    if bool(valid.all()):
+        return image
+    out = image.copy()
+    out[~valid] = float(image[valid].mean())
+    return out
 
 
 def window_shift(
@@ -365,7 +383,10 @@ def window_shift(
     """The shift of post against pre in one window, on the band means (None: too little data)."""
     if int(np.count_nonzero(valid)) < MIN_VALID_FRACTION * valid.size:
         return None
-    return phase_shift(_intensity(pre, valid), _intensity(post, valid))
+    return phase_shift(
+        _filled(pre.mean(axis=0, dtype=np.float64), valid),
+        _filled(post.mean(axis=0, dtype=np.float64), valid),
+    )
 
 
 def alignment_residual(
@@ -406,22 +427,27 @@ def measure_windows(
     if size < 8:
         return []
     step = max(size // 2, 1)
+    # Band means once per tile, not once per (overlapping) window.
+    pre_mean = pre.mean(axis=0, dtype=np.float64)
+    post_mean = post.mean(axis=0, dtype=np.float64)
     found: list[AlignmentWindow] = []
     for r in positions(height, size, step):
         for c in positions(width, size, step):
             cut = (slice(r, r + size), slice(c, c + size))
-            estimate = window_shift(pre[:, cut[0], cut[1]], post[:, cut[0], cut[1]], valid[cut])
-            if estimate is not None:
-                found.append(
-                    AlignmentWindow(
-                        row + r,
-                        col + c,
-                        size,
-                        round(estimate.dy, 3),
-                        round(estimate.dx, 3),
-                        estimate.confidence,
-                    )
+            inside = valid[cut]
+            if int(np.count_nonzero(inside)) < MIN_VALID_FRACTION * inside.size:
+                continue
+            estimate = phase_shift(_filled(pre_mean[cut], inside), _filled(post_mean[cut], inside))
+            found.append(
+                AlignmentWindow(
+                    row + r,
+                    col + c,
+                    size,
+                    round(estimate.dy, 3),
+                    round(estimate.dx, 3),
+                    estimate.confidence,
                 )
+            )
     return found
 
 
