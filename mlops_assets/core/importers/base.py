@@ -110,8 +110,9 @@ class ConvertedScene:
         return UploadPlan(SceneKind.CD, self.scene_id, files)
 
 
-#: Largest image an import decodes, in pixels (LEVIR-CD's crops are 1024 x 1024).
-MAX_PIXELS = 16384 * 16384
+#: Largest image an import decodes whole, in pixels: a bound on its memory (LEVIR-CD's crops are
+#: 1024 x 1024, OSCD's cities at most about 1200 x 1200 at 10 m).
+MAX_PIXELS = 8192 * 8192
 
 
 def read_rgb_image(path: Path) -> NDArray[Any]:

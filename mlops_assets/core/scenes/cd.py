@@ -254,7 +254,11 @@ def check_cd_scene(scene: CDScene) -> list[CheckOutcome]:
         name=FILES_CHECK,
         passed=not scene.problems,
         description=(
-            "pre, post (and label, if any) are present, decode and are georeferenced"
+            (
+                "pre, post (and label, if any) are present and decode; pixel grid, no CRS"
+                if scene.grid == "pixel"
+                else "pre, post (and label, if any) are present, decode and are georeferenced"
+            )
             if not scene.problems
             else "; ".join(f"{path}: {problem}" for path, problem in sorted(scene.problems.items()))
         ),

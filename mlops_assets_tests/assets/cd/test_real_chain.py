@@ -19,6 +19,8 @@ from mlops_assets.core.importers import dataset_format
 from mlops_assets.core.importers.base import commit_import, prepare_import
 from mlops_assets.core.store.embedded import EmbeddedStore
 from mlops_assets_tests.assets.cd.test_chain import materialize
+from mlops_assets_tests.conftest import commit_folder
+from mlops_assets_tests.core.cd.test_alignment import write_pair
 from mlops_assets_tests.core.importers import make_levircd
 
 pytestmark = pytest.mark.slow
@@ -107,3 +109,22 @@ def test_an_inconclusive_alignment_warns_and_does_not_block(
     assert "not blocking" in (residual.description or "")
     (mat,) = result.asset_materializations_for_node("cd__tiles")
     assert mat.metadata["tiles_uri"].value != "not published"
+
+
+def test_a_misregistered_real_pair_fails_the_check_and_blocks(
+    store: EmbeddedStore, instance: dg.DagsterInstance, resources: dict[str, Any], tmp_path: Path
+) -> None:
+    # rasterio's Landsat quadrant, post's pixels moved 2 px down and left, georeference kept.
+    folder = write_pair(tmp_path / "scene", "landsat-quadrant", dy=2, dx=-2)
+    commit_folder(store, folder, "cd/landsat/")
+    result = materialize([cd_scene, cd_tiles, cd_model], instance, resources, "landsat")
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    residual = checks["alignment_residual"]
+    assert not residual.passed and residual.severity == dg.AssetCheckSeverity.ERROR
+    assert residual.metadata["dy_px"].value == pytest.approx(-2.0, abs=0.25)
+    assert residual.metadata["dx_px"].value == pytest.approx(2.0, abs=0.25)
+    assert "post is misaligned with pre: median shift 2.8" in (residual.description or "")
+    assert result.asset_materializations_for_node("cd__tiles")  # published, then judged
+    # The blocking check fails its step, and what follows is not run.
+    assert {e.step_key for e in result.all_events if e.is_step_failure} == {"cd__tiles"}
+    assert not result.asset_materializations_for_node("cd__model")

@@ -14,6 +14,7 @@ import numpy as np
 import rasterio
 from numpy.typing import NDArray
 from PIL import Image
+from rasterio.transform import from_origin
 
 from mlops_assets_tests.conftest import DATA
 
@@ -98,10 +99,27 @@ def make_levircd_plus(root: Path, per_split: int = 2, size: int = 64, seed: int 
     return root
 
 
-def _write_band(path: Path, data: NDArray[np.uint16]) -> None:
-    """A single-band uint16 TIFF without georeferencing (as OSCD's fixtures are, via PIL)."""
+def _write_band(
+    path: Path, data: NDArray[np.uint16], crs: str | None = None, metres: float = 10.0
+) -> None:
+    """A single-band uint16 TIFF: without georeferencing (as OSCD's fixtures are, via PIL), or
+    in ``crs`` with ``metres`` pixels from one corner (as Sentinel-2 band crops are)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(data).save(path)
+    if crs is None:
+        Image.fromarray(data).save(path)
+        return
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=data.shape[1],
+        height=data.shape[0],
+        count=1,
+        dtype="uint16",
+        crs=crs,
+        transform=from_origin(600000.0, 5400000.0, metres, metres),
+    ) as dst:
+        dst.write(data, 1)
 
 
 def make_oscd(
@@ -110,11 +128,13 @@ def make_oscd(
     size: int = 60,
     seed: int = 0,
     native: bool = True,
+    crs: str | None = None,
 ) -> Path:
     """An OSCD folder: 13 band files per city and date, ``dates.txt`` and ``cm/cm.png``.
 
     ``native``: bands at their own resolution (60 m bands are ``size / 6`` px), as OSCD's
     ``imgs_*`` folders hold them; else every band at ``size`` px, as TorchGeo's fixtures do.
+    ``crs``: the band files are georeferenced in it.
     """
     cities = cities or {"paris": "train", "abudhabi": "train", "lasvegas": "test"}
     for c, (city, split) in enumerate(sorted(cities.items())):
@@ -126,7 +146,12 @@ def make_oscd(
                 values = (grey * (20 + k) + 300).astype(np.uint16)  # DN-like, per band
                 side = size * 10 // metres if native else size
                 small = Image.fromarray(values).resize((side, side), Image.Resampling.BOX)
-                _write_band(folder / date / f"{band}.tif", np.asarray(small))
+                _write_band(
+                    folder / date / f"{band}.tif",
+                    np.asarray(small),
+                    crs,
+                    size * 10 / side,  # the same 10 m x size extent for every band
+                )
         (folder / "dates.txt").write_text("date_1: 20161130\ndate_2: 20170829\n")
         save_png(root / OSCD_LABELS[split] / city / "cm" / "cm.png", label)
     return root

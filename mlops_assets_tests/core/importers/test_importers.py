@@ -163,6 +163,18 @@ def test_oscd_bands_at_their_native_resolution_are_resampled_onto_one_grid(
     assert b01.min() <= pre[0].min() and pre[0].max() <= b01.max()
 
 
+def test_oscd_bands_with_georeferencing_keep_it(tmp_path: Path) -> None:
+    root = make_oscd(tmp_path / "oscd", cities={"paris": "train"}, crs="EPSG:32631")
+    (scene,) = prepare("oscd", root, tmp_path / "work")
+    assert scene.grid == "crs"
+    for name in ("pre.tif", "post.tif", "label.tif"):
+        _, meta = read(scene.folder / name)
+        assert meta["crs"] == "EPSG:32631"
+        assert meta["transform"].a == 10.0 and meta["transform"].c == 600000.0
+    manifest = SceneManifest.read(scene.folder)
+    assert manifest is not None and manifest.grid == "crs"
+
+
 def _levir(tmp_path: Path) -> Path:
     return make_levircd(tmp_path / "levir", splits=("train", "val"))
 
