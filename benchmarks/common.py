@@ -43,13 +43,18 @@ PERF_SCENE: CDSceneSpec = DEMO_CD_SCENES[0]
 class Target:
     """A pass/fail rule on a result's ``ratio`` or on its ``measured`` value."""
 
-    on: Literal["ratio", "measured"]
+    on: Literal["ratio", "measured", "difference"]  # difference: measured - reference
     op: Literal[">=", "<="]
     value: float
 
-    def check(self, measured: float | None, ratio: float | None) -> bool | None:
+    def check(
+        self, measured: float | None, ratio: float | None, reference: float | None = None
+    ) -> bool | None:
         """Whether the rule holds (None when the value it looks at is missing)."""
-        x = ratio if self.on == "ratio" else measured
+        if self.on == "difference":
+            x = None if measured is None or reference is None else measured - reference
+        else:
+            x = ratio if self.on == "ratio" else measured
         if x is None:
             return None
         return x >= self.value if self.op == ">=" else x <= self.value
@@ -75,7 +80,9 @@ class BenchResult:
     @property
     def passed(self) -> bool | None:
         """Pass, fail, or None when not judged."""
-        return self.target.check(self.measured, self.ratio) if self.judged else None
+        if not self.judged:
+            return None
+        return self.target.check(self.measured, self.ratio, self.reference)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (with the verdict)."""

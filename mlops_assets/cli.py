@@ -33,7 +33,7 @@ import click
 from tqdm import tqdm
 
 from mlops_assets.core.redact import redact_text
-from mlops_assets.core.scenes.layout import SceneKind, split_listing
+from mlops_assets.core.scenes.layout import SceneError, SceneKind, split_listing
 from mlops_assets.core.store.base import VersionedStore
 from mlops_assets.core.store.types import StoreError
 from mlops_assets.settings import Settings
@@ -337,6 +337,12 @@ def demo_data(size: int, image_size: int, branch: str | None, out: Path | None) 
     help="Refuse rasters and photos with more pixels than this before decoding them "
     "(default 2^31 for rasters, 2^27 for photos).",
 )
+@click.option(
+    "--pixel-grid",
+    is_flag=True,
+    help="cd only: the rasters have no georeferencing (CRS-less, one size); store the scene on "
+    "a pixel grid, with a scene.json saying so.",
+)
 @_fail_cleanly
 def ingest(
     kind: str,
@@ -347,6 +353,7 @@ def ingest(
     publish: bool,
     follow_symlinks: bool,
     max_pixels: int | None,
+    pixel_grid: bool,
 ) -> None:
     r"""Upload the scene folder SRC and commit it.
 
@@ -368,14 +375,19 @@ def ingest(
     store = _store(settings)
     target = branch or settings.main_branch
     limits = CheckLimits.with_max_pixels(max_pixels)
-    plan = plan_upload(
-        SceneKind(kind),
-        src,
-        scene_id,
-        validate=not publish,
-        follow_symlinks=follow_symlinks,
-        limits=limits,
-    )
+    if pixel_grid:
+        plan = _pixel_grid_plan(
+            kind, src, scene_id, not publish, follow_symlinks=follow_symlinks, limits=limits
+        )
+    else:
+        plan = plan_upload(
+            SceneKind(kind),
+            src,
+            scene_id,
+            validate=not publish,
+            follow_symlinks=follow_symlinks,
+            limits=limits,
+        )
     for ignored in plan.ignored:
         click.echo(f"note: not uploading {ignored} (not part of the {kind} layout)", err=True)
     metadata = {"source": str(src.resolve()), "ingested_at": dt.datetime.now(dt.UTC).isoformat()}
@@ -387,6 +399,36 @@ def ingest(
             store, target, plan, message=message, metadata=metadata, progress=progress
         )
     click.echo(f"committed {kind}/{scene_id} to {target!r} as {commit.id}")
+
+
+def _pixel_grid_plan(
+    kind: str,
+    src: Path,
+    scene_id: str,
+    validate: bool,
+    *,
+    follow_symlinks: bool,
+    limits: CheckLimits,
+) -> UploadPlan:
+    """``ingest --pixel-grid``: the folder's rasters plus a manifest.
+
+    The manifest is written to a temporary folder that lives as long as the command.
+    """
+    from mlops_assets.core.scenes.pixel_grid import plan_pixel_grid_upload
+
+    if kind != SceneKind.CD.value:
+        raise SceneError(f"--pixel-grid applies to cd scenes, not {kind}")
+    manifests = click.get_current_context().with_resource(
+        tempfile.TemporaryDirectory(prefix="mlops-manifest-")
+    )
+    return plan_pixel_grid_upload(
+        src,
+        scene_id,
+        Path(manifests),
+        validate=validate,
+        follow_symlinks=follow_symlinks,
+        limits=limits,
+    )
 
 
 def _publish(
@@ -675,6 +717,92 @@ def retrain(preset: str | None) -> None:
         f"cd_retrain run {result.run_id} succeeded"
         + (f"; promotion_gate: {gate.description}" if gate is not None else "")
     )
+
+
+@main.command("import")
+@click.argument(
+    "dataset", metavar="FORMAT", type=click.Choice(["levir-cd", "levir-cd-plus", "oscd"])
+)
+@click.argument("root", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--split",
+    "splits",
+    multiple=True,
+    help="Import only this split (repeatable; default: every split of the format).",
+)
+@click.option(
+    "--prefix",
+    default=None,
+    help="Scene id prefix (default: the format's, e.g. levircd-): ids are <prefix><split>-<name>.",
+)
+@click.option("--branch", default=None, help="Branch to commit to (default: the main branch).")
+@click.option("--message", default=None, help="Commit message.")
+@_fail_cleanly
+def import_dataset(
+    dataset: str,
+    root: Path,
+    splits: tuple[str, ...],
+    prefix: str | None,
+    branch: str | None,
+    message: str | None,
+) -> None:
+    r"""Import a downloaded change-detection dataset ROOT as scenes, in one commit.
+
+    \b
+    levir-cd       ROOT/{train,val,test}/{A,B,label}/*.png
+                   (or TorchGeo's layout: ROOT/{A,B,label}/<split>_*.png)
+    levir-cd-plus  ROOT/LEVIR-CD+/{train,test}/{A,B,label}/*.png
+    oscd           ROOT/Onera Satellite Change Detection dataset - Images/<city>/
+                   {imgs_1_rect,imgs_2_rect}/B*.tif and dates.txt, with <city>/cm/cm.png in
+                   ... - Train Labels/ and ... - Test Labels/
+
+    Every scene is converted (labels 255 -> 1; OSCD's 13 bands onto the 10 m grid) and checked
+    before anything is uploaded; the first bad file stops the import with one line naming it,
+    and nothing is committed. PNG crops have no georeferencing: they are stored as pixel-grid
+    scenes. The commit's metadata says it is an import (source: mlops-assets import FORMAT) and
+    how many scenes it holds. Importing the same data again commits nothing.
+    """
+    from mlops_assets.core.importers import dataset_format
+    from mlops_assets.core.importers.base import commit_import, prepare_import, summarise
+    from mlops_assets.core.store.types import NoChangesError
+
+    fmt = dataset_format(dataset)
+    settings = _settings()
+    store = _store(settings)
+    target = branch or settings.main_branch
+    with tempfile.TemporaryDirectory(prefix="mlops-import-") as tmp:
+        with tqdm(desc=f"checking {dataset}", unit="scene", disable=None, file=sys.stderr) as bar:
+
+            def found(count: int) -> None:
+                bar.reset(total=count)
+
+            def converted(_: object) -> None:
+                bar.update(1)
+
+            scenes = prepare_import(
+                fmt,
+                root,
+                splits,
+                fmt.default_prefix if prefix is None else prefix,
+                Path(tmp),
+                on_scene=converted,
+                on_found=found,
+            )
+        summary = summarise(fmt, scenes)
+        total = sum(local.stat().st_size for s in scenes for local, _ in s.plan.files)
+        try:
+            with _progress(total, "uploading") as progress:
+                commit = commit_import(store, target, fmt, root, scenes, progress, message)
+        except NoChangesError:
+            head = store.resolve(target)
+            click.echo(
+                f"nothing to commit: the {len(scenes)} {dataset} scenes are already on "
+                f"{target!r} at {head[:12]}"
+            )
+            return
+    click.echo(f"imported into {target!r} as {commit.id}:")
+    for line in summary.lines():
+        click.echo(line)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,7 +14,7 @@ from mlops_assets.assets.cd.scene import KEY as SCENE_KEY
 from mlops_assets.assets.cd.tiles import KEY as TILES_KEY
 from mlops_assets.assets.cd.tiles import open_scene
 from mlops_assets.assets.common import image_md, lakefs_links, metadata
-from mlops_assets.core.cd.infer import change_overlay, predict_scene
+from mlops_assets.core.cd.infer import ModelMismatchError, change_overlay, predict_scene
 from mlops_assets.core.cd.raster import AlignmentError
 from mlops_assets.core.cd.registry import load_cd_model
 from mlops_assets.core.cd.tiles import TileIndex
@@ -86,7 +86,7 @@ def cd_change_map(
                     model.size_multiple,
                 )
                 overlay = change_overlay(pair, out)
-        except AlignmentError as exc:
+        except (AlignmentError, ModelMismatchError) as exc:
             raise dg.Failure(description=f"cd/{scene_id} at {commit[:12]}: {exc}") from exc
         overlay.save(overlay_path)
         git_sha = lineage.code_version()
@@ -127,6 +127,7 @@ def cd_change_map(
         "overlay": store.uri(publication.commit_id, f"cd/{scene_id}/{OVERLAY_FILE}"),
         "model": {"name": model.name, "version": model.version, "run_id": model.run_id},
         "changed_area_m2": summary.changed_area_m2,
+        "changed_pixels": summary.changed_pixels,
         "changed_percent": summary.changed_percent,
         "f1": summary.f1,
     }
@@ -135,7 +136,11 @@ def cd_change_map(
         data_version=dg.DataVersion(f"{commit[:16]}-{model.name}-v{model.version}"),
         metadata=metadata(
             {
-                "changed_area_m2": round(summary.changed_area_m2, 1),
+                **(
+                    {"changed_area_px": summary.changed_pixels, "crs": "none: pixel grid"}
+                    if summary.pixel_area_m2 is None
+                    else {"changed_area_m2": round(summary.changed_area_m2 or 0.0, 1)}
+                ),
                 "changed_percent": round(summary.changed_percent, 3),
                 "f1_vs_label": None if summary.f1 is None else round(summary.f1, 4),
                 "precision_vs_label": None

@@ -59,7 +59,13 @@ class TilesConfig(dg.Config):
         default=0.5, description="Label-balance check: largest share of changed labelled pixels."
     )
     max_residual_px: float = Field(
-        default=0.5, description="Alignment check: largest median pre/post residual (pixels)."
+        default=1.0,
+        description="Alignment check: largest median shift of post against pre (pixels).",
+    )
+    min_alignment_windows: int = Field(
+        default=5,
+        description="Alignment check: fewer windows with a distinct correlation peak than this "
+        "is inconclusive (a warning, not a failure).",
     )
 
     def to_core(self) -> TilingConfig:
@@ -73,6 +79,13 @@ class TilesConfig(dg.Config):
         )
 
 
+class Split(enum.StrEnum):
+    """How ``cd/model`` holds out validation: spatial blocks of every scene, or whole scenes."""
+
+    block = "block"
+    scene = "scene"
+
+
 class ModelConfig(dg.Config):
     """How ``cd/model`` trains."""
 
@@ -82,6 +95,15 @@ class ModelConfig(dg.Config):
     learning_rate: float | None = Field(default=None, description="AdamW learning rate.")
     seed: int | None = Field(default=None, description="Seed for weights, split and batches.")
     device: Device | None = Field(default=None, description=Device.__doc__)
+    split: Split | None = Field(default=None, description=Split.__doc__)
+    val_scenes: list[str] | None = Field(
+        default=None,
+        description="With split=scene: the validation scenes, ids or patterns such as "
+        "'levircd-val-*' (default: whole scenes picked by seed up to val_fraction).",
+    )
+    val_fraction: float | None = Field(
+        default=None, description="Share of labelled tiles held out for validation."
+    )
 
     def to_core(self) -> TrainConfig:
         """The core training config."""
@@ -93,6 +115,9 @@ class ModelConfig(dg.Config):
             learning_rate=self.learning_rate,
             seed=self.seed,
             device=None if self.device is None else self.device.value,
+            split=None if self.split is None else self.split.value,
+            val_scenes=None if self.val_scenes is None else tuple(self.val_scenes),
+            val_fraction=self.val_fraction,
         )
 
 

@@ -45,6 +45,18 @@ def _training_sets(
     return sets
 
 
+def _log_split(tracker: Any, run_id: str, split: str, result: Any) -> None:
+    """Device and split as MLflow tags, and which scenes trained and validated (split.json).
+
+    ``result`` is the `mlops_assets.core.cd.train.TrainResult`.
+    """
+    tags = {"device": result.device, "split": split}
+    tags |= {"train_scenes": str(len(result.train_scenes))}
+    tags |= {"val_scenes": str(len(result.val_scenes))}
+    tracker.set_tags(run_id, tags)
+    tracker.log_dict(run_id, {"train": result.train_scenes, "val": result.val_scenes}, "split.json")
+
+
 @dg.asset(
     key=KEY,
     ins={"tiles": dg.AssetIn(key=TILES_KEY, metadata={"allow_missing_partitions": True})},
@@ -130,7 +142,7 @@ def cd_model(
             raise dg.Failure(description=f"training failed: {exc}") from exc
         best = {f"val_{k}": getattr(result.best, k) for k in _METRICS}
         tracker.log_metrics(run_id, {**best, "best_epoch": result.best.epoch}, step=0)
-        tracker.set_tags(run_id, {"device": result.device})
+        _log_split(tracker, run_id, train_config.split, result)
         for name, image in result.overlays:
             tracker.log_image(run_id, image, f"validation/{name}.png")
         tracker.log_dict(run_id, [dataclasses.asdict(h) for h in result.history], "history.json")
@@ -146,6 +158,8 @@ def cd_model(
         "lakefs_repository": sets[0][1].repository,
         "git_sha": git_sha,
         "tiles": {index.scene_id: value["key"] for _, index, value in sets},
+        "train_scenes": result.train_scenes,
+        "val_scenes": result.val_scenes,
     }
     history = [
         [h.epoch, f"{h.train_loss:.4f}", f"{h.val_loss:.4f}", f"{h.f1:.4f}", f"{h.iou:.4f}"]
@@ -164,6 +178,9 @@ def cd_model(
                 "train_tiles": result.train_tiles,
                 "val_tiles": result.val_tiles,
                 "buffer_tiles": result.buffer_tiles,
+                "split": train_config.split,
+                "train_scenes": result.train_scenes,
+                "val_scenes": result.val_scenes,
                 "device": result.device,
                 "lakefs_commits": commits,
                 "git_sha": git_sha,

@@ -71,6 +71,7 @@ def cd_scene(
                     if info is not None
                 },
                 "has_label": scene.label is not None,
+                "grid": scene.grid,
                 "problems": scene.problems,
             }
         ),

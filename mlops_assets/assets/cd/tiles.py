@@ -12,7 +12,13 @@ from mlops_assets.assets.cd.config import TilesConfig
 from mlops_assets.assets.cd.scene import KEY as SCENE_KEY
 from mlops_assets.assets.common import image_md, markdown_table, metadata
 from mlops_assets.core.cd.raster import AlignedPair, AlignmentError, open_aligned
-from mlops_assets.core.cd.tiles import TileIndex, tile_key, tile_scene
+from mlops_assets.core.cd.tiles import (
+    GRID_PIXEL,
+    TileIndex,
+    judge_alignment,
+    tile_key,
+    tile_scene,
+)
 from mlops_assets.core.outputs import OutputStore
 from mlops_assets.core.scenes.layout import CDPaths
 from mlops_assets.core.store.base import VersionedStore
@@ -38,6 +44,7 @@ def open_scene(
         store.raster_location(commit, paths.label) if scene.get("label") else None,
         resampling=resampling,
         names=(prefix + "pre.tif", prefix + "post.tif", prefix + "label.tif"),
+        pixel_grid=scene.get("grid") == GRID_PIXEL,
     )
 
 
@@ -58,7 +65,6 @@ def _checks(index: TileIndex, config: TilesConfig) -> list[dg.AssetCheckResult]:
     count = len(index.tiles)
     dropped = ", ".join(f"{n} {why}" for why, n in sorted(index.dropped.items())) or "none"
     fraction = index.label_fraction
-    residual = index.alignment_residual_px
     if fraction is None:
         balance_ok, balance = True, "no label: nothing to balance"
     else:
@@ -67,17 +73,7 @@ def _checks(index: TileIndex, config: TilesConfig) -> list[dg.AssetCheckResult]:
             f"{100 * fraction:.2f}% of labelled pixels changed; allowed "
             f"{100 * config.min_label_fraction:.2f}%..{100 * config.max_label_fraction:.2f}%"
         )
-    if residual is None:
-        residual_ok = count == 0
-        residual_text = (
-            "no tiles to measure" if count == 0 else "no textured window to measure alignment on"
-        )
-    else:
-        residual_ok = residual < config.max_residual_px
-        residual_text = (
-            f"median residual {residual:.3f} px over {index.alignment_samples} windows "
-            f"(limit {config.max_residual_px} px)"
-        )
+    verdict = judge_alignment(index, config.max_residual_px, config.min_alignment_windows)
     return [
         dg.AssetCheckResult(
             check_name=NONEMPTY_CHECK,
@@ -100,10 +96,24 @@ def _checks(index: TileIndex, config: TilesConfig) -> list[dg.AssetCheckResult]:
         ),
         dg.AssetCheckResult(
             check_name=RESIDUAL_CHECK,
-            passed=residual_ok,
-            severity=dg.AssetCheckSeverity.ERROR,
-            description=residual_text,
-            metadata=metadata({"residual_px": residual}),
+            passed=verdict.status == "pass",
+            # Inconclusive is a warning: it never blocks what follows.
+            severity=dg.AssetCheckSeverity.WARN
+            if verdict.status == "inconclusive"
+            else dg.AssetCheckSeverity.ERROR,
+            description=verdict.description,
+            metadata=metadata(
+                {
+                    "status": verdict.status,
+                    "residual_px": index.alignment_residual_px,
+                    "dy_px": index.alignment_dy,
+                    "dx_px": index.alignment_dx,
+                    "confident_windows": index.alignment_samples,
+                    "measured_windows": len(index.alignment_windows),
+                    "min_windows": config.min_alignment_windows,
+                    "max_residual_px": config.max_residual_px,
+                }
+            ),
         ),
     ]
 
@@ -142,7 +152,9 @@ def _stats_table(index: TileIndex) -> dg.MetadataValue[Any]:
             RESIDUAL_CHECK,
             asset=KEY,
             blocking=True,
-            description="Median pre/post misalignment after warping is under the limit.",
+            description="The median shift of post against pre, over the windows with a distinct "
+            "phase-correlation peak, is under the limit; too few such windows is inconclusive "
+            "(a warning, never blocking).",
         ),
     ],
     description=(
@@ -207,13 +219,17 @@ def cd_tiles(
                 "label_fraction": index.label_fraction,
                 "labelled_tiles": value["labelled_tiles"],
                 "alignment_residual_px": index.alignment_residual_px,
+                "alignment_confident_windows": index.alignment_samples,
+                "padded_tiles": index.padded_tiles,
+                "constant_bands": index.constant_bands,
                 "tiles_uri": dg.MetadataValue.url(store.uri(key)) if published else "not published",
                 "output_store": output_store.kind,
                 "reused": reused,
                 "lakefs_commit": index.commit_id,
                 "config": index.config,
                 "config_hash": index.config_hash,
-                "grid": f"{index.width}x{index.height} {index.crs}",
+                "grid": f"{index.width}x{index.height} "
+                + ("pixel grid (no CRS)" if index.grid == GRID_PIXEL else index.crs),
                 "band_stats": _stats_table(index),
                 "preview": image_md(preview, "pre | post | label"),
             }

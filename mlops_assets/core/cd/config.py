@@ -32,6 +32,12 @@ class TilingConfig:
     max_nodata_fraction: float = 0.25
     resampling: Literal["nearest", "bilinear", "cubic"] = "bilinear"
     alignment_samples: int = 12  # tiles used to estimate the pre/post alignment residual
+    # Each sampled tile is measured in windows of this side overlapping by half; a window
+    # votes when its phase-correlation peak-to-sidelobe ratio reaches the confidence below.
+    # Unrelated real windows (other places, other dates) measured mostly under 10 (99th
+    # percentile 7-11 at 32 and 64 px); benchmarks/RESULTS.md has the table.
+    alignment_window: int = 64
+    alignment_min_confidence: float = 10.0
 
     def __post_init__(self) -> None:
         if self.tile_size < 16 or self.tile_size % 16:
@@ -40,6 +46,8 @@ class TilingConfig:
             raise ValueError(f"overlap {self.overlap} must be in [0, tile_size)")
         if not 0.0 <= self.max_nodata_fraction <= 1.0:
             raise ValueError(f"max_nodata_fraction {self.max_nodata_fraction} must be in [0, 1]")
+        if self.alignment_window < 16:
+            raise ValueError(f"alignment_window {self.alignment_window} must be at least 16")
 
     @property
     def stride(self) -> int:
@@ -71,9 +79,12 @@ class TrainConfig:
     # a decay of 0.98 gave a best F1 of 0.938, and with weight decay 0.05 0.939, against 0.939
     # without (benchmarks/RESULTS.md).
     ema_decay: float = 0.0
+    # "block": validation takes spatial blocks of every scene; "scene": whole scenes, named
+    # (ids or patterns such as "levircd-val-*") or, without val_scenes, picked by seed until
+    # val_fraction of the labelled tiles.
     split: Literal["block", "scene"] = "block"
     val_fraction: float = 0.25
-    val_scenes: tuple[str, ...] = ()  # with split="scene"
+    val_scenes: tuple[str, ...] = ()
     block_tiles: int = 4  # side of a split block, in tile strides
     augment: bool = True
     threshold: float = 0.5
@@ -91,8 +102,8 @@ class TrainConfig:
             raise ValueError(f"ema_decay {self.ema_decay} must be in [0, 1)")
         if self.warmup_epochs < 0:
             raise ValueError(f"warmup_epochs {self.warmup_epochs} must be >= 0")
-        if self.split == "scene" and not self.val_scenes:
-            raise ValueError("split='scene' needs val_scenes")
+        if self.val_scenes and self.split != "scene":
+            raise ValueError("val_scenes needs split='scene'")
 
 
 @dataclass(frozen=True)
@@ -121,7 +132,9 @@ class GateConfig:
 
 PRESETS: dict[PresetName, dict[type[Any], Any]] = {
     "tiny": {
-        TilingConfig: TilingConfig(tile_size=64, overlap=16, alignment_samples=4),
+        TilingConfig: TilingConfig(
+            tile_size=64, overlap=16, alignment_samples=4, alignment_window=32
+        ),
         TrainConfig: TrainConfig(
             encoder_depth=3,
             decoder_channels=(16, 8, 8),

@@ -8,6 +8,7 @@ in training and inference. The mask holds 0 (no change), 1 (change) and 255 (ign
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -172,12 +173,47 @@ def split_by_block(
     return Split(train, val, buffer)
 
 
-def split_by_scene(refs: Sequence[TileRef], val_scenes: Sequence[str]) -> Split:
-    """Whole scenes for validation, the others for training."""
+def split_by_scene(
+    refs: Sequence[TileRef],
+    val_scenes: Sequence[str] = (),
+    val_fraction: float = 0.25,
+    seed: int = 0,
+) -> Split:
+    """Whole scenes for validation, the others for training.
+
+    ``val_scenes`` are scene ids or shell patterns (``levircd-val-*``: an imported dataset's own
+    validation split); each must match a labelled scene. Without them, scenes are taken in a
+    seeded pseudo-random order, those with change first, until ``val_fraction`` of the
+    labelled tiles is reached, always leaving one scene to train on.
+    """
     labelled = [r for r in refs if r.tile.labelled_pixels > 0]
-    missing = set(val_scenes) - {r.index.scene_id for r in labelled}
-    if missing:
-        raise ValueError(f"validation scene(s) {sorted(missing)} have no labelled tiles")
-    val = [r for r in labelled if r.index.scene_id in val_scenes]
-    train = [r for r in labelled if r.index.scene_id not in val_scenes]
+    scenes = sorted({r.index.scene_id for r in labelled})
+    if val_scenes:
+        missing = [p for p in val_scenes if not any(fnmatch.fnmatchcase(s, p) for s in scenes)]
+        if missing:
+            raise ValueError(f"validation scene(s) {sorted(missing)} have no labelled tiles")
+        chosen = {s for s in scenes if any(fnmatch.fnmatchcase(s, p) for p in val_scenes)}
+    else:
+        chosen = _pick_scenes(labelled, scenes, val_fraction, seed)
+    val = [r for r in labelled if r.index.scene_id in chosen]
+    train = [r for r in labelled if r.index.scene_id not in chosen]
     return Split(train, val, 0)
+
+
+def _pick_scenes(
+    labelled: Sequence[TileRef], scenes: Sequence[str], val_fraction: float, seed: int
+) -> set[str]:
+    tiles = {s: sum(1 for r in labelled if r.index.scene_id == s) for s in scenes}
+    changed = {r.index.scene_id for r in labelled if r.tile.change_pixels}
+    order = sorted(scenes, key=lambda s: (s not in changed, _block_order(s, (0, 0), seed)))
+    chosen: set[str] = set()
+    for scene in order[: max(len(order) - 1, 0)]:
+        if chosen and sum(tiles[s] for s in chosen) >= val_fraction * len(labelled):
+            break
+        chosen.add(scene)
+    return chosen
+
+
+def scenes_of(refs: Sequence[TileRef]) -> list[str]:
+    """The scene ids of ``refs``, sorted."""
+    return sorted({r.index.scene_id for r in refs})

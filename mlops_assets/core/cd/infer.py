@@ -8,12 +8,15 @@ at a time, so memory is a few window-heights of raw rows: it depends on the scen
 the window size, not on its height.
 
 The output has the pre image's CRS, transform and size: band 1 is the change probability, band 2
-the binary change mask (probability > threshold); nodata (-1) wherever pre or post has none.
+the binary change mask (probability > threshold); nodata (-1) wherever pre or post has none. A
+pixel-grid scene's map has no CRS and no geotransform (its ``grid`` tag says so), and its areas
+are counted in pixels.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,7 @@ import rasterio
 import torch
 from numpy.typing import NDArray
 from PIL import Image
+from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 from torch import nn
 
@@ -48,15 +52,17 @@ class ChangeMapSummary:
     height: int
     valid_pixels: int
     changed_pixels: int
-    pixel_area_m2: float
+    pixel_area_m2: float | None  # None on a pixel grid: areas are in pixels
     f1: float | None  # against the label, where one exists
     precision: float | None
     recall: float | None
     labelled_pixels: int
 
     @property
-    def changed_area_m2(self) -> float:
-        """Area predicted as changed."""
+    def changed_area_m2(self) -> float | None:
+        """Area predicted as changed (None on a pixel grid, which has no ground units)."""
+        if self.pixel_area_m2 is None:
+            return None
         return self.changed_pixels * self.pixel_area_m2
 
     @property
@@ -65,8 +71,13 @@ class ChangeMapSummary:
         return 100.0 * self.changed_pixels / max(self.valid_pixels, 1)
 
 
-def pixel_area_m2(pair: AlignedPair) -> float:
-    """Ground area of a pixel: exact in a projected CRS, at the scene centre in a geographic one."""
+def pixel_area_m2(pair: AlignedPair) -> float | None:
+    """Ground area of a pixel: exact in a projected CRS, at the scene centre in a geographic one.
+
+    None on a pixel grid (no CRS): there are no ground units.
+    """
+    if pair.crs is None:
+        return None
     t = pair.transform
     area = abs(t.a * t.e - t.b * t.d)
     if pair.crs.is_geographic:
@@ -85,6 +96,16 @@ def blend_weights(size: int, overlap: int) -> NDArray[np.float32]:
         ramp[:overlap] = edge
         ramp[-overlap:] = edge[::-1]
     return np.outer(ramp, ramp)
+
+
+class ModelMismatchError(ValueError):
+    """The model was trained on another number of bands than the scene has."""
+
+
+def model_in_channels(model: nn.Module) -> int | None:
+    """Input channels of the model's first convolution (None if it has none)."""
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    return None if first is None else int(first.in_channels)
 
 
 def _pad_multiple(size: int, multiple: int) -> int:
@@ -119,7 +140,16 @@ def predict_scene(
     device: torch.device,
     size_multiple: int = 32,
 ) -> ChangeMapSummary:
-    """Predict ``pair`` into the GeoTIFF ``out_path``; return what it contains."""
+    """Predict ``pair`` into the GeoTIFF ``out_path``; return what it contains.
+
+    Raises `ModelMismatchError` when the model takes another number of bands than the scene has.
+    """
+    expected = model_in_channels(model)
+    if expected is not None and expected != 2 * pair.count:
+        raise ModelMismatchError(
+            f"the model takes {expected} input channels ({expected // 2} bands per date) but "
+            f"{pair.pre_name} has {pair.count} bands: use a model trained on this sensor"
+        )
     model = model.to(device).eval()
     height, width = pair.height, pair.width
     size = min(config.tile_size, height, width)
@@ -133,8 +163,6 @@ def predict_scene(
         "height": height,
         "count": 2,
         "dtype": "float32",
-        "crs": pair.crs,
-        "transform": pair.transform,
         "nodata": NODATA,
         "tiled": True,
         "blockxsize": 256,
@@ -153,9 +181,16 @@ def predict_scene(
     buffer = RowBuffer(pair)
     valid_pixels = changed_pixels = tp = fp = fn = labelled = 0
 
-    with rasterio.open(out_path, "w", **profile) as dst:
+    if pair.crs is not None:
+        profile.update(crs=pair.crs, transform=pair.transform)
+    with warnings.catch_warnings():  # a pixel grid's map has no georeferencing, by design
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        dst = rasterio.open(out_path, "w", **profile)
+    with dst:
         dst.descriptions = ("change_probability", "change_mask")
-        dst.update_tags(threshold=str(config.threshold))
+        dst.update_tags(
+            threshold=str(config.threshold), grid="pixel" if pair.crs is None else "crs"
+        )
 
         def flush(until: int) -> None:
             """Write rows [acc_start, until) and shift the accumulators."""
@@ -212,13 +247,12 @@ def predict_scene(
         precision = tp / (tp + fp) if tp + fp else (1.0 if fn == 0 else 0.0)
         recall = tp / (tp + fn) if tp + fn else (1.0 if fp == 0 else 0.0)
         f1 = 2 * tp / (2 * tp + fp + fn) if (2 * tp + fp + fn) else 1.0
-    pixel_area = pixel_area_m2(pair)
     return ChangeMapSummary(
         width=width,
         height=height,
         valid_pixels=valid_pixels,
         changed_pixels=changed_pixels,
-        pixel_area_m2=float(pixel_area),
+        pixel_area_m2=pixel_area_m2(pair),
         f1=f1,
         precision=precision,
         recall=recall,
@@ -234,6 +268,9 @@ def change_overlay(pair: AlignedPair, change_map: Path, max_side: int = 1024) ->
     bands = rgb_bands(pair.pre)
     post = pair.post.read(bands, out_shape=(3, h, w))
     valid = pair.post.dataset_mask(out_shape=(h, w)) > 0
-    with rasterio.open(change_map) as src:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        src = rasterio.open(change_map)
+    with src:
         mask = src.read(2, out_shape=(h, w))
     return overlay_image(rgb_image(post, valid), mask == 1)

@@ -1,16 +1,19 @@
 """Reading a pre/post pair on one grid, window by window, in memory independent of scene size.
 
 The post image is resampled onto the pre image's grid through a `WarpedVRT` (CRS, resolution and
-extent may differ); GDAL warps only the pixels asked for. `AlignedPair.strips` yields consecutive
-row ranges, each read once; `RowBuffer` walks down one column band of the scene in reads aligned
-to the source blocks, so each block is decoded once and a scene of any size streams through a
-buffer whose size depends only on the band width and the window. `PreviewSampler` picks a
-decimated preview out of the same reads, so a preview never reads the scene a second time.
+extent may differ); GDAL warps only the pixels asked for. A pixel-grid scene (declared so in its
+manifest: no CRS, pixels of the same size in both dates) is read as it is, with no warp.
+`AlignedPair.strips` yields consecutive row ranges, each read once; `RowBuffer` walks down one
+column band of the scene in reads aligned to the source blocks, so each block is decoded once and
+a scene of any size streams through a buffer whose size depends only on the band width and the
+window. `PreviewSampler` picks a decimated preview out of the same reads, so a preview never
+reads the scene a second time.
 """
 
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +24,7 @@ from numpy.typing import NDArray
 from PIL import Image
 from rasterio.crs import CRS
 from rasterio.enums import MaskFlags, Resampling
+from rasterio.errors import NotGeoreferencedWarning
 from rasterio.transform import Affine
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
@@ -142,13 +146,15 @@ class AlignedPair:
     def __init__(
         self,
         pre: rasterio.io.DatasetReader,
-        post: WarpedVRT,
+        post: WarpedVRT | rasterio.io.DatasetReader,
         label: rasterio.io.DatasetReader | None,
         names: tuple[str, str, str],
+        pixel_grid: bool = False,
     ) -> None:
         self.pre = pre
         self.post = post
         self.label = label
+        self.pixel_grid = pixel_grid
         self.pre_name, self.post_name, self.label_name = names
         self._nodata = (
             _nodata_value(pre),
@@ -182,9 +188,9 @@ class AlignedPair:
         return self.pre.transform
 
     @property
-    def crs(self) -> CRS:
-        """Pre's CRS."""
-        return self.pre.crs
+    def crs(self) -> CRS | None:
+        """Pre's CRS (None on a pixel grid)."""
+        return None if self.pixel_grid else self.pre.crs
 
     def read_rows(self, row: int, height: int) -> Strip:
         """Read rows ``[row, row + height)`` of everything, across the whole width."""
@@ -403,6 +409,36 @@ class PreviewSampler:
         return side_by_side(panels)
 
 
+def _open_pixel_grid(
+    stack: contextlib.ExitStack,
+    pre: RasterLocation,
+    post: RasterLocation,
+    label: RasterLocation | None,
+    names: tuple[str, str, str],
+) -> AlignedPair:
+    """A pixel-grid scene: pre, post and label read as they are; all must be the same size."""
+    with warnings.catch_warnings():  # no georeferencing is what a pixel grid declares
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        sources = [stack.enter_context(location.open()) for location in (pre, post)]
+        if label is not None:
+            sources.append(stack.enter_context(label.open()))
+    pre_src = sources[0]
+    for name, src in zip(names[1:], sources[1:], strict=False):
+        if (src.width, src.height) != (pre_src.width, pre_src.height):
+            raise AlignmentError(
+                f"{name} is {src.width}x{src.height} px but {names[0]} is "
+                f"{pre_src.width}x{pre_src.height} px: a pixel-grid scene needs one size"
+            )
+    if pre_src.count != sources[1].count:
+        raise AlignmentError(
+            f"{names[0]} has {pre_src.count} bands but {names[1]} has {sources[1].count}"
+        )
+    label_src = sources[2] if label is not None else None
+    if label_src is not None and label_src.count != 1:
+        raise AlignmentError(f"{names[2]} has {label_src.count} bands, expected 1")
+    return AlignedPair(pre_src, sources[1], label_src, names, pixel_grid=True)
+
+
 @contextlib.contextmanager
 def open_aligned(
     pre: RasterLocation,
@@ -410,11 +446,20 @@ def open_aligned(
     label: RasterLocation | None = None,
     resampling: str = "bilinear",
     names: tuple[str, str, str] = ("pre.tif", "post.tif", "label.tif"),
+    *,
+    pixel_grid: bool = False,
 ) -> Generator[AlignedPair, None, None]:
-    """Open a scene on pre's grid; raise `AlignmentError` naming the file if impossible."""
+    """Open a scene on pre's grid; raise `AlignmentError` naming the file if impossible.
+
+    ``pixel_grid``: the scene declares it has no georeferencing; its rasters are compared
+    pixel for pixel and must have the same size.
+    """
     with contextlib.ExitStack() as stack:
         # GDAL's block cache defaults to 5% of RAM and would grow with the scene: cap it.
         stack.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES))
+        if pixel_grid:
+            yield _open_pixel_grid(stack, pre, post, label, names)
+            return
         pre_src = stack.enter_context(pre.open())
         post_src = stack.enter_context(post.open())
         if pre_src.crs is None or post_src.crs is None:

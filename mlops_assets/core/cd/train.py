@@ -36,6 +36,7 @@ from mlops_assets.core.cd.dataset import (
     ChangeTileDataset,
     Split,
     TileRef,
+    scenes_of,
     split_by_block,
     split_by_scene,
 )
@@ -74,6 +75,8 @@ class TrainResult:
     val_tiles: int
     buffer_tiles: int
     device: str
+    train_scenes: list[str] = field(default_factory=lambda: list[str]())
+    val_scenes: list[str] = field(default_factory=lambda: list[str]())
     overlays: list[tuple[str, Image.Image]] = field(
         default_factory=lambda: list[tuple[str, Image.Image]]()
     )
@@ -118,7 +121,7 @@ def make_split(refs: Sequence[TileRef], config: TrainConfig) -> Split:
     """The train/validation split ``config`` asks for."""
     if config.split == "scene":
         try:
-            return split_by_scene(refs, config.val_scenes)
+            return split_by_scene(refs, config.val_scenes, config.val_fraction, config.seed)
         except ValueError as exc:
             raise TrainingError(str(exc)) from exc
     stride = min(int(r.index.config["tile_size"]) - int(r.index.config["overlap"]) for r in refs)
@@ -203,8 +206,12 @@ def train_change_model(
             f"{sorted({r.index.scene_id for r in refs if r.tile.labelled_pixels})})"
         )
     bands = refs[0].index.bands
-    if any(r.index.bands != bands for r in refs):
-        raise TrainingError("tile sets have different band counts; train one model per sensor")
+    other = next((r for r in refs if r.index.bands != bands), None)
+    if other is not None:  # in_channels follows the scenes, so they must agree
+        raise TrainingError(
+            f"tile sets have different band counts: cd/{refs[0].index.scene_id} has {bands}, "
+            f"cd/{other.index.scene_id} has {other.index.bands}; train one model per sensor"
+        )
     model = build_unet(2 * bands, config).to(device)
     loss_fn = BceDiceLoss(config.dice_weight)
     train_loader: DataLoader[dict[str, torch.Tensor]] = DataLoader(
@@ -286,5 +293,7 @@ def train_change_model(
         val_tiles=len(split.val),
         buffer_tiles=split.buffer,
         device=str(device),
+        train_scenes=scenes_of(split.train),
+        val_scenes=scenes_of(split.val),
         overlays=overlays,
     )

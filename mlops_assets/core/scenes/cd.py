@@ -3,13 +3,15 @@
 `read_cd_scene` pins a scene to one commit and describes every file (checksum, size, CRS, bounds,
 shape, bands, dtype) without loading rasters into memory; files that are missing or unreadable are
 recorded as problems rather than raised, so the checks can report all of them at once.
-`check_cd_scene` turns a scene into check outcomes.
+`check_cd_scene` turns a scene into check outcomes. A scene whose manifest declares a pixel grid
+(`mlops_assets.core.scenes.manifest`) may have CRS-less rasters, which must then be the same size.
 """
 
 from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,7 +29,8 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
 from mlops_assets.core.scenes.checks import CheckLimits, CheckOutcome, content_hash
-from mlops_assets.core.scenes.layout import CDPaths
+from mlops_assets.core.scenes.layout import CDPaths, SceneError
+from mlops_assets.core.scenes.manifest import MAX_MANIFEST_BYTES, SceneManifest
 from mlops_assets.core.store.base import RasterLocation, VersionedStore
 from mlops_assets.core.store.types import CorruptObjectError, NotFoundError, lakefs_uri
 
@@ -295,10 +298,13 @@ def inspect_raster(
     """
     limits = limits or CheckLimits()
     try:
-        with rasterio.Env(GDAL_CACHEMAX=limits.gdal_cache_mb), location.open() as src:
-            return describe_raster(
-                src, path, checksum, size, limits, label=label, pixel_grid=pixel_grid
-            )
+        with warnings.catch_warnings():
+            if pixel_grid:  # declared CRS-less: rasterio's warning says nothing new
+                warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            with rasterio.Env(GDAL_CACHEMAX=limits.gdal_cache_mb), location.open() as src:
+                return describe_raster(
+                    src, path, checksum, size, limits, label=label, pixel_grid=pixel_grid
+                )
     except (rasterio.errors.RasterioError, CPLE_BaseError) as exc:
         raise ValueError(f"{path}: not a readable GeoTIFF ({' '.join(str(exc).split())})") from exc
 
@@ -315,6 +321,13 @@ class CDScene:
     post: RasterInfo | None = None
     label: RasterInfo | None = None
     problems: dict[str, str] = field(default_factory=lambda: dict[str, str]())
+    manifest: SceneManifest | None = None  # the scene's scene.json, if it has one
+    manifest_checksum: str = ""
+
+    @property
+    def grid(self) -> str:
+        """``pixel`` when the manifest declares a pixel grid, else ``crs``."""
+        return "pixel" if self.manifest is not None and self.manifest.pixel_grid else "crs"
 
     @property
     def paths(self) -> CDPaths:
@@ -333,7 +346,10 @@ class CDScene:
     @property
     def content_hash(self) -> str:
         """A hash of the scene's files only: unchanged when other scenes change."""
-        return content_hash(((r.path, r.checksum) for r in self.rasters), self.problems)
+        files = [(r.path, r.checksum) for r in self.rasters]
+        if self.manifest_checksum:
+            files.append((self.paths.manifest, self.manifest_checksum))
+        return content_hash(files, self.problems)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable manifest."""
@@ -346,6 +362,8 @@ class CDScene:
             "post": self.post.to_dict() if self.post else None,
             "label": self.label.to_dict() if self.label else None,
             "problems": dict(self.problems),
+            "grid": self.grid,
+            "manifest": None if self.manifest is None else self.manifest.to_dict(),
         }
 
 
@@ -361,6 +379,22 @@ def read_cd_scene(
     commit_id = store.resolve(ref)
     found: dict[str, RasterInfo] = {}
     problems: dict[str, str] = {}
+    manifest: SceneManifest | None = None
+    manifest_checksum = ""
+    try:
+        stat = store.stat(commit_id, paths.manifest)
+        manifest_checksum = stat.checksum
+        if stat.size > MAX_MANIFEST_BYTES:
+            problems[paths.manifest] = f"{stat.size} bytes, not a scene manifest (at most 64 KiB)"
+        else:
+            manifest = SceneManifest.parse(
+                store.read_bytes(commit_id, paths.manifest), paths.manifest
+            )
+    except NotFoundError:
+        pass
+    except SceneError as exc:
+        problems[paths.manifest] = str(exc).removeprefix(f"{paths.manifest}: ")
+    pixel_grid = manifest is not None and manifest.pixel_grid
     for role, path, required in (
         ("pre", paths.pre, True),
         ("post", paths.post, True),
@@ -394,6 +428,8 @@ def read_cd_scene(
         post=found.get("post"),
         label=found.get("label"),
         problems=problems,
+        manifest=manifest,
+        manifest_checksum=manifest_checksum,
     )
 
 
@@ -431,7 +467,11 @@ def check_cd_scene(scene: CDScene) -> list[CheckOutcome]:
         name=FILES_CHECK,
         passed=not scene.problems,
         description=(
-            "pre, post (and label, if any) are present, decode and are georeferenced"
+            (
+                "pre, post (and label, if any) are present and decode; pixel grid, no CRS"
+                if scene.grid == "pixel"
+                else "pre, post (and label, if any) are present, decode and are georeferenced"
+            )
             if not scene.problems
             else "; ".join(f"{path}: {problem}" for path, problem in sorted(scene.problems.items()))
         ),
@@ -448,6 +488,8 @@ def check_cd_scene(scene: CDScene) -> list[CheckOutcome]:
             description=f"scene {scene.scene_id!r}: cannot compare footprints without pre and post",
         )
         return [files, overlap]
+    if scene.grid == "pixel":
+        return [files, _check_pixel_grid(scene, scene.pre, scene.post)]
     reasons: list[str] = []
     try:
         fraction = footprint_overlap(scene.pre, scene.post)
@@ -493,6 +535,33 @@ def check_cd_scene(scene: CDScene) -> list[CheckOutcome]:
     return [files, overlap]
 
 
+def _check_pixel_grid(scene: CDScene, pre: RasterInfo, post: RasterInfo) -> CheckOutcome:
+    """A pixel-grid scene's second check: the same size everywhere, bands match."""
+    reasons = [
+        f"{other.path} is {other.width}x{other.height} px but {pre.path} is "
+        f"{pre.width}x{pre.height} px: a pixel-grid scene needs one size"
+        for other in (post, scene.label)
+        if other is not None and (other.width, other.height) != (pre.width, pre.height)
+    ]
+    if pre.count != post.count:
+        reasons.append(
+            f"band counts differ: {pre.path} has {pre.count}, {post.path} has {post.count}"
+        )
+    if scene.label is not None and scene.label.count != 1:
+        reasons.append(f"{scene.label.path} has {scene.label.count} bands, expected 1")
+    return CheckOutcome(
+        name=OVERLAP_CHECK,
+        passed=not reasons,
+        description=(
+            f"pixel grid (no CRS): pre, post{' and label' if scene.label else ''} are all "
+            f"{pre.width}x{pre.height} px; {pre.count} bands each"
+            if not reasons
+            else "; ".join(reasons)
+        ),
+        metadata={"grid": "pixel", "pre_bands": pre.count, "post_bands": post.count},
+    )
+
+
 def validate_local_cd(
     src: Path, limits: CheckLimits | None = None, pixel_grid: bool = False
 ) -> list[str]:
@@ -526,6 +595,7 @@ def validate_local_cd(
             pre=infos["pre.tif"],
             post=infos["post.tif"],
             label=infos.get("label.tif"),
+            manifest=SceneManifest(grid="pixel") if pixel_grid else None,
         )
         overlap = check_cd_scene(scene)[1]
         if not overlap.passed:

@@ -116,6 +116,7 @@ def plan_upload(
     *,
     follow_symlinks: bool = False,
     limits: CheckLimits | None = None,
+    pixel_grid: bool = False,
 ) -> UploadPlan:
     """Validate a local scene folder; raise `SceneError` listing every problem.
 
@@ -123,7 +124,8 @@ def plan_upload(
     judging to the raw-scene checks on the branch the scene is written to (write-audit-publish,
     `mlops_assets.core.wap`): there, a scene that fails stays on its branch for inspection. The
     scene id, the folder itself and symbolic links (refused, or with ``follow_symlinks`` followed
-    only inside the folder) are checked either way, before any file is opened.
+    only inside the folder) are checked either way, before any file is opened. ``pixel_grid``:
+    a CD folder declared to be on a pixel grid (`mlops_assets.core.scenes.pixel_grid`).
     """
     validate_scene_id(scene_id)
     if not src.is_dir():
@@ -145,7 +147,7 @@ def plan_upload(
     problems: list[str] = []
     if validate:
         problems = (
-            validate_local_cd(src, limits)
+            validate_local_cd(src, limits, pixel_grid)
             if kind is SceneKind.CD
             else validate_local_nvs(src, limits)
         )

@@ -5,6 +5,8 @@
     cd/<scene_id>/pre.tif             change detection: the earlier image
     cd/<scene_id>/post.tif            the later image (any CRS / resolution overlapping pre)
     cd/<scene_id>/label.tif           optional: 1 change, 0 no change, nodata allowed
+    cd/<scene_id>/scene.json          optional manifest; {"grid": "pixel"} declares a scene
+                                      without georeferencing (same-size CRS-less GeoTIFFs)
     nvs/<scene_id>/images/<name>.png  novel-view synthesis: the photos (.png / .jpg / .jpeg)
     nvs/<scene_id>/sparse/0/...       the COLMAP model: cameras, images, points3D (.bin or .txt)
 
@@ -89,6 +91,11 @@ class CDPaths:
     def label(self) -> str:
         """The optional change label."""
         return self.prefix + "label.tif"
+
+    @property
+    def manifest(self) -> str:
+        """The optional scene manifest (`mlops_assets.core.scenes.manifest`)."""
+        return self.prefix + "scene.json"
 
 
 @dataclass(frozen=True)

@@ -70,7 +70,7 @@ def test_scaled_shrinks_epochs_but_keeps_at_least_one() -> None:
             lambda: TrainConfig(encoder_depth=3),
             "decoder_channels has 4 entries; encoder_depth is 3",
         ),
-        (lambda: TrainConfig(split="scene"), "split='scene' needs val_scenes"),
+        (lambda: TrainConfig(val_scenes=("a",)), "val_scenes needs split='scene'"),
         (
             lambda: InferenceConfig(tile_size=64, overlap=33),
             r"overlap 33 must be in \[0, tile_size / 2\]",
@@ -101,9 +101,12 @@ def test_config_hash_is_short_stable_and_sensitive_to_every_field() -> None:
     tiny = preset(TilingConfig, "tiny")
     # Pinned: tile sets are published under this hash, so a change here orphans every
     # published tile set. Update it only on purpose.
-    assert config_hash(tiny) == "1cc3ed9bb427"
+    assert config_hash(tiny) == "b145f8427643"
     assert (
-        config_hash(TilingConfig(tile_size=64, overlap=16, alignment_samples=4)) == "1cc3ed9bb427"
+        config_hash(
+            TilingConfig(tile_size=64, overlap=16, alignment_samples=4, alignment_window=32)
+        )
+        == "b145f8427643"
     )
     assert len(config_hash(TrainConfig())) == 12
     changed = {
@@ -112,6 +115,8 @@ def test_config_hash_is_short_stable_and_sensitive_to_every_field() -> None:
         "max_nodata_fraction": 0.5,
         "resampling": "nearest",
         "alignment_samples": 5,
+        "alignment_window": 64,
+        "alignment_min_confidence": 8.0,
     }
     hashes = {config_hash(dataclasses.replace(tiny, **{k: v})) for k, v in changed.items()}
     assert len(hashes) == len(changed) and config_hash(tiny) not in hashes

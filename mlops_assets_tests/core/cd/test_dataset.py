@@ -19,7 +19,7 @@ from mlops_assets.core.cd.dataset import (
     tile_refs,
 )
 from mlops_assets.core.cd.tiles import BandStats, TileIndex, TileRecord
-from mlops_assets_tests.core.cd import COMMIT, tile_folder
+from mlops_assets_tests.core.cd import COMMIT, tile_folder, write_raster
 
 TINY = preset(TilingConfig, "tiny")
 
@@ -224,3 +224,42 @@ def test_scene_split_holds_out_whole_scenes(grid_refs: list[TileRef]) -> None:
         ValueError, match=r"validation scene\(s\) \['east'\] have no labelled tiles"
     ):
         split_by_scene(grid_refs, ["south", "east"])
+
+
+def test_scene_split_without_names_holds_out_whole_scenes_change_first(
+    grid_refs: list[TileRef],
+) -> None:
+    for seed in range(4):
+        split = split_by_scene(grid_refs, val_fraction=0.25, seed=seed)
+        # north has the change: it validates whatever the seed; south trains.
+        assert {r.index.scene_id for r in split.val} == {"north"}
+        assert {r.index.scene_id for r in split.train} == {"south"}
+    north = [r for r in grid_refs if r.index.scene_id == "north"]
+    only = split_by_scene(north, val_fraction=0.9)  # one scene: it trains, none validates
+    assert only.val == [] and len(only.train) == 62
+
+
+def test_scene_split_takes_patterns_such_as_an_imported_split(grid_refs: list[TileRef]) -> None:
+    split = split_by_scene(grid_refs, ["s*"])
+    assert {r.index.scene_id for r in split.val} == {"south"}
+    with pytest.raises(ValueError, match=r"validation scene\(s\) \['levircd-val-\*'\]"):
+        split_by_scene(grid_refs, ["levircd-val-*"])
+
+
+def test_constant_and_all_zero_bands_normalise_to_zero_not_to_infinity(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    data = rng.integers(1, 4000, (4, 40, 40)).astype(np.uint16)
+    data[1] = 0  # an all-zero band
+    data[2] = 1234  # a constant band
+    data[3] = 0
+    data[3, 5, 5] = 1  # one stray value in an otherwise empty band
+    for name in ("pre.tif", "post.tif"):
+        write_raster(tmp_path / "s" / name, data, nodata=None)
+    index = tile_folder(tmp_path / "s", tmp_path / "t", TINY, label=False)
+    assert index.constant_bands == [2, 3, 4]  # the stray value spreads under one DN
+    assert index.pre_stats.std[1] == index.pre_stats.std[2] == 1.0  # floored at one DN
+    sample = load_sample(tile_refs([(tmp_path / "t", index)])[0])
+    image = sample["image"]
+    assert torch.isfinite(image).all() and float(image.abs().max()) <= 50.0
+    assert float(image[1].abs().max()) == 0.0 and float(image[2].abs().max()) == 0.0
+    assert float(image[3].abs().max()) < 1.0  # the stray value: one DN over a one-DN floor

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 import rasterio
 import torch
 from numpy.typing import NDArray
+from rasterio.errors import NotGeoreferencedWarning
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 from torch import nn
@@ -18,6 +20,7 @@ from mlops_assets.core.cd.config import InferenceConfig, TrainConfig, preset
 from mlops_assets.core.cd.infer import (
     NODATA,
     ChangeMapSummary,
+    ModelMismatchError,
     blend_weights,
     change_overlay,
     predict_scene,
@@ -26,6 +29,7 @@ from mlops_assets.core.cd.infer import (
 from mlops_assets.core.cd.model import build_unet
 from mlops_assets.core.cd.raster import open_aligned
 from mlops_assets.core.cd.tiles import BandStats
+from mlops_assets.core.scenes.pixel_grid import write_pixel_raster
 from mlops_assets_tests.core.cd import crop_scene, locations, read_raster, window, write_raster
 from mlops_assets_tests.core.cd.test_raster import record_reads
 
@@ -258,6 +262,7 @@ def test_area_in_a_geographic_crs_is_taken_at_the_scene_centre(tmp_path: Path, l
     summary = predict(tmp_path / "s", Constant(0.9), tmp_path / "map.tif", label=False)
     # 111,320 m per degree both ways is a sphere: within 1 % of the ellipsoid at any latitude.
     assert summary.pixel_area_m2 == pytest.approx(_geodesic_pixel_area(lat, step), rel=1e-2)
+    assert summary.pixel_area_m2 is not None
     assert summary.changed_area_m2 == pytest.approx(1600 * summary.pixel_area_m2)
     with rasterio.open(tmp_path / "map.tif") as dst:
         assert dst.crs.to_epsg() == 4326 and dst.transform == transform
@@ -305,3 +310,45 @@ def test_overlay_tints_predicted_change(demo_cd_dir: Path, tmp_path: Path) -> No
     # Changed pixels are pulled towards the tint (255, 0, 64): red is at least 0.65 * 255.
     assert (overlay[valid][:, 0] >= 165).all()
     assert (overlay[post[0] == 0] == 0).all()  # post's own nodata is black
+
+
+def _pixel_grid_scene(folder: Path, shape: tuple[int, int] = (70, 90)) -> Path:
+    rng = np.random.default_rng(5)
+    h, w = shape
+    for name in ("pre.tif", "post.tif"):
+        write_pixel_raster(folder / name, list(rng.integers(1, 256, (3, h, w), dtype=np.uint8)))
+    label = np.zeros((h, w), np.uint8)
+    label[:, : w // 2] = 1
+    write_pixel_raster(folder / "label.tif", [label], nodata=255)
+    return folder
+
+
+def test_a_pixel_grid_change_map_has_no_crs_says_so_and_counts_pixels(tmp_path: Path) -> None:
+    folder = _pixel_grid_scene(tmp_path / "s")
+    stats = BandStats([128.0] * 3, [64.0] * 3)
+    with open_aligned(*locations(folder), pixel_grid=True) as pair:
+        assert pair.crs is None and pair.pixel_grid
+        summary = predict_scene(
+            pair, Constant(0.9), stats, stats, TINY, tmp_path / "map.tif", CPU, 32
+        )
+        overlay = change_overlay(pair, tmp_path / "map.tif")
+    assert summary.pixel_area_m2 is None and summary.changed_area_m2 is None
+    assert summary.changed_pixels == summary.valid_pixels == 70 * 90
+    assert summary.f1 == pytest.approx(2 / 3)  # all predicted changed; half labelled so
+    assert overlay.size == (90, 70)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(tmp_path / "map.tif") as src:
+            assert src.crs is None and src.transform.is_identity
+            assert src.tags()["grid"] == "pixel" and (src.width, src.height) == (90, 70)
+
+
+def test_a_model_for_another_band_count_is_refused_naming_the_scene(tmp_path: Path) -> None:
+    folder = _pixel_grid_scene(tmp_path / "s")
+    stats = BandStats([128.0] * 3, [64.0] * 3)
+    with (
+        open_aligned(*locations(folder), pixel_grid=True, names=("a/pre.tif", "b", "c")) as pair,
+        pytest.raises(ModelMismatchError, match=r"takes 8 input channels \(4 bands per date\) "),
+    ):
+        predict_scene(pair, pixelwise(8), stats, stats, TINY, tmp_path / "map.tif", CPU, 32)
+    assert not (tmp_path / "map.tif").exists()

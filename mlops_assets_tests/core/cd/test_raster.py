@@ -28,6 +28,7 @@ from mlops_assets.core.cd.raster import (
     side_by_side,
 )
 from mlops_assets.core.demo.cd import DEMO_CD_SCENES, write_cd_scene
+from mlops_assets.core.scenes.pixel_grid import write_pixel_raster
 from mlops_assets.core.store.base import RasterLocation
 from mlops_assets_tests.conftest import DATA
 from mlops_assets_tests.core.cd import crop_scene, locations, read_raster, window, write_raster
@@ -106,7 +107,7 @@ def test_post_on_another_crs_and_resolution_is_warped_onto_pre(
     with rasterio.open(demo_cd_warped_dir / "post.tif") as src:
         assert src.crs.to_epsg() == 32632 and src.res == (3.0, 3.0)
     with open_aligned(*locations(demo_cd_warped_dir)) as pair:
-        assert pair.post.crs == pair.crs and pair.crs.to_epsg() == 32633
+        assert pair.crs is not None and pair.post.crs == pair.crs and pair.crs.to_epsg() == 32633
         assert (pair.post.width, pair.post.height) == (128, 128)
         strip = pair.read_rows(0, 128)
     both = strip.valid & (expected[0] != 0)
@@ -393,3 +394,22 @@ def test_overlay_tints_only_changed_pixels_and_panels_line_up() -> None:
         96,
         96,
     )
+
+
+def test_a_pixel_grid_pair_is_read_as_it_is_and_needs_one_size(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    pre = rng.integers(0, 256, (3, 30, 50), dtype=np.uint8)
+    post = rng.integers(0, 256, (3, 30, 50), dtype=np.uint8)
+    write_pixel_raster(tmp_path / "pre.tif", list(pre))
+    write_pixel_raster(tmp_path / "post.tif", list(post))
+    write_pixel_raster(tmp_path / "label.tif", [np.ones((30, 50), np.uint8)], nodata=255)
+    with open_aligned(*locations(tmp_path), pixel_grid=True) as pair:
+        strip = pair.read_rows(0, 30)
+        np.testing.assert_array_equal(strip.post, post)  # no warp, no resampling
+        assert strip.valid.all() and strip.label is not None and (strip.label == 1).all()
+    write_pixel_raster(tmp_path / "label.tif", [np.ones((30, 49), np.uint8)], nodata=255)
+    with (
+        pytest.raises(AlignmentError, match=r"^label\.tif is 49x30 px but pre\.tif is 50x30 px"),
+        open_aligned(*locations(tmp_path), pixel_grid=True),
+    ):
+        pass

@@ -14,6 +14,8 @@ import pytest
 import torch
 from mlflow.models import get_model_info
 from mlflow.pyfunc import PyFuncModel
+from mlflow.tracking._model_registry import utils as registry_utils
+from mlflow.tracking._tracking_service import utils as tracking_utils
 
 from mlops_assets.core.cd.config import TilingConfig, TrainConfig, preset
 from mlops_assets.core.cd.dataset import tile_refs
@@ -67,16 +69,19 @@ def registered(demo_cd_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> R
 
 @pytest.fixture
 def global_mlflow(registered: Registered, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Point MLflow's process-wide URIs at the test store, as a serving client would."""
-    tracking, registry = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    # MLflow mirrors both into the environment; monkeypatch puts the environment back after.
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
-    monkeypatch.setenv("MLFLOW_REGISTRY_URI", registry)
-    mlflow.set_tracking_uri(registered.tracker.tracking_uri)
-    mlflow.set_registry_uri(registered.tracker.tracking_uri)
+    """Point MLflow's process-wide URIs at the test store, as a serving client would.
+
+    The module state and the variables are patched, so both go back exactly as they were:
+    restoring through ``mlflow.set_registry_uri`` would pin what was a default (an unset registry
+    URI follows each client's tracking URI), and later tests' registrations would land in the
+    pinned registry (`mlops_assets.core.tracking._fluent_uris` explains the same trap).
+    """
+    uri = registered.tracker.tracking_uri
+    monkeypatch.setattr(tracking_utils, "_tracking_uri", uri)
+    monkeypatch.setattr(registry_utils, "_registry_uri", uri)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)
     yield
-    mlflow.set_tracking_uri(tracking)
-    mlflow.set_registry_uri(registry)
 
 
 def test_requirements_are_exact_pins_of_what_is_installed() -> None:

@@ -35,10 +35,12 @@ from mlops_assets.core.outputs import MARKER
 from mlops_assets_tests.conftest import DATA
 from mlops_assets_tests.core.cd import (
     COMMIT,
+    crop_scene,
     locations,
     read_raster,
     textured,
     tile_folder,
+    window,
     write_raster,
 )
 from mlops_assets_tests.core.cd.test_raster import record_reads
@@ -137,10 +139,10 @@ def test_band_statistics_are_exact_whatever_the_strips_and_blocks(
     strips = _Moments(3)
     for lo, hi in ((0, 1), (1, 22), (22, 41)):
         strips.add(data[:, lo:hi, :], valid[lo:hi])
-    assert whole.stats() == strips.stats() == BandStats(expected_mean, expected_std)
-    flat = _Moments(1)
+    assert whole.stats() == strips.stats() == BandStats(expected_mean, expected_std, 1.0)
+    flat = _Moments(1)  # a constant band: its spread is floored at one digital number
     flat.add(np.full((1, 4, 4), top, dtype), np.ones((4, 4), bool))
-    assert flat.stats() == BandStats([float(top)], [1e-6])
+    assert flat.stats() == BandStats([float(top)], [1.0], 1.0)
 
 
 def test_normalise_centres_each_band_and_zeroes_invalid_pixels() -> None:
@@ -270,9 +272,37 @@ def test_windows_with_too_much_nodata_are_dropped(demo_cd_dir: Path, tmp_path: P
     assert all(t.nodata_fraction == 0.0 for t in index.tiles)
 
 
-def test_a_scene_smaller_than_a_window_gives_no_windows(demo_cd_dir: Path, tmp_path: Path) -> None:
+def test_a_scene_smaller_than_a_window_is_one_window_padded_with_ignored_pixels(
+    demo_cd_dir: Path, tmp_path: Path
+) -> None:
     index = tile_folder(demo_cd_dir, tmp_path, TilingConfig(tile_size=144, overlap=0))
-    assert index.windows_total == 0 and index.tiles == [] and index.dropped == {}
+    assert index.windows_total == 1 and len(index.tiles) == 1 and index.padded_tiles == 1
+    assert index.dropped == {}
+    pre, _ = read_raster(demo_cd_dir / "pre.tif")
+    post, _ = read_raster(demo_cd_dir / "post.tif")
+    label, _ = read_raster(demo_cd_dir / "label.tif")
+    with np.load(tmp_path / "tiles" / "000000.npz") as tile:
+        assert tile["pre"].shape == (4, 144, 144) and tile["mask"].shape == (144, 144)
+        np.testing.assert_array_equal(tile["pre"][:, :128, :128], pre)
+        assert not tile["valid"][128:].any() and not tile["valid"][:, 128:].any()
+        assert (tile["mask"][128:] == 255).all() and (tile["mask"][:, 128:] == 255).all()
+        labelled = int(np.count_nonzero(tile["mask"] != 255))
+    valid = (pre[0] != 0) & (post[0] != 0)
+    assert labelled == index.tiles[0].labelled_pixels == int((valid & (label[0] != 255)).sum())
+    # The padding is not nodata: only the scene's own pixels count towards the limit.
+    assert index.tiles[0].nodata_fraction == pytest.approx(1 - valid.mean(), abs=1e-4)
+
+
+def test_a_strip_lower_than_a_window_is_padded_only_in_height(
+    demo_cd_dir: Path, tmp_path: Path
+) -> None:
+    crop = crop_scene(demo_cd_dir, tmp_path / "strip", window(0, 20, 100, 40))
+    index = tile_folder(crop, tmp_path / "tiles", TINY)  # 64 px windows every 48 px
+    assert [(t.row, t.col) for t in index.tiles] == [(0, 0), (0, 36)]
+    assert index.padded_tiles == 2 and index.height == 40 and index.width == 100
+    with np.load(tmp_path / "tiles" / "tiles" / "000001.npz") as tile:
+        assert tile["post"].shape == (4, 64, 64)
+        assert tile["valid"][:40].any() and not tile["valid"][40:].any()
 
 
 def test_index_round_trips_through_json(demo_tiles: tuple[Path, TileIndex]) -> None:
@@ -281,7 +311,7 @@ def test_index_round_trips_through_json(demo_tiles: tuple[Path, TileIndex]) -> N
     assert loaded == index
     assert json.loads((out / MARKER).read_text()) == json.loads(json.dumps(index.to_dict()))
     assert TileIndex.from_dict(index.to_dict()) == index
-    assert loaded.version == 1
+    assert loaded.version == 2
 
 
 def test_tile_key_names_the_commit_and_config_and_is_stable() -> None:
@@ -301,7 +331,9 @@ def test_phase_shift_recovers_an_integer_offset(shift: tuple[int, int]) -> None:
     b = ground[48 - dy : 112 - dy, 48 - dx : 112 - dx]  # b(y, x) = a(y - dy, x - dx)
     # The shift that moves b back onto a. The Hann window both windows share pulls large shifts
     # slightly towards zero (measured: 5 px reads 4.85 px); near the 0.5 px check it is exact.
-    assert phase_shift(a, b) == pytest.approx((-dy, -dx), abs=0.2)
+    estimate = phase_shift(a, b)
+    assert (estimate.dy, estimate.dx) == pytest.approx((-dy, -dx), abs=0.2)
+    assert estimate.confidence > 20
 
 
 @pytest.mark.parametrize("shift", [(0.5, 0.0), (1.25, -0.75), (0.0, -2.5)])
@@ -310,8 +342,8 @@ def test_phase_shift_recovers_a_subpixel_offset(shift: tuple[float, float]) -> N
     moved = np.fft.ifftn(ndimage.fourier_shift(np.fft.fftn(ground), shift)).real
     a = ground[32:96, 32:96].astype(np.float32)
     b = moved[32:96, 32:96].astype(np.float32)
-    dy, dx = phase_shift(a, b)
-    assert (dy, dx) == pytest.approx((-shift[0], -shift[1]), abs=0.1)
+    estimate = phase_shift(a, b)
+    assert (estimate.dy, estimate.dx) == pytest.approx((-shift[0], -shift[1]), abs=0.1)
 
 
 def test_alignment_residual_needs_mostly_valid_pixels_and_ignores_radiometry() -> None:

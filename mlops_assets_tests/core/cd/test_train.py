@@ -106,7 +106,7 @@ def test_tile_sets_of_different_sensors_are_refused(two_scenes: list[TileRef]) -
     mixed = [
         dataclasses.replace(r, index=three_bands) if r.index is suburb else r for r in two_scenes
     ]
-    with pytest.raises(TrainingError, match="different band counts; train one model per sensor"):
+    with pytest.raises(TrainingError, match=r"different band counts: .*train one model per sensor"):
         train_change_model(mixed, TINY)
 
 
