@@ -14,11 +14,10 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from mlops_assets.core.store.base import VersionedStore
-from mlops_assets.core.store.embedded import EmbeddedStore
-from mlops_assets.core.store.lakefs import LakeFSStore
+if TYPE_CHECKING:  # the stores load where one is opened, not with the code location
+    from mlops_assets.core.store.base import VersionedStore
 
 StoreKind = Literal["embedded", "lakefs"]
 
@@ -131,6 +130,9 @@ class Settings:
 
     def open_store(self, environ: Mapping[str, str] | None = None) -> VersionedStore:
         """The scene store these settings describe (credentials read from ``environ``)."""
+        from mlops_assets.core.store.embedded import EmbeddedStore
+        from mlops_assets.core.store.lakefs import LakeFSStore
+
         if self.lakefs_endpoint is None:
             return EmbeddedStore(self.embedded_store_root, self.repository)
         env = os.environ if environ is None else environ

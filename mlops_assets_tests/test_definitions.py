@@ -80,9 +80,13 @@ def test_lakefs_definitions_take_credentials_from_env_vars(tmp_path: Path) -> No
     assert store.secret_access_key.env_var_name == "LAKEFS_SECRET_ACCESS_KEY"
 
 
+REPO = Path(__file__).parents[1]
+
+
 def _python(code: str, env: dict[str, str]) -> str:
+    # From the repository root: `-c` puts it first on sys.path, so this checkout is what loads.
     return subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env, cwd=REPO
     ).stdout.strip()
 
 
@@ -105,6 +109,27 @@ def test_the_code_location_loads_lazily_from_the_package(tmp_path: Path) -> None
     )
     assert _python(code, env) == "LazyDefinitions"
     assert not (tmp_path / "h").exists()  # loading created no state
+
+
+#: Modules that cost seconds and hundreds of MB each; only a step that needs them imports them.
+HEAVY = ("torch", "torchgeo", "torchvision", "mlflow", "gsplat", "timm", "segmentation_models_pytorch")
+
+
+def test_loading_the_code_location_leaves_the_ml_stack_out(tmp_path: Path) -> None:
+    # What `dagster dev`, every `dagster` CLI call and every run's process pay before any step:
+    # the definitions built and resolved (jobs, sensors, schedules) as Dagster resolves them.
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "MLOPS_HOME": str(tmp_path / "h")}
+    code = (
+        "import sys, dagster as dg;"
+        "from mlops_assets.definitions import build_defs;"
+        "from mlops_assets.settings import Settings;"
+        "defs = build_defs(Settings.from_env());"
+        "dg.Definitions.validate_loadable(defs);"
+        "repo = defs.get_repository_def();"
+        "repo.get_all_jobs(); repo.sensor_defs; repo.schedule_defs;"
+        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
+    )
+    assert _python(code, env) == "[]"
 
 
 @pytest.mark.parametrize("path", ["mlops_assets/core"])

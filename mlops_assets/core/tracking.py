@@ -33,8 +33,9 @@ from mlflow.tracking._model_registry import utils as registry_utils
 from mlflow.tracking._tracking_service import utils as tracking_utils
 from PIL import Image
 
-CHAMPION = "champion"
-CHALLENGER = "challenger"
+# Defined apart (no MLflow import there) for the code location; re-exported here.
+from mlops_assets.core.aliases import CHALLENGER as CHALLENGER
+from mlops_assets.core.aliases import CHAMPION as CHAMPION
 
 
 class TrackingError(RuntimeError):

@@ -14,13 +14,9 @@ from mlops_assets.assets.cd.scene import KEY as SCENE_KEY
 from mlops_assets.assets.cd.tiles import KEY as TILES_KEY
 from mlops_assets.assets.cd.tiles import open_scene
 from mlops_assets.assets.common import image_md, lakefs_links, metadata
-from mlops_assets.core.cd.infer import change_overlay, predict_scene
 from mlops_assets.core.cd.raster import AlignmentError
-from mlops_assets.core.cd.registry import load_cd_model
 from mlops_assets.core.cd.tiles import TileIndex
-from mlops_assets.core.cd.train import select_device
 from mlops_assets.core.publish import publish_files
-from mlops_assets.core.tracking import TrackingError
 from mlops_assets.partitions import cd_scenes
 from mlops_assets.resources.lineage import LineageResource
 from mlops_assets.resources.mlflow import MLflowResource
@@ -57,6 +53,12 @@ def cd_change_map(
     lineage: LineageResource,
 ) -> dg.MaterializeResult[dict[str, Any]]:
     """Predict one scene with the aliased model and publish the GeoTIFF and overlay."""
+    # PyTorch and MLflow load here, when the step runs, not with the code location.
+    from mlops_assets.core.cd.infer import change_overlay, predict_scene
+    from mlops_assets.core.cd.registry import load_cd_model
+    from mlops_assets.core.cd.train import select_device
+    from mlops_assets.core.tracking import TrackingError
+
     scene_id, commit = scene["scene_id"], scene["commit_id"]
     tracker = mlflow.tracker(EXPERIMENT)
     try:

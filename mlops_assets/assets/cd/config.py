@@ -10,6 +10,7 @@ import enum
 import dagster as dg
 from pydantic import Field
 
+from mlops_assets.core.aliases import CHAMPION
 from mlops_assets.core.cd.config import (
     GateConfig,
     InferenceConfig,
@@ -17,7 +18,6 @@ from mlops_assets.core.cd.config import (
     TrainConfig,
     preset,
 )
-from mlops_assets.core.tracking import CHAMPION
 
 DEFAULT_MODEL_NAME = "change-detection-unet"
 EXPERIMENT = "change-detection"

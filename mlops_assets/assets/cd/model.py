@@ -14,11 +14,8 @@ from mlops_assets.assets.cd.config import EXPERIMENT, ModelConfig, RegistrationC
 from mlops_assets.assets.cd.tiles import KEY as TILES_KEY
 from mlops_assets.assets.common import image_md, markdown_table, metadata
 from mlops_assets.assets.registration import champion_score, gated_registration
-from mlops_assets.core.cd.dataset import tile_refs
-from mlops_assets.core.cd.registry import log_cd_model
+from mlops_assets.core.aliases import CHALLENGER, CHAMPION
 from mlops_assets.core.cd.tiles import TileIndex
-from mlops_assets.core.cd.train import EpochMetrics, TrainingError, train_change_model
-from mlops_assets.core.tracking import CHALLENGER, CHAMPION, DatasetRef, TrackingError, gate
 from mlops_assets.resources.lineage import LineageResource
 from mlops_assets.resources.mlflow import MLflowResource
 from mlops_assets.resources.outputs import OutputStoreResource
@@ -66,6 +63,12 @@ def cd_model(
     lineage: LineageResource,
 ) -> dg.MaterializeResult[dict[str, Any]]:
     """Train on every labelled scene's tiles and log the run to MLflow."""
+    # PyTorch and MLflow load here, when the step runs, not with the code location.
+    from mlops_assets.core.cd.dataset import tile_refs
+    from mlops_assets.core.cd.registry import log_cd_model
+    from mlops_assets.core.cd.train import EpochMetrics, TrainingError, train_change_model
+    from mlops_assets.core.tracking import DatasetRef, TrackingError
+
     tiles = tiles or {}  # no cd_scenes partition at all loads as None
     if isinstance(tiles.get("scene_id"), str):  # one partition loads as its value, not a dict
         tiles = {tiles["scene_id"]: tiles}
@@ -207,6 +210,8 @@ def cd_registered_model(
     mlflow: MLflowResource,
 ):  # Dagster derives the outputs (value + checks) from the decorator
     """Gate the trained model against the threshold and the champion; register and alias it."""
+    from mlops_assets.core.tracking import TrackingError, gate
+
     gate_config = config.to_core()
     tracker = mlflow.tracker(EXPERIMENT)
     try:

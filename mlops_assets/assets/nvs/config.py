@@ -9,8 +9,8 @@ import enum
 import dagster as dg
 from pydantic import Field
 
+from mlops_assets.core.aliases import CHAMPION
 from mlops_assets.core.nvs.config import NVSTrainConfig, nvs_preset
-from mlops_assets.core.tracking import CHAMPION
 
 DEFAULT_MODEL_NAME = "gaussian-splats"
 EXPERIMENT = "novel-view-synthesis"

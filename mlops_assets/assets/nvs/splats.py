@@ -21,13 +21,9 @@ from mlops_assets.assets.nvs.config import (
 )
 from mlops_assets.assets.nvs.scene import KEY as SCENE_KEY
 from mlops_assets.assets.registration import champion_score, gated_registration
-from mlops_assets.core.nvs.data import NVSDataError, dataset_from_config
-from mlops_assets.core.nvs.gaussians import to_numpy
-from mlops_assets.core.nvs.registry import log_splat_model, scene_alias
-from mlops_assets.core.nvs.train import DivergenceError, NVSTrainingError, train_splats
+from mlops_assets.core.aliases import CHALLENGER, CHAMPION
 from mlops_assets.core.scenes.colmap import read_model
 from mlops_assets.core.scenes.nvs import materialize_nvs_scene
-from mlops_assets.core.tracking import CHALLENGER, CHAMPION, DatasetRef, TrackingError, gate
 from mlops_assets.partitions import nvs_scenes
 from mlops_assets.resources.lineage import LineageResource
 from mlops_assets.resources.mlflow import MLflowResource
@@ -39,6 +35,8 @@ GATE_CHECK = "psnr_gate"
 
 
 def _reachable(mlflow: MLflowResource, scene_id: str) -> Any:
+    from mlops_assets.core.tracking import TrackingError
+
     tracker = mlflow.tracker(EXPERIMENT)
     try:
         tracker.check_reachable()
@@ -69,6 +67,13 @@ def nvs_splats(
     lineage: LineageResource,
 ) -> dg.MaterializeResult[dict[str, Any]]:
     """Train one scene's Gaussians and log the run and the model to MLflow."""
+    # PyTorch, gsplat and MLflow load here, when the step runs, not with the code location.
+    from mlops_assets.core.nvs.data import NVSDataError, dataset_from_config
+    from mlops_assets.core.nvs.gaussians import to_numpy
+    from mlops_assets.core.nvs.registry import log_splat_model
+    from mlops_assets.core.nvs.train import DivergenceError, NVSTrainingError, train_splats
+    from mlops_assets.core.tracking import DatasetRef
+
     scene_id, commit = scene["scene_id"], scene["commit_id"]
     train_config = config.to_core()
     tracker = _reachable(mlflow, scene_id)
@@ -234,6 +239,9 @@ def nvs_registered_splats(
     mlflow: MLflowResource,
 ):  # Dagster derives the outputs (value + checks) from the decorator
     """Gate the scene's splats on held-out PSNR against its champion; register and alias."""
+    from mlops_assets.core.nvs.registry import scene_alias
+    from mlops_assets.core.tracking import gate
+
     scene_id = splats["scene_id"]
     tracker = _reachable(mlflow, scene_id)
     name = config.model_name
