@@ -119,7 +119,9 @@ def build_defs(settings: Settings) -> dg.Definitions:
         asset_checks=[cd_change_map_f1],
         jobs=[ingest_scene_job],
         sensors=[
-            build_lakefs_commit_sensor(minimum_interval_seconds=interval),
+            build_lakefs_commit_sensor(
+                minimum_interval_seconds=interval, batch_over=settings.sensor_batch_over
+            ),
             build_mlflow_alias_sensor(minimum_interval_seconds=interval),
             build_quality_retrain_sensor(minimum_interval_seconds=interval),
         ],

@@ -26,12 +26,12 @@ class SettingsError(ValueError):
     """The environment describes an impossible deployment."""
 
 
-def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+def _positive_int(env: Mapping[str, str], name: str, default: int, unit: str = "seconds") -> int:
     raw = env.get(name)
     if not raw:
         return default
     if not raw.isdigit() or int(raw) < 1:
-        raise SettingsError(f"{name}={raw!r}: expected a whole number of seconds >= 1")
+        raise SettingsError(f"{name}={raw!r}: expected a whole number of {unit} >= 1")
     return int(raw)
 
 
@@ -55,6 +55,8 @@ class Settings:
     output_prefix: str = ""
     s3_endpoint_url: str | None = None  # AWS_ENDPOINT_URL: MinIO or another S3-compatible server
     sensor_interval_s: int = 30
+    # A tick with more changed scenes of one kind than this launches one backfill, not a run each.
+    sensor_batch_over: int = 20
     retrain_cron: str = "0 3 * * 1"  # Mondays 03:00
 
     @property
@@ -125,6 +127,7 @@ class Settings:
             output_prefix=env.get("MLOPS_OUTPUT_PREFIX", ""),
             s3_endpoint_url=env.get("AWS_ENDPOINT_URL") or None,
             sensor_interval_s=_positive_int(env, "MLOPS_SENSOR_INTERVAL_S", 30),
+            sensor_batch_over=_positive_int(env, "MLOPS_SENSOR_BATCH_SCENES", 20, "scenes"),
             retrain_cron=env.get("MLOPS_RETRAIN_CRON") or "0 3 * * 1",
         )
 

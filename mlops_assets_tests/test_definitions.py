@@ -112,7 +112,15 @@ def test_the_code_location_loads_lazily_from_the_package(tmp_path: Path) -> None
 
 
 #: Modules that cost seconds and hundreds of MB each; only a step that needs them imports them.
-HEAVY = ("torch", "torchgeo", "torchvision", "mlflow", "gsplat", "timm", "segmentation_models_pytorch")
+HEAVY = (
+    "torch",
+    "torchgeo",
+    "torchvision",
+    "mlflow",
+    "gsplat",
+    "timm",
+    "segmentation_models_pytorch",
+)
 
 
 def test_loading_the_code_location_leaves_the_ml_stack_out(tmp_path: Path) -> None:
@@ -175,3 +183,14 @@ def test_a_changed_nvs_scene_refreshes_its_whole_chain(tmp_path: Path) -> None:
     assert set(job.asset_layer.asset_graph.get_all_asset_keys()) == {
         key for key in EXPECTED_ASSETS if key.path[0] == "nvs"
     }
+
+
+def test_the_commit_sensors_batch_size_is_configuration(tmp_path: Path) -> None:
+    from mlops_assets.settings import SettingsError
+
+    assert Settings.from_env({}, cwd=tmp_path).sensor_batch_over == 20
+    assert (
+        Settings.from_env({"MLOPS_SENSOR_BATCH_SCENES": "5"}, cwd=tmp_path).sensor_batch_over == 5
+    )
+    with pytest.raises(SettingsError, match=r"MLOPS_SENSOR_BATCH_SCENES='0': .* scenes >= 1"):
+        Settings.from_env({"MLOPS_SENSOR_BATCH_SCENES": "0"}, cwd=tmp_path)

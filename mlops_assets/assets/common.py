@@ -12,6 +12,7 @@ from PIL import Image
 from pydantic import Field
 
 from mlops_assets.core.scenes.checks import CheckOutcome
+from mlops_assets.sensors.jobs import TAG_COMMIT
 
 
 class SceneRefConfig(dg.Config):
@@ -24,6 +25,14 @@ class SceneRefConfig(dg.Config):
             "Sensors pass the commit they saw, so a run reads exactly that commit."
         ),
     )
+
+    def resolve(self, context: dg.AssetExecutionContext, branch: str) -> str:
+        """The ref to read: ``ref``, else the run's ``lakefs/commit`` tag, else ``branch``.
+
+        The runs of a backfill the commit sensor launched carry its commit as a tag (a backfill
+        has no per-op run config), so they read that commit too.
+        """
+        return self.ref or context.run.tags.get(TAG_COMMIT) or branch
 
 
 def metadata_value(value: Any) -> dg.MetadataValue[Any] | str | int | float | bool:
