@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,6 +34,27 @@ class SceneRefConfig(dg.Config):
         has no per-op run config), so they read that commit too.
         """
         return self.ref or context.run.tags.get(TAG_COMMIT) or branch
+
+
+class ProgressLog:
+    """Progress lines of a long step, in the run's log (and on screen in ``make demo``).
+
+    Milestones (an epoch, an evaluation) are always logged; finer-grained lines (a batch, a
+    step) only when ``every_s`` seconds have passed since the last line, so a slow machine still
+    shows progress at least that often and a fast one is not flooded.
+    """
+
+    def __init__(self, log: Any, every_s: float = 20.0) -> None:
+        self._log = log
+        self._every_s = every_s
+        self._last = time.monotonic()
+
+    def __call__(self, message: str, *, milestone: bool = True) -> None:
+        """Log ``message`` if it is a milestone, or if the last line is ``every_s`` seconds old."""
+        now = time.monotonic()
+        if milestone or now - self._last >= self._every_s:
+            self._log.info(message)
+            self._last = now
 
 
 def metadata_value(value: Any) -> dg.MetadataValue[Any] | str | int | float | bool:

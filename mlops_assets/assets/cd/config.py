@@ -82,6 +82,14 @@ class ModelConfig(dg.Config):
     learning_rate: float | None = Field(default=None, description="AdamW learning rate.")
     seed: int | None = Field(default=None, description="Seed for weights, split and batches.")
     device: Device | None = Field(default=None, description=Device.__doc__)
+    patience: int | None = Field(
+        default=None,
+        description="Stop after this many epochs without a better validation F1 (0: never); the "
+        "best epoch's weights are kept.",
+    )
+    num_threads: int | None = Field(
+        default=None, description="PyTorch CPU threads while training (0: one per core)."
+    )
 
     def to_core(self) -> TrainConfig:
         """The core training config."""
@@ -93,6 +101,8 @@ class ModelConfig(dg.Config):
             learning_rate=self.learning_rate,
             seed=self.seed,
             device=None if self.device is None else self.device.value,
+            patience=self.patience,
+            num_threads=self.num_threads,
         )
 
 

@@ -12,7 +12,7 @@ import dagster as dg
 
 from mlops_assets.assets.cd.config import EXPERIMENT, ModelConfig, RegistrationConfig
 from mlops_assets.assets.cd.tiles import KEY as TILES_KEY
-from mlops_assets.assets.common import image_md, markdown_table, metadata
+from mlops_assets.assets.common import ProgressLog, image_md, markdown_table, metadata
 from mlops_assets.assets.registration import champion_score, gated_registration
 from mlops_assets.core.aliases import CHALLENGER, CHAMPION
 from mlops_assets.core.cd.tiles import TileIndex
@@ -117,21 +117,37 @@ def cd_model(
             ],
         )
 
+        progress = ProgressLog(context.log)
+        epochs, best_f1 = train_config.epochs, [0.0]
+
         def on_epoch(m: EpochMetrics) -> None:
             values = {k: v for k, v in dataclasses.asdict(m).items() if k != "epoch"}
             tracker.log_metrics(run_id, values, step=m.epoch)
-            context.log.info(
-                f"epoch {m.epoch}/{train_config.epochs}: loss {m.train_loss:.3f}, "
-                f"val F1 {m.f1:.3f}, IoU {m.iou:.3f} ({m.samples_per_second:.1f} samples/s)"
+            best_f1[0] = max(best_f1[0], m.f1)
+            progress(
+                f"epoch {m.epoch}/{epochs}: loss {m.train_loss:.3f}, val F1 {m.f1:.3f} "
+                f"(best {best_f1[0]:.3f}), IoU {m.iou:.3f}, {m.seconds:.0f} s "
+                f"({m.samples_per_second:.1f} samples/s)"
+            )
+
+        def on_batch(epoch: int, batch: int, batches: int, loss: float) -> None:
+            progress(
+                f"epoch {epoch}/{epochs}: batch {batch}/{batches}, loss {loss:.3f}", milestone=False
             )
 
         try:
             result = train_change_model(
-                tile_refs([(d, i) for d, i, _ in sets]), train_config, on_epoch
+                tile_refs([(d, i) for d, i, _ in sets]), train_config, on_epoch, on_batch
             )
         except TrainingError as exc:
             raise dg.Failure(description=f"training failed: {exc}") from exc
         best = {f"val_{k}": getattr(result.best, k) for k in _METRICS}
+        if result.stopped_early:
+            context.log.info(
+                f"stopped after epoch {len(result.history)}/{epochs}: no better validation F1 "
+                f"for {train_config.patience} epochs; keeping epoch {result.best.epoch} "
+                f"(F1 {result.best.f1:.3f})"
+            )
         tracker.log_metrics(run_id, {**best, "best_epoch": result.best.epoch}, step=0)
         tracker.set_tags(run_id, {"device": result.device})
         for name, image in result.overlays:
@@ -164,6 +180,7 @@ def cd_model(
                 "model_uri": model_uri,
                 **{k: round(v, 4) for k, v in best.items()},
                 "best_epoch": result.best.epoch,
+                "epochs_run": len(result.history),
                 "train_tiles": result.train_tiles,
                 "val_tiles": result.val_tiles,
                 "buffer_tiles": result.buffer_tiles,

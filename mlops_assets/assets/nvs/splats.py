@@ -13,7 +13,7 @@ from typing import Any
 import dagster as dg
 from PIL import Image
 
-from mlops_assets.assets.common import image_md, markdown_table, metadata
+from mlops_assets.assets.common import ProgressLog, image_md, markdown_table, metadata
 from mlops_assets.assets.nvs.config import (
     EXPERIMENT,
     SplatsConfig,
@@ -123,8 +123,16 @@ def nvs_splats(
                 ],
             )
 
+            progress = ProgressLog(context.log)
+            steps = train_config.steps
+
             def on_log(step: int, values: dict[str, float]) -> None:
                 tracker.log_metrics(run_id, values, step=step)
+                progress(
+                    f"step {step}/{steps}: loss {values['loss']:.4f}, "
+                    f"{values['num_gaussians']:.0f} Gaussians",
+                    milestone=False,
+                )
 
             def on_eval(step: int, values: dict[str, float], renders: list[Any]) -> None:
                 tracker.log_metrics(run_id, {f"test_{k}": v for k, v in values.items()}, step)
@@ -132,9 +140,9 @@ def nvs_splats(
                     tracker.log_image(
                         run_id, Image.fromarray(image), f"heldout/step{step:06d}/{name}.png"
                     )
-                context.log.info(
-                    f"step {step}/{train_config.steps}: held-out "
-                    + ", ".join(f"{k} {v:.3f}" for k, v in sorted(values.items()))
+                progress(
+                    f"step {step}/{steps}: held-out PSNR {values['psnr']:.2f} dB, "
+                    f"SSIM {values['ssim']:.3f}, {values['num_gaussians']:.0f} Gaussians"
                 )
 
             try:

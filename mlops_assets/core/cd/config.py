@@ -71,6 +71,14 @@ class TrainConfig:
     # a decay of 0.98 gave a best F1 of 0.938, and with weight decay 0.05 0.939, against 0.939
     # without (benchmarks/RESULTS.md).
     ema_decay: float = 0.0
+    # Early stopping: end training when validation F1 has not beaten the best by more than
+    # ``min_delta`` for ``patience`` epochs (0: run every epoch); the best epoch's weights are
+    # kept either way. The schedule still spans ``epochs``.
+    patience: int = 0
+    min_delta: float = 0.0
+    # PyTorch CPU threads while training (0: PyTorch's default, one per core). One thread leaves
+    # the other core to work running beside it (the demo trains NVS captures meanwhile).
+    num_threads: int = 0
     split: Literal["block", "scene"] = "block"
     val_fraction: float = 0.25
     val_scenes: tuple[str, ...] = ()  # with split="scene"
@@ -91,6 +99,11 @@ class TrainConfig:
             raise ValueError(f"ema_decay {self.ema_decay} must be in [0, 1)")
         if self.warmup_epochs < 0:
             raise ValueError(f"warmup_epochs {self.warmup_epochs} must be >= 0")
+        if self.patience < 0 or self.min_delta < 0 or self.num_threads < 0:
+            raise ValueError(
+                f"patience ({self.patience}), min_delta ({self.min_delta}) and num_threads "
+                f"({self.num_threads}) must be >= 0"
+            )
         if self.split == "scene" and not self.val_scenes:
             raise ValueError("split='scene' needs val_scenes")
 

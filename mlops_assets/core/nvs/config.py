@@ -62,6 +62,10 @@ class NVSTrainConfig:
     seed: int = 42
     device: Literal["auto", "cpu", "cuda"] = "auto"
     cpu_tile_size: int = 8  # the CPU rasteriser's tile side (8 measured faster than 16 at 64 px)
+    # PyTorch CPU threads while training (0: PyTorch's default, one per core). The CPU
+    # rasteriser's work at demo sizes is too small to share: 2 threads on 2 cores cost about 4x
+    # the CPU time of 1 for the same wall time, and starve whatever runs beside it.
+    num_threads: int = 1
     # Divergence guard: a non-finite loss, or held-out PSNR this many dB below the best so far.
     psnr_collapse_db: float = 10.0
 
@@ -82,6 +86,8 @@ class NVSTrainConfig:
             raise ValueError("sh_degree_interval, refine_every and reset_every must be >= 1")
         if min(self.eval_every, self.log_every, self.checkpoint_every) < 1:
             raise ValueError("eval_every, log_every and checkpoint_every must be >= 1")
+        if self.num_threads < 0:
+            raise ValueError(f"num_threads must be >= 0 (0: one per core), got {self.num_threads}")
 
     @property
     def num_sh_bases(self) -> int:

@@ -32,6 +32,7 @@ from torchmetrics.functional.image import (
     structural_similarity_index_measure,
 )
 
+from mlops_assets.core.compute import torch_threads
 from mlops_assets.core.nvs import raster_cpu
 from mlops_assets.core.nvs.config import NVSTrainConfig
 from mlops_assets.core.nvs.data import NVSDataset, NVSView
@@ -343,7 +344,8 @@ def train_splats(
 
     ``on_log(step, metrics)`` is called every ``log_every`` steps, ``on_eval(step, metrics,
     renders)`` after every held-out evaluation (``eval_every`` steps and at the end). With
-    ``checkpoint_dir`` the last good state is kept there as ``last_good.pt``.
+    ``checkpoint_dir`` the last good state is kept there as ``last_good.pt``. On the CPU, PyTorch
+    uses ``config.num_threads`` threads meanwhile (0: its default).
 
     Raises:
         NVSTrainingError: no training views, mixed image sizes with ``batch_size > 1``, or the
@@ -351,6 +353,18 @@ def train_splats(
         DivergenceError: a non-finite loss or parameters, or held-out PSNR more than
             ``psnr_collapse_db`` below its best; the message names the step and the checkpoint.
     """
+    with torch_threads(config.num_threads):
+        return _train_splats(dataset, config, init, on_log, on_eval, checkpoint_dir)
+
+
+def _train_splats(
+    dataset: NVSDataset,
+    config: NVSTrainConfig,
+    init: Mapping[str, Tensor] | None,
+    on_log: Callable[[int, Metrics], None] | None,
+    on_eval: Callable[[int, Metrics, list[Render]], None] | None,
+    checkpoint_dir: Path | None,
+) -> TrainResult:
     if not dataset.train:
         raise NVSTrainingError("the dataset has no training views")
     device = select_device(config.device)
