@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Generator
 
 import torch
 
 
 @contextlib.contextmanager
-def torch_threads(count: int) -> Iterator[None]:
+def torch_threads(count: int) -> Generator[None]:
     """PyTorch's intra-op CPU threads set to ``count`` (0: unchanged) inside the block.
 
     Small work (a 64 px splat render, a batch of 128 px tiles) gains little from a second thread
