@@ -12,7 +12,8 @@ set -uo pipefail
 BIN=${BIN:-.venv/bin}
 PRESET=${PRESET:-default}  # tiny | default | quality (see mlops_assets/core/cd/config.py)
 NVS_PRESET=${NVS_PRESET:-tiny}  # tiny | default | quality (see mlops_assets/core/nvs/config.py)
-# Optional NVS overrides (quick runs in tests): NVS_STEPS, NVS_MIN_PSNR, NVS_FRAMES.
+# Optional overrides (quick runs in tests): NVS_STEPS, NVS_MIN_PSNR, NVS_FRAMES, and
+# DEMO_DATA_ARGS for `mlops-assets demo-data` (e.g. "--size 128 --image-size 32").
 # CD_THREADS: PyTorch threads of the CD training (default: 1 while the NVS chain runs beside it,
 # on a machine of 4 cores or fewer; 0 = one per core). SEQUENTIAL=1 runs the two chains in turn.
 : "${MLOPS_HOME:?set MLOPS_HOME}" "${DAGSTER_HOME:?set DAGSTER_HOME}"
@@ -40,9 +41,9 @@ timed() {  # timed <label> <command...>: run it (output as usual), record wall a
 }
 
 progress() {  # the run's own progress lines (an asset's log.info), as "  [tag] cd/model: ..."
-  local tag=$1
+  local tag=$1  # (not Dagster's events, in capitals, nor the IO manager's file lines)
   grep --line-buffered -E ' - (cd|nvs)__[a-z_]+ - ' \
-    | grep --line-buffered -vE ' - (cd|nvs)__[a-z_]+ - [A-Z_]+ - ' \
+    | grep --line-buffered -vE ' - (cd|nvs)__[a-z_]+ - ([A-Z_]+ - |Writing file at|Loading )' \
     | sed -u -E "s/^.* - (cd|nvs)__([a-z_]+) - /  [$tag] \\1\\/\\2: /"
 }
 
@@ -55,12 +56,16 @@ materialize() {  # materialize <tag> <done/total> <selection> <partition or -> [
     for asset in ${selection//,/ }; do  # the preset of every configurable asset in the selection
       [[ $asset == */scene ]] || ops+="${ops:+, }\"${asset//\//__}\": {\"config\": {\"preset\": \"$PRESET\"}}"
     done
+    # The change map's quality check judges by the preset's bar too (tiny: not judged).
+    [[ $selection == *cd/change_map* ]] \
+      && ops+=", \"cd__change_map_f1_against_label\": {\"config\": {\"preset\": \"$PRESET\"}}"
   fi
   # In-process execution: one small run per scene does not need a step subprocess.
   local args=(asset materialize -m mlops_assets --select "$selection"
               --config-json "{\"execution\": {\"config\": {\"in_process\": {}}}, \"ops\": {$ops}}")
   [[ $partition != - ]] && args+=(--partition "$partition")
   local start=$SECONDS what=$selection
+  [[ $selection == *,*,* ]] && what="${selection%%,*}..${selection##*,}"  # a chain: first..last
   [[ $partition != - ]] && what+=" $partition"
   if timed "$what" run_logged "$log" "$tag" "$BIN/dagster" "${args[@]}"; then
     printf '  [%s] ok      %-5s %-40s %4ss\n' "$tag" "$count" "$what" $((SECONDS - start))
@@ -115,7 +120,8 @@ nvs_chain() {
 }
 
 echo "demo scenes (generated from seeded code, committed to main of the embedded store):"
-timed "demo-data" "$BIN/mlops-assets" demo-data | sed 's/^/  /'
+# shellcheck disable=SC2086  # DEMO_DATA_ARGS is a list of options
+timed "demo-data" "$BIN/mlops-assets" demo-data ${DEMO_DATA_ARGS-} | sed 's/^/  /'
 timed "partitions sync" "$BIN/mlops-assets" partitions sync | sed 's/^/  /'
 
 echo "materialising assets: the CD chain [cd] and the NVS chain [nvs] side by side, one"

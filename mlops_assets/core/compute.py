@@ -1,4 +1,4 @@
-"""How much of the CPU a PyTorch step may use, shared by every model family."""
+"""Where a PyTorch step runs and how much of the CPU it may use, shared by every model family."""
 
 from __future__ import annotations
 
@@ -23,3 +23,16 @@ def torch_threads(count: int) -> Generator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def select_device(preference: str) -> torch.device:
+    """``cuda`` when asked for or available (``auto``), else ``cpu``.
+
+    Raises:
+        RuntimeError: ``cuda`` was asked for and there is none.
+    """
+    if preference == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device='cuda' was requested but CUDA is not available")
+    if preference in ("cuda", "auto") and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")

@@ -40,13 +40,13 @@ class Device(enum.StrEnum):
     cuda = "cuda"
 
 
-_PRESET = Field(default=Preset.default, description=Preset.__doc__)
+PRESET_FIELD = Field(default=Preset.default, description=Preset.__doc__)
 
 
 class TilesConfig(dg.Config):
     """How ``cd/tiles`` cuts a scene."""
 
-    preset: Preset = _PRESET
+    preset: Preset = PRESET_FIELD
     tile_size: int | None = Field(default=None, description="Window side in pixels.")
     overlap: int | None = Field(default=None, description="Overlap between windows in pixels.")
     max_nodata_fraction: float | None = Field(
@@ -76,7 +76,7 @@ class TilesConfig(dg.Config):
 class ModelConfig(dg.Config):
     """How ``cd/model`` trains."""
 
-    preset: Preset = _PRESET
+    preset: Preset = PRESET_FIELD
     epochs: int | None = Field(default=None, description="Training epochs.")
     batch_size: int | None = Field(default=None, description="Tiles per batch.")
     learning_rate: float | None = Field(default=None, description="AdamW learning rate.")
@@ -109,7 +109,7 @@ class ModelConfig(dg.Config):
 class RegistrationConfig(dg.Config):
     """How ``cd/registered_model`` gates, registers and promotes."""
 
-    preset: Preset = _PRESET
+    preset: Preset = PRESET_FIELD
     model_name: str = Field(default=DEFAULT_MODEL_NAME, description="Registered model name.")
     min_f1: float | None = Field(default=None, description="Least validation F1 to register.")
     tolerance: float | None = Field(
@@ -133,7 +133,7 @@ class RegistrationConfig(dg.Config):
 class ChangeMapConfig(dg.Config):
     """Which model ``cd/change_map`` uses and how it slides over the scene."""
 
-    preset: Preset = _PRESET
+    preset: Preset = PRESET_FIELD
     model_name: str = Field(default=DEFAULT_MODEL_NAME, description="Registered model name.")
     alias: str = Field(default=CHAMPION, description="Alias of the version to use.")
     tile_size: int | None = Field(default=None, description="Inference window side in pixels.")
