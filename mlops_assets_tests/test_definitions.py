@@ -65,7 +65,7 @@ def test_production_settings_switch_mlflow_and_outputs_by_configuration(tmp_path
     outputs = defs.resources["output_store"]
     assert isinstance(outputs, S3OutputStoreResource)
     assert (outputs.bucket, outputs.prefix) == ("tiles", "prod")
-    assert outputs.s3.endpoint_url == "http://minio:9000"
+    assert outputs.endpoint_url == "http://minio:9000"
 
 
 def test_lakefs_definitions_take_credentials_from_env_vars(tmp_path: Path) -> None:
