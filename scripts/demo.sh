@@ -41,10 +41,11 @@ timed() {  # timed <label> <command...>: run it (output as usual), record wall a
 }
 
 progress() {  # the run's own progress lines (an asset's log.info), as "  [tag] cd/model: ..."
-  local tag=$1  # (not Dagster's events, in capitals, nor the IO manager's file lines)
+  local tag=$1 stamp=$2 line  # (not Dagster's events, in capitals, nor the IO manager's lines)
   grep --line-buffered -E ' - (cd|nvs)__[a-z_]+ - ' \
     | grep --line-buffered -vE ' - (cd|nvs)__[a-z_]+ - ([A-Z_]+ - |Writing file at|Loading )' \
-    | sed -u -E "s/^.* - (cd|nvs)__([a-z_]+) - /  [$tag] \\1\\/\\2: /"
+    | sed -u -E "s/^.* - (cd|nvs)__([a-z_]+) - /  [$tag] \\1\\/\\2: /" \
+    | while IFS= read -r line; do printf '%s\n' "$line"; touch "$stamp"; done
 }
 
 materialize() {  # materialize <tag> <done/total> <selection> <partition or -> [ops config JSON]
@@ -67,7 +68,7 @@ materialize() {  # materialize <tag> <done/total> <selection> <partition or -> [
   local start=$SECONDS what=$selection
   [[ $selection == *,*,* ]] && what="${selection%%,*}..${selection##*,}"  # a chain: first..last
   [[ $partition != - ]] && what+=" $partition"
-  if timed "$what" run_logged "$log" "$tag" "$BIN/dagster" "${args[@]}"; then
+  if timed "$what" run_logged "$log" "$tag" "$what" "$BIN/dagster" "${args[@]}"; then
     printf '  [%s] ok      %-5s %-40s %4ss\n' "$tag" "$count" "$what" $((SECONDS - start))
   else
     printf '  [%s] FAILED  %-5s %-40s (log: %s)\n' "$tag" "$count" "$what" "$log"
@@ -76,11 +77,24 @@ materialize() {  # materialize <tag> <done/total> <selection> <partition or -> [
   fi
 }
 
-run_logged() {  # run_logged <log> <tag> <command...>: the whole output to the log, progress on screen
-  local log=$1 tag=$2
-  shift 2
-  "$@" 2>&1 | tee "$log" | progress "$tag"
-  return "${PIPESTATUS[0]}"
+run_logged() {  # run_logged <log> <tag> <label> <command...>: output to the log, progress shown
+  local log=$1 tag=$2 label=$3 stamp="$logs/.shown-$2" started=$SECONDS heartbeat rc
+  shift 3
+  touch "$stamp"
+  # A line at least every 30 s: when the run has shown nothing for 25 s (starting, importing,
+  # a slow step on a busy machine), say that it is still running.
+  while sleep 5; do
+    if (($(date +%s) - $(stat -c %Y "$stamp") >= 25)); then
+      printf '  [%s] ...     %s: running, %ss\n' "$tag" "$label" $((SECONDS - started))
+      touch "$stamp"
+    fi
+  done &
+  heartbeat=$!
+  "$@" 2>&1 | tee "$log" | progress "$tag" "$stamp"
+  rc=${PIPESTATUS[0]}
+  kill "$heartbeat" 2>/dev/null
+  wait "$heartbeat" 2>/dev/null
+  return "$rc"
 }
 
 cd_chain() {
