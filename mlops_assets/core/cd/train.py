@@ -96,19 +96,26 @@ def select_device(preference: str) -> torch.device:
 
 
 class EarlyStopping:
-    """Counts epochs since validation F1 last beat the best by more than ``min_delta``."""
+    """Counts epochs since validation F1 last beat the best by more than ``min_delta``.
 
-    def __init__(self, patience: int, min_delta: float) -> None:
+    Epochs up to ``min_epochs`` are not counted: while the learning rate is high F1 swings, and a
+    dip there says nothing about convergence.
+    """
+
+    def __init__(self, patience: int, min_delta: float = 0.0, min_epochs: int = 0) -> None:
         self.patience = patience
         self.min_delta = min_delta
+        self.min_epochs = min_epochs
         self.best = -math.inf
         self.stale = 0
+        self.epochs = 0
 
     def update(self, score: float) -> bool:
         """Record an epoch's score; True when training should stop (never with patience 0)."""
+        self.epochs += 1
         if score > self.best + self.min_delta:
             self.best, self.stale = score, 0
-        else:
+        elif self.epochs > self.min_epochs:
             self.stale += 1
         return self.patience > 0 and self.stale >= self.patience
 
@@ -274,7 +281,7 @@ def _train(
     history: list[EpochMetrics] = []
     best: EpochMetrics | None = None
     best_state: dict[str, torch.Tensor] = {}
-    stopping = EarlyStopping(config.patience, config.min_delta)
+    stopping = EarlyStopping(config.patience, config.min_delta, config.min_epochs)
     stopped_early = False
     for epoch in range(1, config.epochs + 1):
         model.train()

@@ -237,5 +237,16 @@ def test_training_uses_the_configured_threads_and_reports_every_batch(
 
 
 def test_patience_and_threads_must_not_be_negative() -> None:
-    with pytest.raises(ValueError, match=r"patience \(-1\), min_delta \(0.0\) and num_threads"):
+    with pytest.raises(ValueError, match=r"patience \(-1\), min_delta \(0.0\), min_epochs \(0\)"):
         dataclasses.replace(TINY, patience=-1)
+
+
+def test_early_stopping_does_not_count_the_first_min_epochs() -> None:
+    # The 1-thread demo trajectory of the default preset (epochs 13 to 28): with patience 5 it
+    # would stop at 21 on epoch 16's 0.957; counted from epoch 20, it keeps going to epoch 23's
+    # 0.960 and stops 5 epochs later.
+    f1 = [0.951, 0.943, 0.950, 0.957, 0.950, 0.954, 0.953, 0.947, 0.956, 0.953, 0.960]
+    f1 += [0.934, 0.954, 0.958, 0.955, 0.958]
+    stopping = EarlyStopping(patience=5, min_epochs=20)
+    stops = [stopping.update(score) for score in [0.6] * 12 + f1]
+    assert stops.index(True) + 1 == 28 and stopping.best == 0.960
