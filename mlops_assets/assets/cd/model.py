@@ -42,6 +42,42 @@ def _training_sets(
     return sets
 
 
+class _Progress:
+    """Each epoch to MLflow and as a progress line; a batch line when an epoch runs long."""
+
+    def __init__(self, log: Any, tracker: Any, run_id: str, epochs: int) -> None:
+        self.line = ProgressLog(log)
+        self.tracker = tracker
+        self.run_id = run_id
+        self.epochs = epochs
+        self.best_f1 = 0.0
+
+    def epoch(self, m: Any) -> None:  # an EpochMetrics (PyTorch is imported by the step only)
+        """Log one epoch's metrics and its progress line."""
+        values = {k: v for k, v in dataclasses.asdict(m).items() if k != "epoch"}
+        self.tracker.log_metrics(self.run_id, values, step=m.epoch)
+        self.best_f1 = max(self.best_f1, m.f1)
+        self.line(
+            f"epoch {m.epoch}/{self.epochs}: loss {m.train_loss:.3f}, val F1 {m.f1:.3f} "
+            f"(best {self.best_f1:.3f}), IoU {m.iou:.3f}, {m.seconds:.0f} s "
+            f"({m.samples_per_second:.1f} samples/s)"
+        )
+
+    def batch(self, epoch: int, batch: int, batches: int, loss: float) -> None:
+        """A progress line within a long epoch (at most every 20 s)."""
+        text = f"epoch {epoch}/{self.epochs}: batch {batch}/{batches}, loss {loss:.3f}"
+        self.line(text, milestone=False)
+
+    def finished(self, result: Any, patience: int) -> None:  # a TrainResult
+        """Say so when training stopped early, and which epoch it kept."""
+        if result.stopped_early:
+            self.line(
+                f"stopped after epoch {len(result.history)}/{self.epochs}: no better validation "
+                f"F1 for {patience} epochs; keeping epoch {result.best.epoch} "
+                f"(F1 {result.best.f1:.3f})"
+            )
+
+
 @dg.asset(
     key=KEY,
     ins={"tiles": dg.AssetIn(key=TILES_KEY, metadata={"allow_missing_partitions": True})},
@@ -66,7 +102,7 @@ def cd_model(
     # PyTorch and MLflow load here, when the step runs, not with the code location.
     from mlops_assets.core.cd.dataset import tile_refs
     from mlops_assets.core.cd.registry import log_cd_model
-    from mlops_assets.core.cd.train import EpochMetrics, TrainingError, train_change_model
+    from mlops_assets.core.cd.train import TrainingError, train_change_model
     from mlops_assets.core.tracking import DatasetRef, TrackingError
 
     tiles = tiles or {}  # no cd_scenes partition at all loads as None
@@ -117,37 +153,18 @@ def cd_model(
             ],
         )
 
-        progress = ProgressLog(context.log)
-        epochs, best_f1 = train_config.epochs, [0.0]
-
-        def on_epoch(m: EpochMetrics) -> None:
-            values = {k: v for k, v in dataclasses.asdict(m).items() if k != "epoch"}
-            tracker.log_metrics(run_id, values, step=m.epoch)
-            best_f1[0] = max(best_f1[0], m.f1)
-            progress(
-                f"epoch {m.epoch}/{epochs}: loss {m.train_loss:.3f}, val F1 {m.f1:.3f} "
-                f"(best {best_f1[0]:.3f}), IoU {m.iou:.3f}, {m.seconds:.0f} s "
-                f"({m.samples_per_second:.1f} samples/s)"
-            )
-
-        def on_batch(epoch: int, batch: int, batches: int, loss: float) -> None:
-            progress(
-                f"epoch {epoch}/{epochs}: batch {batch}/{batches}, loss {loss:.3f}", milestone=False
-            )
-
+        progress = _Progress(context.log, tracker, run_id, train_config.epochs)
         try:
             result = train_change_model(
-                tile_refs([(d, i) for d, i, _ in sets]), train_config, on_epoch, on_batch
+                tile_refs([(d, i) for d, i, _ in sets]),
+                train_config,
+                progress.epoch,
+                progress.batch,
             )
         except TrainingError as exc:
             raise dg.Failure(description=f"training failed: {exc}") from exc
         best = {f"val_{k}": getattr(result.best, k) for k in _METRICS}
-        if result.stopped_early:
-            context.log.info(
-                f"stopped after epoch {len(result.history)}/{epochs}: no better validation F1 "
-                f"for {train_config.patience} epochs; keeping epoch {result.best.epoch} "
-                f"(F1 {result.best.f1:.3f})"
-            )
+        progress.finished(result, train_config.patience)
         tracker.log_metrics(run_id, {**best, "best_epoch": result.best.epoch}, step=0)
         tracker.set_tags(run_id, {"device": result.device})
         for name, image in result.overlays:
