@@ -8,6 +8,12 @@ MLOPS_HOME ?= $(CURDIR)/.mlops
 DAGSTER_HOME ?= $(MLOPS_HOME)/dagster
 export MLOPS_HOME DAGSTER_HOME
 STAMP := $(VENV)/.installed
+# uv (pinned in requirements/lock.txt, installed into the venv by pip) or pip: INSTALLER=pip.
+INSTALLER ?= uv
+# Steps in the `gpu` pool (training, rendering) run one at a time where there is a GPU. On a
+# CPU-only machine two may run side by side: the demo trains the NVS captures beside the CD model,
+# one core each.
+GPU_POOL_LIMIT ?= $(if $(shell command -v nvidia-smi 2>/dev/null),1,2)
 INSTANCE := $(DAGSTER_HOME)/dagster.yaml
 COMPOSE ?= docker-compose
 COMPOSE_FILE := docker/compose.yaml
@@ -18,8 +24,22 @@ install: $(STAMP) $(INSTANCE) ## Create .venv and the local Dagster instance.
 
 $(STAMP): pyproject.toml requirements/lock.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+ifeq ($(INSTALLER),uv)
+	@# uv installs the same pinned set as pip several times faster (benchmarks/RESULTS.md), from
+	@# the indexes pip is configured with (a local wheel mirror included: scripts/uv-index-args.sh).
+	@# Every version is pinned by the lock, so uv may pick a pin from any index (pip's behaviour).
+	@# It compiles bytecode as pip does: without .pyc files (and with PYTHONDONTWRITEBYTECODE set)
+	@# every run recompiled PyTorch's and MLflow's sources, about 8 CPU-s per run.
+	@# If uv cannot be had or fails, pip installs the lock instead.
+	$(BIN)/python -m pip install --quiet -c requirements/lock.txt uv \
+	  && $(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python \
+	     --index-strategy unsafe-best-match \
+	     $$(scripts/uv-index-args.sh $(BIN)/python) -c requirements/lock.txt -e '.[dev]' \
+	  || $(BIN)/python -m pip install --quiet -c requirements/lock.txt -e '.[dev]'
+else
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c requirements/lock.txt -e '.[dev]'
+endif
 	@# torchgeo -> lightly -> hydra-core -> omegaconf pins antlr4 4.9, but Dagster's asset-selection
 	@# parser needs the 4.13 runtime (`--select` dies with "ord() expected string of length 1").
 	@# Installed last, without deps: torchgeo and lightly still work; OmegaConf interpolation does not.
@@ -29,11 +49,9 @@ $(STAMP): pyproject.toml requirements/lock.txt
 $(INSTANCE): dagster.yaml $(STAMP)
 	mkdir -p $(DAGSTER_HOME)
 	cp dagster.yaml $@
-	$(BIN)/dagster instance concurrency set gpu 1 >/dev/null
+	$(BIN)/dagster instance concurrency set gpu $(GPU_POOL_LIMIT) >/dev/null
 
 demo: install ## Generate and commit the demo scenes, then materialise every asset.
-	$(BIN)/mlops-assets demo-data
-	$(BIN)/mlops-assets partitions sync
 	BIN=$(BIN) scripts/demo.sh
 
 dev: install ## The Dagster UI (and daemon) on the embedded default: http://localhost:3000

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 import dagster as dg
-from dagster_aws.s3 import S3Resource
 
 from mlops_assets.assets.cd.change_map import cd_change_map, cd_change_map_f1
 from mlops_assets.assets.cd.model import cd_model, cd_registered_model
@@ -67,7 +66,7 @@ def build_output_store(settings: Settings) -> OutputStoreResource:
     if settings.output_bucket is None:
         return LocalOutputStoreResource(root=str(settings.outputs_dir), cache_dir=cache)
     return S3OutputStoreResource(
-        s3=S3Resource(endpoint_url=settings.s3_endpoint_url),
+        endpoint_url=settings.s3_endpoint_url,
         bucket=settings.output_bucket,
         prefix=settings.output_prefix,
         cache_dir=cache,
@@ -119,7 +118,9 @@ def build_defs(settings: Settings) -> dg.Definitions:
         asset_checks=[cd_change_map_f1],
         jobs=[ingest_scene_job],
         sensors=[
-            build_lakefs_commit_sensor(minimum_interval_seconds=interval),
+            build_lakefs_commit_sensor(
+                minimum_interval_seconds=interval, batch_over=settings.sensor_batch_over
+            ),
             build_mlflow_alias_sensor(minimum_interval_seconds=interval),
             build_quality_retrain_sensor(minimum_interval_seconds=interval),
         ],

@@ -14,11 +14,10 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from mlops_assets.core.store.base import VersionedStore
-from mlops_assets.core.store.embedded import EmbeddedStore
-from mlops_assets.core.store.lakefs import LakeFSStore
+if TYPE_CHECKING:  # the stores load where one is opened, not with the code location
+    from mlops_assets.core.store.base import VersionedStore
 
 StoreKind = Literal["embedded", "lakefs"]
 
@@ -27,12 +26,12 @@ class SettingsError(ValueError):
     """The environment describes an impossible deployment."""
 
 
-def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+def _positive_int(env: Mapping[str, str], name: str, default: int, unit: str = "seconds") -> int:
     raw = env.get(name)
     if not raw:
         return default
     if not raw.isdigit() or int(raw) < 1:
-        raise SettingsError(f"{name}={raw!r}: expected a whole number of seconds >= 1")
+        raise SettingsError(f"{name}={raw!r}: expected a whole number of {unit} >= 1")
     return int(raw)
 
 
@@ -56,6 +55,8 @@ class Settings:
     output_prefix: str = ""
     s3_endpoint_url: str | None = None  # AWS_ENDPOINT_URL: MinIO or another S3-compatible server
     sensor_interval_s: int = 30
+    # A tick with more changed scenes of one kind than this launches one backfill, not a run each.
+    sensor_batch_over: int = 20
     retrain_cron: str = "0 3 * * 1"  # Mondays 03:00
 
     @property
@@ -126,11 +127,15 @@ class Settings:
             output_prefix=env.get("MLOPS_OUTPUT_PREFIX", ""),
             s3_endpoint_url=env.get("AWS_ENDPOINT_URL") or None,
             sensor_interval_s=_positive_int(env, "MLOPS_SENSOR_INTERVAL_S", 30),
+            sensor_batch_over=_positive_int(env, "MLOPS_SENSOR_BATCH_SCENES", 20, "scenes"),
             retrain_cron=env.get("MLOPS_RETRAIN_CRON") or "0 3 * * 1",
         )
 
     def open_store(self, environ: Mapping[str, str] | None = None) -> VersionedStore:
         """The scene store these settings describe (credentials read from ``environ``)."""
+        from mlops_assets.core.store.embedded import EmbeddedStore
+        from mlops_assets.core.store.lakefs import LakeFSStore
+
         if self.lakefs_endpoint is None:
             return EmbeddedStore(self.embedded_store_root, self.repository)
         env = os.environ if environ is None else environ

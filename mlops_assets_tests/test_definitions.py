@@ -65,7 +65,7 @@ def test_production_settings_switch_mlflow_and_outputs_by_configuration(tmp_path
     outputs = defs.resources["output_store"]
     assert isinstance(outputs, S3OutputStoreResource)
     assert (outputs.bucket, outputs.prefix) == ("tiles", "prod")
-    assert outputs.s3.endpoint_url == "http://minio:9000"
+    assert outputs.endpoint_url == "http://minio:9000"
 
 
 def test_lakefs_definitions_take_credentials_from_env_vars(tmp_path: Path) -> None:
@@ -80,9 +80,13 @@ def test_lakefs_definitions_take_credentials_from_env_vars(tmp_path: Path) -> No
     assert store.secret_access_key.env_var_name == "LAKEFS_SECRET_ACCESS_KEY"
 
 
+REPO = Path(__file__).parents[1]
+
+
 def _python(code: str, env: dict[str, str]) -> str:
+    # From the repository root: `-c` puts it first on sys.path, so this checkout is what loads.
     return subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env, cwd=REPO
     ).stdout.strip()
 
 
@@ -105,6 +109,35 @@ def test_the_code_location_loads_lazily_from_the_package(tmp_path: Path) -> None
     )
     assert _python(code, env) == "LazyDefinitions"
     assert not (tmp_path / "h").exists()  # loading created no state
+
+
+#: Modules that cost seconds and hundreds of MB each; only a step that needs them imports them.
+HEAVY = (
+    "torch",
+    "torchgeo",
+    "torchvision",
+    "mlflow",
+    "gsplat",
+    "timm",
+    "segmentation_models_pytorch",
+)
+
+
+def test_loading_the_code_location_leaves_the_ml_stack_out(tmp_path: Path) -> None:
+    # What `dagster dev`, every `dagster` CLI call and every run's process pay before any step:
+    # the definitions built and resolved (jobs, sensors, schedules) as Dagster resolves them.
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "MLOPS_HOME": str(tmp_path / "h")}
+    code = (
+        "import sys, dagster as dg;"
+        "from mlops_assets.definitions import build_defs;"
+        "from mlops_assets.settings import Settings;"
+        "defs = build_defs(Settings.from_env());"
+        "dg.Definitions.validate_loadable(defs);"
+        "repo = defs.get_repository_def();"
+        "repo.get_all_jobs(); repo.sensor_defs; repo.schedule_defs;"
+        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
+    )
+    assert _python(code, env) == "[]"
 
 
 @pytest.mark.parametrize("path", ["mlops_assets/core"])
@@ -150,3 +183,14 @@ def test_a_changed_nvs_scene_refreshes_its_whole_chain(tmp_path: Path) -> None:
     assert set(job.asset_layer.asset_graph.get_all_asset_keys()) == {
         key for key in EXPECTED_ASSETS if key.path[0] == "nvs"
     }
+
+
+def test_the_commit_sensors_batch_size_is_configuration(tmp_path: Path) -> None:
+    from mlops_assets.settings import SettingsError
+
+    assert Settings.from_env({}, cwd=tmp_path).sensor_batch_over == 20
+    assert (
+        Settings.from_env({"MLOPS_SENSOR_BATCH_SCENES": "5"}, cwd=tmp_path).sensor_batch_over == 5
+    )
+    with pytest.raises(SettingsError, match=r"MLOPS_SENSOR_BATCH_SCENES='0': .* scenes >= 1"):
+        Settings.from_env({"MLOPS_SENSOR_BATCH_SCENES": "0"}, cwd=tmp_path)

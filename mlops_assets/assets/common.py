@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -12,6 +13,7 @@ from PIL import Image
 from pydantic import Field
 
 from mlops_assets.core.scenes.checks import CheckOutcome
+from mlops_assets.sensors.jobs import TAG_COMMIT
 
 
 class SceneRefConfig(dg.Config):
@@ -24,6 +26,35 @@ class SceneRefConfig(dg.Config):
             "Sensors pass the commit they saw, so a run reads exactly that commit."
         ),
     )
+
+    def resolve(self, context: dg.AssetExecutionContext, branch: str) -> str:
+        """The ref to read: ``ref``, else the run's ``lakefs/commit`` tag, else ``branch``.
+
+        The runs of a backfill the commit sensor launched carry its commit as a tag (a backfill
+        has no per-op run config), so they read that commit too.
+        """
+        return self.ref or context.run.tags.get(TAG_COMMIT) or branch
+
+
+class ProgressLog:
+    """Progress lines of a long step, in the run's log (and on screen in ``make demo``).
+
+    Milestones (an epoch, an evaluation) are always logged; finer-grained lines (a batch, a
+    step) only when ``every_s`` seconds have passed since the last line, so a slow machine still
+    shows progress at least that often and a fast one is not flooded.
+    """
+
+    def __init__(self, log: Any, every_s: float = 20.0) -> None:
+        self._log = log
+        self._every_s = every_s
+        self._last = time.monotonic()
+
+    def __call__(self, message: str, *, milestone: bool = True) -> None:
+        """Log ``message`` if it is a milestone, or if the last line is ``every_s`` seconds old."""
+        now = time.monotonic()
+        if milestone or now - self._last >= self._every_s:
+            self._log.info(message)
+            self._last = now
 
 
 def metadata_value(value: Any) -> dg.MetadataValue[Any] | str | int | float | bool:

@@ -5,13 +5,17 @@ version with lineage tags only when the gate passes, move the challenger (and, w
 the champion) alias, and report the gate as a blocking asset check.
 """
 
-from typing import Any
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
 from mlops_assets.assets.common import metadata
-from mlops_assets.core.tracking import GateDecision, Tracker
 from mlops_assets.resources.mlflow import MLflowResource
+
+if TYPE_CHECKING:  # MLflow is imported where a step runs, not when the code location loads
+    from mlops_assets.core.tracking import GateDecision, Tracker
 
 
 def champion_score(

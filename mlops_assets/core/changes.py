@@ -13,6 +13,9 @@ and the result says why. The comparison is two-dot (snapshot against snapshot), 
 whether or not the cursor is an ancestor of head; uncommitted changes on the branch are never seen,
 since both sides are commit ids.
 
+A full comparison need not redo work: `unchanged_since` tells, for scenes last materialised at
+known commits, which of them have exactly the same files at head (one diff per distinct commit).
+
 Merges are ordinary commits on the branch, so they need nothing special to be diffed; the commits
 of the batch are listed with their parents and message, and for a merge the source branch when it
 can be told: from the commit metadata key `MERGE_SOURCE_KEY` (set it when merging), else from the
@@ -23,7 +26,8 @@ branch whose head is still the merged commit.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 
 from mlops_assets.core.scenes.layout import SceneKind, scene_of_path
 from mlops_assets.core.store.base import VersionedStore
@@ -35,6 +39,11 @@ MERGE_SOURCE_KEY = "merge_source"
 _DEFAULT_MERGE_MESSAGE = re.compile(r"^Merge '(?P<source>[^']+)' into '(?P<destination>[^']+)'")
 #: At most this many commits of a batch are listed (the diff itself is never truncated).
 MAX_BATCH_COMMITS = 50
+#: Commit metadata asking for the commit's scenes to be materialised as one batch, whatever
+#: their number (a dataset import sets it, with a short description as the value).
+BATCH_KEY = "batch"
+
+SceneRef = tuple[SceneKind, str]
 
 
 def _empty_ids() -> dict[SceneKind, list[str]]:
@@ -49,6 +58,7 @@ class BatchCommit:
     parents: tuple[str, ...]
     message: str
     merge_source: str | None = None  # the merged branch, when it can be told
+    batch: str | None = None  # the commit's `BATCH_KEY` metadata, when set
 
     @property
     def is_merge(self) -> bool:
@@ -80,6 +90,21 @@ class SceneChanges:
     def merge_sources(self) -> list[str]:
         """The branches merged in this batch (when they could be told), sorted."""
         return sorted({c.merge_source for c in self.commits if c.merge_source})
+
+    @property
+    def batches(self) -> list[str]:
+        """The `BATCH_KEY` values of the batch's commits (imports and the like), oldest first."""
+        return [c.batch for c in reversed(self.commits) if c.batch]
+
+    def without(self, done: Mapping[SceneKind, set[str]], why: str) -> SceneChanges:
+        """These changes less the scenes in ``done`` (already up to date), ``why`` in the reason."""
+        changed = {
+            kind: [s for s in ids if s not in done[kind]] for kind, ids in self.changed.items()
+        }
+        skipped = sum(len(ids) - len(changed[kind]) for kind, ids in self.changed.items())
+        if not skipped:
+            return self
+        return replace(self, changed=changed, reason=f"{self.reason}; {skipped} {why}")
 
     @property
     def merges(self) -> list[BatchCommit]:
@@ -121,18 +146,21 @@ def batch_commits(
     Stops at the cursor, or after `MAX_BATCH_COMMITS` commits (then the flag is True). Without a
     cursor only ``head`` is listed: the batch is "everything", not a list of commits.
     """
-    if cursor is None:
-        commit = store.get_commit(head)
+
+    def batch_commit(commit: Commit) -> BatchCommit:
         source = merge_source(store, commit, branch)
-        return [BatchCommit(commit.id, commit.parents, commit.message, source)], False
+        batch = commit.metadata.get(BATCH_KEY) or None
+        return BatchCommit(commit.id, commit.parents, commit.message, source, batch)
+
+    if cursor is None:
+        return [batch_commit(store.get_commit(head))], False
     commits: list[BatchCommit] = []
     for commit in store.log(head, limit=MAX_BATCH_COMMITS + 1):
         if commit.id == cursor:
             return commits, False
         if len(commits) == MAX_BATCH_COMMITS:
             return commits, True
-        source = merge_source(store, commit, branch)
-        commits.append(BatchCommit(commit.id, commit.parents, commit.message, source))
+        commits.append(batch_commit(commit))
     return commits, False
 
 
@@ -150,6 +178,50 @@ def scenes_at(store: VersionedStore, ref: str) -> dict[SceneKind, list[str]]:
 
 def _has_objects(store: VersionedStore, ref: str, prefix: str) -> bool:
     return next(iter(store.list(ref, prefix)), None) is not None
+
+
+def touched_scenes(
+    store: VersionedStore, old: str, new: str
+) -> tuple[dict[SceneKind, set[str]], int]:
+    """Per kind, the scenes with a path that differs between commits ``old`` and ``new``.
+
+    Also returns the number of differing paths outside every valid scene.
+    """
+    touched: dict[SceneKind, set[str]] = {kind: set() for kind in SceneKind}
+    ignored = 0
+    for change in store.diff(old, new):
+        scene = scene_of_path(change.path)
+        if scene is None:
+            ignored += 1
+        else:
+            touched[scene[0]].add(scene[1])
+    return touched, ignored
+
+
+def unchanged_since(
+    store: VersionedStore, head: str, made_at: Mapping[SceneRef, str]
+) -> set[SceneRef]:
+    """The scenes of ``made_at`` whose files at ``head`` are exactly those at their commit.
+
+    ``made_at`` maps a scene to the commit it was last materialised from. The scene assets' data
+    versions hash exactly these files (path and checksum), so an unchanged scene would get the same
+    data version again: there is nothing to redo. One diff per distinct commit; a commit that no
+    longer exists (garbage-collected, another repository) counts as changed.
+    """
+    by_commit: dict[str, list[SceneRef]] = {}
+    for scene, commit in made_at.items():
+        by_commit.setdefault(commit, []).append(scene)
+    same: set[SceneRef] = set()
+    for commit, scenes in by_commit.items():
+        if commit == head:
+            same.update(scenes)
+            continue
+        try:
+            touched, _ = touched_scenes(store, commit, head)
+        except NotFoundError:
+            continue
+        same.update(s for s in scenes if s[1] not in touched[s[0]])
+    return same
 
 
 def scene_changes(store: VersionedStore, branch: str, cursor: str | None) -> SceneChanges:
@@ -181,14 +253,7 @@ def scene_changes(store: VersionedStore, branch: str, cursor: str | None) -> Sce
         return SceneChanges(
             branch, head, cursor, True, reason, changed=scenes_at(store, head), commits=commits
         )
-    touched: dict[SceneKind, set[str]] = {kind: set() for kind in SceneKind}
-    ignored = 0
-    for change in store.diff(known_cursor, head):
-        scene = scene_of_path(change.path)
-        if scene is None:
-            ignored += 1
-        else:
-            touched[scene[0]].add(scene[1])
+    touched, ignored = touched_scenes(store, known_cursor, head)
     changed, deleted = _empty_ids(), _empty_ids()
     for kind, ids in touched.items():
         for scene_id in sorted(ids):

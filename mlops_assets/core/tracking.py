@@ -34,10 +34,11 @@ from PIL import Image
 
 from mlops_assets.core.redact import redact_text, redact_uri
 
-__all__ = ["redact_uri"]  # re-exported: callers have imported it from here
+__all__ = ["CHALLENGER", "CHAMPION", "redact_uri"]  # re-exported: callers import them from here
 
-CHAMPION = "champion"
-CHALLENGER = "challenger"
+# Defined apart (no MLflow import there) for the code location; re-exported here.
+from mlops_assets.core.aliases import CHALLENGER as CHALLENGER
+from mlops_assets.core.aliases import CHAMPION as CHAMPION
 
 
 class TrackingError(RuntimeError):

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
 from pydantic import Field
 
-from mlops_assets.core.tracking import Tracker, redact_uri
+from mlops_assets.core.redact import redact_uri
+
+if TYPE_CHECKING:  # MLflow is imported where a step runs, not when the code location loads
+    from mlops_assets.core.tracking import Tracker
 
 
 # Dagster resources subclass ConfigurableResource unparameterised, as its API intends.
@@ -27,6 +31,8 @@ class MLflowResource(dg.ConfigurableResource):  # pyright: ignore[reportMissingT
 
     def tracker(self, experiment: str) -> Tracker:
         """A tracker bound to ``experiment``."""
+        from mlops_assets.core.tracking import Tracker
+
         root = Path(self.artifact_root) if self.artifact_root else None
         return Tracker(self.tracking_uri, experiment, root)
 

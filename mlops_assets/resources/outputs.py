@@ -6,7 +6,6 @@ import abc
 from pathlib import Path
 
 import dagster as dg
-from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
 from mlops_assets.core.outputs import LocalOutputStore, OutputStore, S3OutputStore
@@ -48,9 +47,16 @@ class LocalOutputStoreResource(OutputStoreResource):
 
 
 class S3OutputStoreResource(OutputStoreResource):
-    """Artefacts in an S3 bucket (MinIO in the production stack), through dagster-aws."""
+    """Artefacts in an S3 bucket (MinIO in the production stack), through dagster-aws.
 
-    s3: S3Resource
+    The client is dagster-aws's ``S3Resource`` (credentials from the usual ``AWS_*`` variables),
+    built when the store is used: importing dagster-aws costs about half a second, which every
+    load of the code location would otherwise pay.
+    """
+
+    endpoint_url: str | None = Field(
+        default=None, description="S3-compatible endpoint (MinIO); unset: AWS S3."
+    )
     bucket: str = Field(description="Bucket holding published artefacts.")
     prefix: str = Field(default="", description="Key prefix inside the bucket.")
 
@@ -61,4 +67,7 @@ class S3OutputStoreResource(OutputStoreResource):
 
     def get_output_store(self) -> OutputStore:
         """An `S3OutputStore` over the dagster-aws client."""
-        return S3OutputStore(self.s3.get_client(), self.bucket, self.prefix)
+        from dagster_aws.s3 import S3Resource
+
+        client = S3Resource(endpoint_url=self.endpoint_url).get_client()
+        return S3OutputStore(client, self.bucket, self.prefix)

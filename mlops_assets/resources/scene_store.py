@@ -15,8 +15,6 @@ import dagster as dg
 from pydantic import Field, PrivateAttr
 
 from mlops_assets.core.store.base import VersionedStore
-from mlops_assets.core.store.embedded import EmbeddedStore
-from mlops_assets.core.store.lakefs import LakeFSStore
 
 
 # Dagster resources subclass ConfigurableResource unparameterised, as its API intends.
@@ -60,6 +58,8 @@ class EmbeddedSceneStore(SceneStoreResource):
         return "embedded"
 
     def _open(self) -> VersionedStore:
+        from mlops_assets.core.store.embedded import EmbeddedStore
+
         return EmbeddedStore(self.root, self.repository)
 
 
@@ -84,6 +84,9 @@ class LakeFSSceneStore(SceneStoreResource):
         return "lakefs"
 
     def _open(self) -> VersionedStore:
+        # lakefs_sdk takes about a second to import: only where a lakeFS store is opened.
+        from mlops_assets.core.store.lakefs import LakeFSStore
+
         return LakeFSStore(
             endpoint=self.endpoint,
             access_key_id=self.access_key_id,

@@ -1,4 +1,4 @@
-"""The asset jobs the sensors and the retraining schedule launch.
+"""The asset jobs the sensors and the retraining schedule launch, and the tags their runs carry.
 
 A sensor (or schedule) whose target mixes partitions definitions cannot be built: Dagster resolves
 a target to one asset job, and one job has one partitions definition. The per-scene CD assets
@@ -26,17 +26,39 @@ NVS_RENDER_KEY = dg.AssetKey(["nvs", "render"])
 CD_SCENE_OP = "cd__scene"
 NVS_SCENE_OP = "nvs__scene"
 
+#: The commit a run was launched for. A scene asset with no ``ref`` in its config reads this
+#: commit (the runs of a backfill carry the backfill's tags, not a per-op run config).
+TAG_COMMIT = "lakefs/commit"
+TAG_BRANCH = "lakefs/branch"
+TAG_REPOSITORY = "lakefs/repository"
+TAG_MERGE_SOURCE = "lakefs/merge_source"
+TAG_SCENE = "lakefs/scene"
+#: On a backfill launched for a batch of scenes: their kind (``cd`` or ``nvs``).
+TAG_SCENE_KIND = "lakefs/scene_kind"
+
+#: Metadata of a scene asset's materialisation naming the commit it read.
+COMMIT_METADATA_KEY = "lakefs_commit"
+
+#: What a scene's refresh must have materialised, in order, for the scene to count as done at a
+#: commit: the scene itself and what is computed from its content alone. (``cd/change_map`` follows
+#: the champion model and `mlflow_alias_sensor` keeps it current; the NVS registration and render
+#: follow the PSNR gate.)
+CD_SCENE_CHAIN = (CD_SCENE_KEY, CD_TILES_KEY)
+NVS_SCENE_CHAIN = (NVS_SCENE_KEY, NVS_SPLATS_KEY)
+
+#: What each scene refresh job materialises (and a backfill of a batch of scenes, too).
+CD_REFRESH_KEYS = (CD_SCENE_KEY, CD_TILES_KEY, CD_CHANGE_MAP_KEY)
+NVS_REFRESH_KEYS = (NVS_SCENE_KEY, NVS_SPLATS_KEY, NVS_REGISTERED_SPLATS_KEY, NVS_RENDER_KEY)
+
 cd_scene_refresh = dg.define_asset_job(
     "cd_scene_refresh",
-    selection=dg.AssetSelection.assets(CD_SCENE_KEY, CD_TILES_KEY, CD_CHANGE_MAP_KEY),
+    selection=dg.AssetSelection.assets(*CD_REFRESH_KEYS),
     description="One CD scene at one commit: cd/scene, cd/tiles and cd/change_map.",
 )
 
 nvs_scene_refresh = dg.define_asset_job(
     "nvs_scene_refresh",
-    selection=dg.AssetSelection.assets(
-        NVS_SCENE_KEY, NVS_SPLATS_KEY, NVS_REGISTERED_SPLATS_KEY, NVS_RENDER_KEY
-    ),
+    selection=dg.AssetSelection.assets(*NVS_REFRESH_KEYS),
     description="One NVS scene at one commit: nvs/scene, its splats, their registered version "
     "and the render.",
 )

@@ -18,11 +18,9 @@ import json
 import re
 
 import dagster as dg
-import requests
-from mlflow.exceptions import MlflowException
 
 from mlops_assets.assets.cd.config import DEFAULT_MODEL_NAME, EXPERIMENT
-from mlops_assets.core.tracking import CHAMPION, TrackingError
+from mlops_assets.core.aliases import CHAMPION
 from mlops_assets.partitions import cd_scenes
 from mlops_assets.resources.mlflow import MLflowResource
 from mlops_assets.sensors.jobs import CD_CHANGE_MAP_KEY, cd_change_map_refresh
@@ -90,6 +88,12 @@ def build_mlflow_alias_sensor(
     def mlflow_alias_sensor(
         context: dg.SensorEvaluationContext, mlflow: MLflowResource
     ) -> dg.SensorResult | dg.SkipReason:
+        # MLflow loads on the first tick, in the code server, not with the code location.
+        import requests
+        from mlflow.exceptions import MlflowException
+
+        from mlops_assets.core.tracking import TrackingError
+
         seen, moves = parse_cursor(context.cursor)
         tracker = mlflow.tracker(EXPERIMENT)
         try:

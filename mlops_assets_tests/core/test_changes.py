@@ -181,3 +181,42 @@ def test_long_batches_list_a_bounded_number_of_commits(
 def test_an_unknown_branch_raises(store: EmbeddedStore, seeded: str) -> None:
     with pytest.raises(NotFoundError, match="'nope'"):
         scene_changes(store, "nope", seeded)
+
+
+def test_unchanged_since_tells_scenes_with_the_same_files_at_head(
+    store: EmbeddedStore, seeded: str
+) -> None:
+    from mlops_assets.core.changes import unchanged_since
+
+    put_scene(store, "cd", "s2", tag="v2")
+    later = store.commit("main", "s2 re-captured").id
+    put_scene(store, "nvs", "ring", tag="v2")
+    head = store.commit("main", "ring re-captured").id
+    made_at = {
+        (SceneKind.CD, "s1"): seeded,  # untouched since: same files
+        (SceneKind.CD, "s2"): seeded,  # changed after it was made
+        (SceneKind.CD, "s3"): later,
+        (SceneKind.NVS, "globe"): head,
+        (SceneKind.NVS, "ring"): later,  # changed after
+        (SceneKind.CD, "s4"): "f" * 64,  # a commit the store does not know
+    }
+    assert unchanged_since(store, head, made_at) == {
+        (SceneKind.CD, "s1"),
+        (SceneKind.CD, "s3"),
+        (SceneKind.NVS, "globe"),
+    }
+
+
+def test_a_batch_commit_is_told_and_done_scenes_are_left_out(
+    store: EmbeddedStore, seeded: str
+) -> None:
+    put_scene(store, "cd", "s7")
+    put_scene(store, "cd", "s8")
+    head = store.commit("main", "import", metadata={"batch": "import levir-cd"}).id
+    changes = scene_changes(store, "main", seeded)
+    assert changes.batches == ["import levir-cd"]
+    assert scene_changes(store, "main", None).commits[0].batch == "import levir-cd"
+    todo = changes.without({SceneKind.CD: {"s7"}, SceneKind.NVS: set()}, "done already")
+    assert todo.changed[SceneKind.CD] == ["s8"] and todo.head == head
+    assert todo.reason.endswith("; 1 done already")
+    assert changes.without({SceneKind.CD: set(), SceneKind.NVS: set()}, "done") is changes

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import time
 from pathlib import Path
 from typing import Any
 
@@ -313,3 +315,265 @@ def test_the_sensor_resolves_against_the_real_code_location(
     for run_request in data.run_requests or []:  # the run config each job would be launched with
         job = repository.get_job(run_request.job_name or "")
         dg.validate_run_config(job, run_request.run_config)
+
+
+# The first tick after work was done: nothing is redone --------------------------------------
+
+CHAINS = {
+    "cd": (dg.AssetKey(["cd", "scene"]), dg.AssetKey(["cd", "tiles"])),
+    "nvs": (dg.AssetKey(["nvs", "scene"]), dg.AssetKey(["nvs", "splats"])),
+}
+
+
+def materialised(
+    instance: dg.DagsterInstance, kind: str, scene: str, commit: str, chain: int = 2
+) -> None:
+    """Record what a run refreshing ``kind/scene`` at ``commit`` leaves in the instance: the scene
+    asset naming its commit, then the first ``chain`` - 1 assets computed from it."""
+    for key in CHAINS[kind][:chain]:
+        metadata = {"lakefs_commit": commit} if key == CHAINS[kind][0] else {}
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization(asset_key=key, partition=scene, metadata=metadata)
+        )
+
+
+def demo_done(instance: dg.DagsterInstance, commit: str) -> None:
+    """``make demo`` at ``commit``: partitions synced, every scene's chain materialised."""
+    instance.add_dynamic_partitions("cd_scenes", CD)
+    instance.add_dynamic_partitions("nvs_scenes", NVS)
+    for scene in CD:
+        materialised(instance, "cd", scene, commit)
+    for scene in NVS:
+        materialised(instance, "nvs", scene, commit)
+
+
+def test_the_first_tick_after_a_demo_requests_nothing_and_moves_the_cursor_to_head(
+    store: EmbeddedStore, seeded: str, instance: dg.DagsterInstance, scene_store: dict[str, Any]
+) -> None:
+    demo_done(instance, seeded)
+
+    result = result_of(instance, scene_store, None)
+
+    assert not result.run_requests and not result.dynamic_partitions_requests
+    assert result.cursor == seeded
+    assert result.skip_reason is not None
+    assert result.skip_reason.skip_message == (
+        f"0 cd changed, 0 deleted; 0 nvs changed, 0 deleted (no cursor: every scene at "
+        f"main@{seeded[:12]}; 8 done already, not redone)"
+    )
+    # One scene changes afterwards: exactly one run, and the model retrains after it only.
+    put_scene(store, "cd", "s4", tag="v2")
+    head = store.commit("main", "s4 re-captured").id
+    after = result_of(instance, scene_store, seeded)
+    assert sorted(runs(after)) == [f"{head}:cd/s4"]
+    assert after.cursor == head
+
+
+def test_a_lost_cursor_after_a_demo_requests_only_the_scenes_changed_since(
+    store: EmbeddedStore, seeded: str, instance: dg.DagsterInstance, scene_store: dict[str, Any]
+) -> None:
+    demo_done(instance, seeded)
+    put_scene(store, "cd", "s2", tag="v2")
+    put_scene(store, "nvs", "ring", tag="v2")
+    put_scene(store, "cd", "s7")
+    store.put("main", "README.md", io.BytesIO(b"not a scene"))
+    head = store.commit("main", "two scenes changed, one new").id
+
+    result = result_of(instance, scene_store, None)  # no cursor (or a lost one): full comparison
+
+    assert sorted(runs(result)) == [f"{head}:cd/s2", f"{head}:cd/s7", f"{head}:nvs/ring"]
+    assert partitions_requested(result) == {"cd_scenes": ("add", ["s7"])}
+    assert result.cursor == head
+
+
+def test_a_scene_whose_chain_did_not_finish_is_redone_on_the_first_tick(
+    seeded: str, instance: dg.DagsterInstance, scene_store: dict[str, Any]
+) -> None:
+    demo_done(instance, seeded)
+    materialised(instance, "cd", "s1", seeded, chain=1)  # scene read again, tiles failed since
+    materialised(instance, "nvs", "globe", seeded, chain=1)  # splats never trained after it
+    # A scene materialisation without the commit it read (another tool wrote it): not trusted.
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization(asset_key=CHAINS["cd"][0], partition="s5")
+    )
+    materialised(instance, "cd", "s6", "f" * 64)  # read a commit the store does not know
+
+    result = result_of(instance, scene_store, None)
+
+    assert sorted(runs(result)) == [
+        f"{seeded}:cd/s1",
+        f"{seeded}:cd/s5",
+        f"{seeded}:cd/s6",
+        f"{seeded}:nvs/globe",
+    ]
+
+
+def test_the_first_tick_retrains_only_after_scene_runs_it_requested(
+    store: EmbeddedStore, seeded: str, instance: dg.DagsterInstance, scene_store: dict[str, Any]
+) -> None:
+    demo_done(instance, seeded)
+    # `make demo`'s own runs (not the sensor's jobs) finished long ago: nothing to retrain.
+    record_run(instance, "__ASSET_JOB", {}, dg.DagsterRunStatus.SUCCESS)
+    first = result_of(instance, scene_store, None)
+    assert not first.run_requests
+    assert not result_of(instance, scene_store, seeded).run_requests  # later ticks neither
+
+    put_scene(store, "cd", "s3", tag="v2")
+    head = store.commit("main", "s3 again").id
+    lost = result_of(instance, scene_store, None)
+    assert sorted(runs(lost)) == [f"{head}:cd/s3"]  # no cd_retrain in the same tick
+    tags = {"lakefs/branch": "main", "lakefs/commit": head, "lakefs/repository": "scenes"}
+    record_run(instance, "cd_scene_refresh", tags, dg.DagsterRunStatus.SUCCESS)
+    assert list(runs(result_of(instance, scene_store, head))) == [f"{head}:cd/model"]
+
+
+def test_the_real_scene_assets_leave_what_the_first_tick_reads(
+    store: EmbeddedStore,
+    instance: dg.DagsterInstance,
+    resources: dict[str, Any],
+    demo_cd_dir: Path,
+) -> None:
+    from mlops_assets.assets.cd.scene import cd_scene
+    from mlops_assets.assets.cd.tiles import cd_tiles
+    from mlops_assets_tests.conftest import commit_folder, materialize_partition
+
+    commit = commit_folder(store, demo_cd_dir, "cd/farm/")
+    config = {"ops": {"cd__tiles": {"config": {"preset": "tiny"}}}}
+    done = materialize_partition([cd_scene, cd_tiles], "farm", instance, resources, config)
+    assert done.success
+    sensor_resources = {"scene_store": resources["scene_store"]}
+
+    result = result_of(instance, sensor_resources, None)
+    assert not result.run_requests and result.cursor == commit
+
+    commit_folder(store, demo_cd_dir, "cd/farm-copy/", "another scene; farm untouched")
+    head = store.resolve("main")
+    again = result_of(instance, sensor_resources, None)
+    assert sorted(runs(again)) == [f"{head}:cd/farm-copy"]
+
+
+# Large batches: one backfill, then one retraining ----------------------------------------------
+
+
+def test_a_batch_over_the_limit_is_one_backfill_tagged_with_its_commit(
+    store: EmbeddedStore, seeded: str, tmp_path: Path
+) -> None:
+    from dagster._core.definitions.events import AssetKeyPartitionKey
+
+    from mlops_assets.definitions import build_defs
+    from mlops_assets.settings import Settings
+
+    defs = build_defs(Settings.from_env({"MLOPS_HOME": str(tmp_path / "home")}, cwd=tmp_path))
+    sensor = build_lakefs_commit_sensor(batch_over=3)
+    resources = {"scene_store": EmbeddedSceneStore(root=str(store.root), repository="scenes")}
+    with dg.instance_for_test() as instance:
+        context = dg.build_sensor_context(instance=instance, resources=resources, definitions=defs)
+        result = sensor(context)
+    assert isinstance(result, dg.SensorResult)
+    requests = result.run_requests or []
+    backfills = [r for r in requests if r.requires_backfill_daemon()]
+    assert len(backfills) == 1  # six CD scenes > 3: one backfill
+    subset = backfills[0].asset_graph_subset
+    assert subset is not None
+    expected = {
+        AssetKeyPartitionKey(dg.AssetKey(["cd", name]), scene)
+        for name in ("scene", "tiles", "change_map")
+        for scene in CD
+    }
+    assert set(subset.iterate_asset_partitions()) == expected
+    assert backfills[0].tags == {
+        "lakefs/commit": seeded,
+        "lakefs/branch": "main",
+        "lakefs/repository": "scenes",
+        "lakefs/scene_kind": "cd",
+    }
+    # Two NVS scenes are not over the limit: one run each, as before.
+    assert sorted(r.run_key or "" for r in requests if not r.requires_backfill_daemon()) == [
+        f"{seeded}:nvs/{s}" for s in NVS
+    ]
+    assert partitions_requested(result) == {"cd_scenes": ("add", CD), "nvs_scenes": ("add", NVS)}
+
+
+def test_a_commit_marked_as_a_batch_is_one_backfill_whatever_its_size(
+    store: EmbeddedStore, tmp_path: Path
+) -> None:
+    from mlops_assets.definitions import build_defs
+    from mlops_assets.settings import Settings
+
+    for scene in ("a1", "a2"):
+        put_scene(store, "cd", scene)
+    head = store.commit("main", "import", metadata={"batch": "import levir-cd train"}).id
+    defs = build_defs(Settings.from_env({"MLOPS_HOME": str(tmp_path / "home")}, cwd=tmp_path))
+    resources = {"scene_store": EmbeddedSceneStore(root=str(store.root), repository="scenes")}
+    with dg.instance_for_test() as instance:
+        context = dg.build_sensor_context(instance=instance, resources=resources, definitions=defs)
+        result = lakefs_commit_sensor(context)
+    assert isinstance(result, dg.SensorResult)
+    (request,) = result.run_requests or []
+    assert request.requires_backfill_daemon() and request.tags["lakefs/commit"] == head
+
+
+def test_the_model_retrains_once_after_a_backfill_has_finished(
+    store: EmbeddedStore, seeded: str, tmp_path: Path, scene_store: dict[str, Any]
+) -> None:
+    from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
+
+    from mlops_assets.definitions import build_defs
+    from mlops_assets.settings import Settings
+
+    defs = build_defs(Settings.from_env({"MLOPS_HOME": str(tmp_path / "home")}, cwd=tmp_path))
+    sensor = build_lakefs_commit_sensor(batch_over=3)
+    with dg.instance_for_test() as instance:
+        context = dg.build_sensor_context(
+            instance=instance, resources=scene_store, definitions=defs
+        )
+        result = sensor(context)
+        assert isinstance(result, dg.SensorResult)
+        apply_partitions(result, instance)
+        request = next(r for r in result.run_requests or [] if r.requires_backfill_daemon())
+        assert request.asset_graph_subset is not None
+        backfill = PartitionBackfill.from_asset_graph_subset(  # what the daemon then stores
+            backfill_id="bf1",
+            asset_graph_subset=request.asset_graph_subset,
+            dynamic_partitions_store=instance,
+            backfill_timestamp=time.time(),
+            tags=request.tags,
+            title=None,
+            description=None,
+            run_config=None,
+        )
+        instance.add_backfill(backfill)
+
+        def retrain_keys() -> list[str]:
+            again = tick(sensor, instance, scene_store, seeded)
+            requests = again.run_requests if isinstance(again, dg.SensorResult) else None
+            return sorted(r.run_key or "" for r in requests or [])
+
+        assert retrain_keys() == []  # the backfill is still running
+        instance.update_backfill(backfill.with_status(BulkActionStatus.COMPLETED_FAILED))
+        assert retrain_keys() == [f"{seeded}:cd/model"]  # once, even if some scenes failed
+        record_run(instance, "cd_retrain", request.tags, dg.DagsterRunStatus.STARTED)
+        assert retrain_keys() == []
+
+
+def test_a_backfill_run_reads_the_commit_in_its_tag(
+    store: EmbeddedStore,
+    instance: dg.DagsterInstance,
+    resources: dict[str, Any],
+    demo_cd_dir: Path,
+) -> None:
+    from mlops_assets.assets.cd.scene import cd_scene
+    from mlops_assets_tests.conftest import commit_folder
+
+    first = commit_folder(store, demo_cd_dir, "cd/farm/")
+    commit_folder(store, demo_cd_dir, "cd/later/", "a later commit")
+    instance.add_dynamic_partitions("cd_scenes", ["farm"])
+    result = dg.materialize(
+        [cd_scene],
+        partition_key="farm",
+        instance=instance,
+        resources=resources,
+        tags={"lakefs/commit": first},  # as a backfill's runs carry it; no run config
+    )
+    meta = result.asset_materializations_for_node("cd__scene")[0].metadata
+    assert meta["lakefs_commit"].value == first and meta["lakefs_ref"].value == first

@@ -25,12 +25,16 @@ def stand_in_map(context: dg.AssetExecutionContext) -> dg.MaterializeResult[Any]
     )
 
 
-def render(instance: dg.DagsterInstance, scene: str, min_f1: float = 0.8) -> Any:
+def render(
+    instance: dg.DagsterInstance, scene: str, min_f1: float | None = 0.8, preset: str = "default"
+) -> Any:
     """One change-map run of ``scene`` with the real F1 check; return its evaluation."""
-    return render_run(instance, scene, min_f1)[0]
+    return render_run(instance, scene, min_f1, preset)[0]
 
 
-def render_run(instance: dg.DagsterInstance, scene: str, min_f1: float = 0.8) -> tuple[Any, str]:
+def render_run(
+    instance: dg.DagsterInstance, scene: str, min_f1: float | None = 0.8, preset: str = "default"
+) -> tuple[Any, str]:
     """One change-map run of ``scene`` with the real F1 check: its evaluation and run id."""
     if not instance.has_dynamic_partition("cd_scenes", scene):
         instance.add_dynamic_partitions("cd_scenes", [scene])
@@ -38,7 +42,13 @@ def render_run(instance: dg.DagsterInstance, scene: str, min_f1: float = 0.8) ->
         [stand_in_map, cd_change_map_f1],
         instance=instance,
         partition_key=scene,
-        run_config={"ops": {"cd__change_map_f1_against_label": {"config": {"min_f1": min_f1}}}},
+        run_config={
+            "ops": {
+                "cd__change_map_f1_against_label": {
+                    "config": {"preset": preset, **({} if min_f1 is None else {"min_f1": min_f1})}
+                }
+            }
+        },
     )
     (evaluation,) = result.get_asset_check_evaluations()
     return evaluation, result.run_id
@@ -62,6 +72,10 @@ def test_the_check_warns_below_min_f1_and_passes_unlabelled_scenes_with_a_note(
     assert note.passed and "no label" in (note.description or "")
     assert note.metadata["labelled"].value is False
     assert render(instance, "farm", min_f1=0.3).passed  # the threshold is run config
+    # Unset, it is the preset's gate minimum: 0.8 by default, 0.0 for the tiny test preset.
+    assert not render(instance, "dune", min_f1=None).passed
+    tiny = render(instance, "dune", min_f1=None, preset="tiny")
+    assert tiny.passed and tiny.metadata["min_f1"].value == 0.0
 
 
 def test_the_sensor_is_running_and_watches_the_f1_check() -> None:

@@ -10,6 +10,7 @@ import enum
 import dagster as dg
 from pydantic import Field
 
+from mlops_assets.core.aliases import CHAMPION
 from mlops_assets.core.cd.config import (
     GateConfig,
     InferenceConfig,
@@ -17,7 +18,6 @@ from mlops_assets.core.cd.config import (
     TrainConfig,
     preset,
 )
-from mlops_assets.core.tracking import CHAMPION
 
 DEFAULT_MODEL_NAME = "change-detection-unet"
 EXPERIMENT = "change-detection"
@@ -40,13 +40,13 @@ class Device(enum.StrEnum):
     cuda = "cuda"
 
 
-_PRESET = Field(default=Preset.default, description=Preset.__doc__)
+PRESET_FIELD = Field(default=Preset.default, description=Preset.__doc__)
 
 
 class TilesConfig(dg.Config):
     """How ``cd/tiles`` cuts a scene."""
 
-    preset: Preset = _PRESET
+    preset: Preset = PRESET_FIELD
     tile_size: int | None = Field(default=None, description="Window side in pixels.")
     overlap: int | None = Field(default=None, description="Overlap between windows in pixels.")
     max_nodata_fraction: float | None = Field(
@@ -89,7 +89,7 @@ class Split(enum.StrEnum):
 class ModelConfig(dg.Config):
     """How ``cd/model`` trains."""
 
-    preset: Preset = _PRESET
+    preset: Preset = PRESET_FIELD
     epochs: int | None = Field(default=None, description="Training epochs.")
     batch_size: int | None = Field(default=None, description="Tiles per batch.")
     learning_rate: float | None = Field(default=None, description="AdamW learning rate.")
@@ -103,6 +103,14 @@ class ModelConfig(dg.Config):
     )
     val_fraction: float | None = Field(
         default=None, description="Share of labelled tiles held out for validation."
+    )
+    patience: int | None = Field(
+        default=None,
+        description="Stop after this many epochs without a better validation F1 (0: never); the "
+        "best epoch's weights are kept.",
+    )
+    num_threads: int | None = Field(
+        default=None, description="PyTorch CPU threads while training (0: one per core)."
     )
 
     def to_core(self) -> TrainConfig:
@@ -118,13 +126,15 @@ class ModelConfig(dg.Config):
             split=None if self.split is None else self.split.value,
             val_scenes=None if self.val_scenes is None else tuple(self.val_scenes),
             val_fraction=self.val_fraction,
+            patience=self.patience,
+            num_threads=self.num_threads,
         )
 
 
 class RegistrationConfig(dg.Config):
     """How ``cd/registered_model`` gates, registers and promotes."""
 
-    preset: Preset = _PRESET
+    preset: Preset = PRESET_FIELD
     model_name: str = Field(default=DEFAULT_MODEL_NAME, description="Registered model name.")
     min_f1: float | None = Field(default=None, description="Least validation F1 to register.")
     tolerance: float | None = Field(
@@ -148,7 +158,7 @@ class RegistrationConfig(dg.Config):
 class ChangeMapConfig(dg.Config):
     """Which model ``cd/change_map`` uses and how it slides over the scene."""
 
-    preset: Preset = _PRESET
+    preset: Preset = PRESET_FIELD
     model_name: str = Field(default=DEFAULT_MODEL_NAME, description="Registered model name.")
     alias: str = Field(default=CHAMPION, description="Alias of the version to use.")
     tile_size: int | None = Field(default=None, description="Inference window side in pixels.")

@@ -12,13 +12,10 @@ import dagster as dg
 
 from mlops_assets.assets.cd.config import EXPERIMENT, ModelConfig, RegistrationConfig
 from mlops_assets.assets.cd.tiles import KEY as TILES_KEY
-from mlops_assets.assets.common import image_md, markdown_table, metadata
+from mlops_assets.assets.common import ProgressLog, image_md, markdown_table, metadata
 from mlops_assets.assets.registration import champion_score, gated_registration
-from mlops_assets.core.cd.dataset import tile_refs
-from mlops_assets.core.cd.registry import log_cd_model
+from mlops_assets.core.aliases import CHALLENGER, CHAMPION
 from mlops_assets.core.cd.tiles import TileIndex
-from mlops_assets.core.cd.train import EpochMetrics, TrainingError, train_change_model
-from mlops_assets.core.tracking import CHALLENGER, CHAMPION, DatasetRef, TrackingError, gate
 from mlops_assets.resources.lineage import LineageResource
 from mlops_assets.resources.mlflow import MLflowResource
 from mlops_assets.resources.outputs import OutputStoreResource
@@ -57,6 +54,42 @@ def _log_split(tracker: Any, run_id: str, split: str, result: Any) -> None:
     tracker.log_dict(run_id, {"train": result.train_scenes, "val": result.val_scenes}, "split.json")
 
 
+class _Progress:
+    """Each epoch to MLflow and as a progress line; a batch line when an epoch runs long."""
+
+    def __init__(self, log: Any, tracker: Any, run_id: str, epochs: int) -> None:
+        self.line = ProgressLog(log)
+        self.tracker = tracker
+        self.run_id = run_id
+        self.epochs = epochs
+        self.best_f1 = 0.0
+
+    def epoch(self, m: Any) -> None:  # an EpochMetrics (PyTorch is imported by the step only)
+        """Log one epoch's metrics and its progress line."""
+        values = {k: v for k, v in dataclasses.asdict(m).items() if k != "epoch"}
+        self.tracker.log_metrics(self.run_id, values, step=m.epoch)
+        self.best_f1 = max(self.best_f1, m.f1)
+        self.line(
+            f"epoch {m.epoch}/{self.epochs}: loss {m.train_loss:.3f}, val F1 {m.f1:.3f} "
+            f"(best {self.best_f1:.3f}), IoU {m.iou:.3f}, {m.seconds:.0f} s "
+            f"({m.samples_per_second:.1f} samples/s)"
+        )
+
+    def batch(self, epoch: int, batch: int, batches: int, loss: float) -> None:
+        """A progress line within a long epoch (at most every 20 s)."""
+        text = f"epoch {epoch}/{self.epochs}: batch {batch}/{batches}, loss {loss:.3f}"
+        self.line(text, milestone=False)
+
+    def finished(self, result: Any, patience: int) -> None:  # a TrainResult
+        """Say so when training stopped early, and which epoch it kept."""
+        if result.stopped_early:
+            self.line(
+                f"stopped after epoch {len(result.history)}/{self.epochs}: no better validation "
+                f"F1 for {patience} epochs; keeping epoch {result.best.epoch} "
+                f"(F1 {result.best.f1:.3f})"
+            )
+
+
 @dg.asset(
     key=KEY,
     ins={"tiles": dg.AssetIn(key=TILES_KEY, metadata={"allow_missing_partitions": True})},
@@ -78,6 +111,12 @@ def cd_model(
     lineage: LineageResource,
 ) -> dg.MaterializeResult[dict[str, Any]]:
     """Train on every labelled scene's tiles and log the run to MLflow."""
+    # PyTorch and MLflow load here, when the step runs, not with the code location.
+    from mlops_assets.core.cd.dataset import tile_refs
+    from mlops_assets.core.cd.registry import log_cd_model
+    from mlops_assets.core.cd.train import TrainingError, train_change_model
+    from mlops_assets.core.tracking import DatasetRef, TrackingError
+
     tiles = tiles or {}  # no cd_scenes partition at all loads as None
     if isinstance(tiles.get("scene_id"), str):  # one partition loads as its value, not a dict
         tiles = {tiles["scene_id"]: tiles}
@@ -126,21 +165,18 @@ def cd_model(
             ],
         )
 
-        def on_epoch(m: EpochMetrics) -> None:
-            values = {k: v for k, v in dataclasses.asdict(m).items() if k != "epoch"}
-            tracker.log_metrics(run_id, values, step=m.epoch)
-            context.log.info(
-                f"epoch {m.epoch}/{train_config.epochs}: loss {m.train_loss:.3f}, "
-                f"val F1 {m.f1:.3f}, IoU {m.iou:.3f} ({m.samples_per_second:.1f} samples/s)"
-            )
-
+        progress = _Progress(context.log, tracker, run_id, train_config.epochs)
         try:
             result = train_change_model(
-                tile_refs([(d, i) for d, i, _ in sets]), train_config, on_epoch
+                tile_refs([(d, i) for d, i, _ in sets]),
+                train_config,
+                progress.epoch,
+                progress.batch,
             )
         except TrainingError as exc:
             raise dg.Failure(description=f"training failed: {exc}") from exc
         best = {f"val_{k}": getattr(result.best, k) for k in _METRICS}
+        progress.finished(result, train_config.patience)
         tracker.log_metrics(run_id, {**best, "best_epoch": result.best.epoch}, step=0)
         _log_split(tracker, run_id, train_config.split, result)
         for name, image in result.overlays:
@@ -175,6 +211,7 @@ def cd_model(
                 "model_uri": model_uri,
                 **{k: round(v, 4) for k, v in best.items()},
                 "best_epoch": result.best.epoch,
+                "epochs_run": len(result.history),
                 "train_tiles": result.train_tiles,
                 "val_tiles": result.val_tiles,
                 "buffer_tiles": result.buffer_tiles,
@@ -224,6 +261,8 @@ def cd_registered_model(
     mlflow: MLflowResource,
 ):  # Dagster derives the outputs (value + checks) from the decorator
     """Gate the trained model against the threshold and the champion; register and alias it."""
+    from mlops_assets.core.tracking import TrackingError, gate
+
     gate_config = config.to_core()
     tracker = mlflow.tracker(EXPERIMENT)
     try:

@@ -9,8 +9,8 @@ import enum
 import dagster as dg
 from pydantic import Field
 
+from mlops_assets.core.aliases import CHAMPION
 from mlops_assets.core.nvs.config import NVSTrainConfig, nvs_preset
-from mlops_assets.core.tracking import CHAMPION
 
 DEFAULT_MODEL_NAME = "gaussian-splats"
 EXPERIMENT = "novel-view-synthesis"
@@ -53,6 +53,9 @@ class SplatsConfig(dg.Config):
     )
     device: NVSDevice = Field(default=NVSDevice.auto, description="auto, cpu or cuda.")
     seed: int = Field(default=42, description="Random seed.")
+    num_threads: int | None = Field(
+        default=None, description="PyTorch CPU threads while training (0: one per core)."
+    )
 
     def to_core(self) -> NVSTrainConfig:
         """The core training configuration."""
@@ -65,6 +68,7 @@ class SplatsConfig(dg.Config):
             max_image_size=self.max_image_size,
             device=self.device.value,
             seed=self.seed,
+            num_threads=self.num_threads,
         )
 
 

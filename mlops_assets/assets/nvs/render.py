@@ -16,13 +16,9 @@ from mlops_assets.assets.common import image_md, lakefs_links, metadata
 from mlops_assets.assets.nvs.config import EXPERIMENT, RenderConfig
 from mlops_assets.assets.nvs.scene import KEY as SCENE_KEY
 from mlops_assets.assets.nvs.splats import REGISTERED_KEY
-from mlops_assets.core.nvs.ply import write_inria_ply
-from mlops_assets.core.nvs.registry import load_splat_model, scene_alias
-from mlops_assets.core.nvs.render import render_orbit
 from mlops_assets.core.publish import publish_files
 from mlops_assets.core.scenes.colmap import read_model
 from mlops_assets.core.scenes.nvs import materialize_nvs_scene
-from mlops_assets.core.tracking import TrackingError
 from mlops_assets.partitions import nvs_scenes
 from mlops_assets.resources.lineage import LineageResource
 from mlops_assets.resources.mlflow import MLflowResource
@@ -56,6 +52,12 @@ def nvs_render(
     lineage: LineageResource,
 ) -> dg.MaterializeResult[dict[str, Any]]:
     """Export and render the scene's aliased splats and publish them."""
+    # PyTorch and MLflow load here, when the step runs, not with the code location.
+    from mlops_assets.core.nvs.ply import write_inria_ply
+    from mlops_assets.core.nvs.registry import load_splat_model, scene_alias
+    from mlops_assets.core.nvs.render import render_orbit
+    from mlops_assets.core.tracking import TrackingError
+
     scene_id, commit = scene["scene_id"], scene["commit_id"]
     tracker = mlflow.tracker(EXPERIMENT)
     alias = scene_alias(config.alias, scene_id)

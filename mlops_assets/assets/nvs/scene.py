@@ -120,7 +120,8 @@ def nvs_scene(
 ):  # Dagster derives the outputs (value + checks) from the decorator
     """Read one capture at a commit and describe it; the checks say whether it is usable."""
     store = scene_store.get_store()
-    scene = read_nvs_scene(store, config.ref or scene_store.branch, context.partition_key)
+    ref = config.resolve(context, scene_store.branch)
+    scene = read_nvs_scene(store, ref, context.partition_key)
     if scene.needs_sfm:
         context.log.info(f"nvs/{scene.scene_id}: no COLMAP model, posing the photos with SfM")
         with tempfile.TemporaryDirectory(prefix="nvs-sfm-") as tmp:

@@ -8,13 +8,12 @@ it behind a held-out PSNR gate and moves the scene's aliases.
 import dataclasses
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
-from mlflow.exceptions import MlflowException
 from PIL import Image
 
-from mlops_assets.assets.common import image_md, markdown_table, metadata
+from mlops_assets.assets.common import ProgressLog, image_md, markdown_table, metadata
 from mlops_assets.assets.nvs.config import (
     EXPERIMENT,
     SplatsConfig,
@@ -22,29 +21,17 @@ from mlops_assets.assets.nvs.config import (
 )
 from mlops_assets.assets.nvs.scene import KEY as SCENE_KEY
 from mlops_assets.assets.registration import champion_score, gated_registration
-from mlops_assets.core.nvs.data import NVSDataError, dataset_from_config
-from mlops_assets.core.nvs.gaussians import to_numpy
-from mlops_assets.core.nvs.registry import log_splat_model, scene_alias
-from mlops_assets.core.nvs.train import (
-    DivergenceError,
-    NVSTrainingError,
-    SplatsOutOfMemoryError,
-    train_splats,
-)
+from mlops_assets.core.aliases import CHALLENGER, CHAMPION
 from mlops_assets.core.scenes.colmap import read_model
 from mlops_assets.core.scenes.nvs import materialize_nvs_scene
-from mlops_assets.core.tracking import (
-    CHALLENGER,
-    CHAMPION,
-    DatasetRef,
-    Tracker,
-    TrackingError,
-    gate,
-)
 from mlops_assets.partitions import nvs_scenes
 from mlops_assets.resources.lineage import LineageResource
 from mlops_assets.resources.mlflow import MLflowResource
 from mlops_assets.resources.scene_store import SceneStoreResource
+
+if TYPE_CHECKING:
+    from mlops_assets.core.nvs.train import SplatsOutOfMemoryError
+    from mlops_assets.core.tracking import Tracker
 
 KEY = dg.AssetKey(["nvs", "splats"])
 REGISTERED_KEY = dg.AssetKey(["nvs", "registered_splats"])
@@ -52,13 +39,15 @@ GATE_CHECK = "psnr_gate"
 
 
 def _out_of_memory(
-    tracker: Tracker, run_id: str, scene_id: str, preset: str, exc: SplatsOutOfMemoryError
+    tracker: "Tracker", run_id: str, scene_id: str, preset: str, exc: "SplatsOutOfMemoryError"
 ) -> dg.Failure:
     """The step's failure: the preset, the Gaussian count, and the checkpoint kept in MLflow.
 
     The checkpoint on disk lives in the step's temporary directory, which goes with the step, so
     the run (marked FAILED) keeps it as ``checkpoints/last_good.pt``.
     """
+    from mlflow.exceptions import MlflowException
+
     info: dict[str, Any] = {"preset": preset, "step": exc.step, "phase": exc.phase}
     info["num_gaussians"] = exc.num_gaussians
     kept = "no checkpoint was kept"
@@ -78,6 +67,8 @@ def _out_of_memory(
 
 
 def _reachable(mlflow: MLflowResource, scene_id: str) -> Any:
+    from mlops_assets.core.tracking import TrackingError
+
     tracker = mlflow.tracker(EXPERIMENT)
     try:
         tracker.check_reachable()
@@ -108,6 +99,18 @@ def nvs_splats(
     lineage: LineageResource,
 ) -> dg.MaterializeResult[dict[str, Any]]:
     """Train one scene's Gaussians and log the run and the model to MLflow."""
+    # PyTorch, gsplat and MLflow load here, when the step runs, not with the code location.
+    from mlops_assets.core.nvs.data import NVSDataError, dataset_from_config
+    from mlops_assets.core.nvs.gaussians import to_numpy
+    from mlops_assets.core.nvs.registry import log_splat_model
+    from mlops_assets.core.nvs.train import (
+        DivergenceError,
+        NVSTrainingError,
+        SplatsOutOfMemoryError,
+        train_splats,
+    )
+    from mlops_assets.core.tracking import DatasetRef
+
     scene_id, commit = scene["scene_id"], scene["commit_id"]
     train_config = config.to_core()
     tracker = _reachable(mlflow, scene_id)
@@ -157,8 +160,16 @@ def nvs_splats(
                 ],
             )
 
+            progress = ProgressLog(context.log)
+            steps = train_config.steps
+
             def on_log(step: int, values: dict[str, float]) -> None:
                 tracker.log_metrics(run_id, values, step=step)
+                progress(
+                    f"step {step}/{steps}: loss {values['loss']:.4f}, "
+                    f"{values['num_gaussians']:.0f} Gaussians",
+                    milestone=False,
+                )
 
             def on_eval(step: int, values: dict[str, float], renders: list[Any]) -> None:
                 tracker.log_metrics(run_id, {f"test_{k}": v for k, v in values.items()}, step)
@@ -166,9 +177,9 @@ def nvs_splats(
                     tracker.log_image(
                         run_id, Image.fromarray(image), f"heldout/step{step:06d}/{name}.png"
                     )
-                context.log.info(
-                    f"step {step}/{train_config.steps}: held-out "
-                    + ", ".join(f"{k} {v:.3f}" for k, v in sorted(values.items()))
+                progress(
+                    f"step {step}/{steps}: held-out PSNR {values['psnr']:.2f} dB, "
+                    f"SSIM {values['ssim']:.3f}, {values['num_gaussians']:.0f} Gaussians"
                 )
 
             try:
@@ -275,6 +286,9 @@ def nvs_registered_splats(
     mlflow: MLflowResource,
 ):  # Dagster derives the outputs (value + checks) from the decorator
     """Gate the scene's splats on held-out PSNR against its champion; register and alias."""
+    from mlops_assets.core.nvs.registry import scene_alias
+    from mlops_assets.core.tracking import gate
+
     scene_id = splats["scene_id"]
     tracker = _reachable(mlflow, scene_id)
     name = config.model_name

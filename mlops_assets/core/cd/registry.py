@@ -13,7 +13,7 @@ import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,8 +21,10 @@ from mlflow.models import ModelSignature
 from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
 from torch import nn
 
-from mlops_assets.core.cd.train import TrainResult
 from mlops_assets.core.tracking import Tracker, load_pyfunc, log_pyfunc
+
+if TYPE_CHECKING:  # loading a model (cd/change_map) needs none of training's imports
+    from mlops_assets.core.cd.train import TrainResult
 
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 _REQUIREMENTS = ("torch", "segmentation-models-pytorch", "timm", "numpy", "mlflow")

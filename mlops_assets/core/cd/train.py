@@ -3,9 +3,10 @@
 `train_change_model` splits the tiles spatially, trains with BCE + Dice (AdamW, linear warm-up then
 cosine decay per step, optionally an exponential moving average of the weights), evaluates F1,
 IoU, precision and recall on validation pixels after every epoch (torchmetrics, label 255
-ignored; the averaged weights when there are any), keeps the best epoch by F1, and renders a few
-validation predictions as overlay images. It reports each epoch through a callback, so the caller
-can log to MLflow without this module knowing about it.
+ignored; the averaged weights when there are any), keeps the best epoch by F1, stops early once
+F1 has not improved for ``patience`` epochs, and renders a few validation predictions as overlay
+images. It reports each epoch (and, for progress lines, each batch) through callbacks, so the
+caller can log to MLflow without this module knowing about it.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from mlops_assets.core.cd.dataset import (
 )
 from mlops_assets.core.cd.model import BceDiceLoss, build_unet, model_spec
 from mlops_assets.core.cd.raster import label_image, overlay_image, rgb_image, side_by_side
+from mlops_assets.core.compute import torch_threads
 
 
 class TrainingError(RuntimeError):
@@ -63,6 +65,10 @@ class EpochMetrics:
     samples_per_second: float
 
 
+#: ``on_batch(epoch, batch, batches, loss)``: called after every optimiser step.
+BatchCallback = Callable[[int, int, int, float], None]
+
+
 @dataclass
 class TrainResult:
     """A trained model, how it was trained, and how well it does on held-out tiles."""
@@ -77,6 +83,7 @@ class TrainResult:
     device: str
     train_scenes: list[str] = field(default_factory=lambda: list[str]())
     val_scenes: list[str] = field(default_factory=lambda: list[str]())
+    stopped_early: bool = False  # True when patience ran out before ``epochs``
     overlays: list[tuple[str, Image.Image]] = field(
         default_factory=lambda: list[tuple[str, Image.Image]]()
     )
@@ -89,6 +96,31 @@ def select_device(preference: str) -> torch.device:
     if preference in ("cuda", "auto") and torch.cuda.is_available():
         return torch.device("cuda")
     return torch.device("cpu")
+
+
+class EarlyStopping:
+    """Counts epochs since validation F1 last beat the best by more than ``min_delta``.
+
+    Epochs up to ``min_epochs`` are not counted: while the learning rate is high F1 swings, and a
+    dip there says nothing about convergence.
+    """
+
+    def __init__(self, patience: int, min_delta: float = 0.0, min_epochs: int = 0) -> None:
+        self.patience = patience
+        self.min_delta = min_delta
+        self.min_epochs = min_epochs
+        self.best = -math.inf
+        self.stale = 0
+        self.epochs = 0
+
+    def update(self, score: float) -> bool:
+        """Record an epoch's score; True when training should stop (never with patience 0)."""
+        self.epochs += 1
+        if score > self.best + self.min_delta:
+            self.best, self.stale = score, 0
+        elif self.epochs > self.min_epochs:
+            self.stale += 1
+        return self.patience > 0 and self.stale >= self.patience
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -192,8 +224,22 @@ def train_change_model(
     refs: Sequence[TileRef],
     config: TrainConfig,
     on_epoch: Callable[[EpochMetrics], None] | None = None,
+    on_batch: BatchCallback | None = None,
 ) -> TrainResult:
-    """Train a U-Net on ``refs``; return the best epoch's model (on the CPU, in eval mode)."""
+    """Train a U-Net on ``refs``; return the best epoch's model (on the CPU, in eval mode).
+
+    On the CPU, PyTorch uses ``config.num_threads`` threads meanwhile (0: its default).
+    """
+    with torch_threads(config.num_threads):
+        return _train(refs, config, on_epoch, on_batch)
+
+
+def _train(
+    refs: Sequence[TileRef],
+    config: TrainConfig,
+    on_epoch: Callable[[EpochMetrics], None] | None,
+    on_batch: BatchCallback | None,
+) -> TrainResult:
     if not refs:
         raise TrainingError("no tiles to train on")
     generator = seed_everything(config.seed)
@@ -242,11 +288,13 @@ def train_change_model(
     history: list[EpochMetrics] = []
     best: EpochMetrics | None = None
     best_state: dict[str, torch.Tensor] = {}
+    stopping = EarlyStopping(config.patience, config.min_delta, config.min_epochs)
+    stopped_early = False
     for epoch in range(1, config.epochs + 1):
         model.train()
         started = time.perf_counter()
         total, samples = 0.0, 0
-        for batch in train_loader:
+        for step, batch in enumerate(train_loader, start=1):
             image, mask = batch["image"].to(device), batch["mask"].to(device)
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(model(image), mask)
@@ -261,6 +309,8 @@ def train_change_model(
                 ema.update_parameters(model)
             total += float(loss.detach()) * image.shape[0]
             samples += image.shape[0]
+            if on_batch is not None:
+                on_batch(epoch, step, len(train_loader), float(loss.detach()))
         seconds = time.perf_counter() - started
         scored = model if ema is None else ema.module
         values = evaluate(scored, val_loader, loss_fn, device, config.threshold)
@@ -281,6 +331,9 @@ def train_change_model(
         if best is None or metrics.f1 >= best.f1:
             best = metrics
             best_state = copy.deepcopy(scored.state_dict())
+        if stopping.update(metrics.f1) and epoch < config.epochs:
+            stopped_early = True
+            break
     assert best is not None
     model.load_state_dict(best_state)
     overlays = render_overlays(model, split.val[: config.overlay_images], device, config.threshold)
@@ -295,5 +348,6 @@ def train_change_model(
         device=str(device),
         train_scenes=scenes_of(split.train),
         val_scenes=scenes_of(split.val),
+        stopped_early=stopped_early,
         overlays=overlays,
     )

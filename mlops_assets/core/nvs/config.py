@@ -62,6 +62,10 @@ class NVSTrainConfig:
     seed: int = 42
     device: Literal["auto", "cpu", "cuda"] = "auto"
     cpu_tile_size: int = 8  # the CPU rasteriser's tile side (8 measured faster than 16 at 64 px)
+    # PyTorch CPU threads while training (0: PyTorch's default, one per core). The CPU
+    # rasteriser's work at demo sizes is too small to share: 2 threads on 2 cores cost about 4x
+    # the CPU time of 1 for the same wall time, and starve whatever runs beside it.
+    num_threads: int = 1
     # Divergence guard: a non-finite loss, or held-out PSNR this many dB below the best so far.
     psnr_collapse_db: float = 10.0
 
@@ -82,6 +86,8 @@ class NVSTrainConfig:
             raise ValueError("sh_degree_interval, refine_every and reset_every must be >= 1")
         if min(self.eval_every, self.log_every, self.checkpoint_every) < 1:
             raise ValueError("eval_every, log_every and checkpoint_every must be >= 1")
+        if self.num_threads < 0:
+            raise ValueError(f"num_threads must be >= 0 (0: one per core), got {self.num_threads}")
 
     @property
     def num_sh_bases(self) -> int:
@@ -127,8 +133,14 @@ NVS_PRESETS: dict[NVSPresetName, NVSTrainConfig] = {
         quats_lr=4e-3,
         sh0_lr=1e-2,
         shN_lr=1e-2 / 20,
+        # Fewer, larger Gaussians generalise better to the held-out views of the demo captures
+        # and cost less: grown at 3x simple_trainer's gradient threshold and only until step 300,
+        # held-out PSNR went from 34.23 / 30.27 / 29.97 dB (globe / ring / toy-blocks, 13.7k to
+        # 15.7k Gaussians) to 34.30 / 31.35 / 30.24 dB with 3.7k to 4.2k Gaussians, in about
+        # 60% of the CPU time (benchmarks/RESULTS.md, "make demo in minutes").
+        grow_grad2d=0.0006,
         refine_start_iter=100,
-        refine_stop_iter=500,
+        refine_stop_iter=300,
         reset_every=100_000,  # no opacity reset in a short run
         refine_every=50,
         eval_every=150,

@@ -36,6 +36,7 @@ from torchmetrics.functional.image import (
     structural_similarity_index_measure,
 )
 
+from mlops_assets.core.compute import torch_threads
 from mlops_assets.core.nvs import raster_cpu
 from mlops_assets.core.nvs.config import NVSTrainConfig
 from mlops_assets.core.nvs.data import NVSDataset, NVSView
@@ -426,7 +427,8 @@ def train_splats(
 
     ``on_log(step, metrics)`` is called every ``log_every`` steps, ``on_eval(step, metrics,
     renders)`` after every held-out evaluation (``eval_every`` steps and at the end). With
-    ``checkpoint_dir`` the last good state is kept there as ``last_good.pt``.
+    ``checkpoint_dir`` the last good state is kept there as ``last_good.pt``. On the CPU, PyTorch
+    uses ``config.num_threads`` threads meanwhile (0: its default).
 
     Raises:
         NVSTrainingError: no training views, mixed image sizes with ``batch_size > 1``, or the
@@ -438,7 +440,8 @@ def train_splats(
     """
     progress = _Progress()
     try:
-        return _train(dataset, config, init, on_log, on_eval, checkpoint_dir, progress)
+        with torch_threads(config.num_threads):
+            return _train(dataset, config, init, on_log, on_eval, checkpoint_dir, progress)
     except torch.OutOfMemoryError as exc:
         raise _out_of_memory(exc, select_device(config.device), config, progress) from exc
 

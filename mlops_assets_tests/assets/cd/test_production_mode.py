@@ -8,7 +8,6 @@ from typing import Any
 import boto3
 import dagster as dg
 import pytest
-from dagster_aws.s3 import S3Resource
 from mlflow.tracking import MlflowClient
 
 from mlops_assets.assets.cd.change_map import cd_change_map
@@ -44,7 +43,7 @@ def test_chain_against_an_mlflow_server_and_s3_tiles(
         **resources,
         "mlflow": MLflowResource(tracking_uri=mlflow_server, ui_url=mlflow_server),
         "output_store": S3OutputStoreResource(
-            s3=S3Resource(endpoint_url=moto_endpoint),
+            endpoint_url=moto_endpoint,
             bucket="tiles",
             prefix="prod",
             cache_dir=str(tmp_path / "s3-cache"),

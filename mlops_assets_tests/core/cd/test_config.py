@@ -54,6 +54,7 @@ def test_unknown_preset_names_the_choices() -> None:
 def test_scaled_shrinks_epochs_but_keeps_at_least_one() -> None:
     default = preset(TrainConfig, "default")
     assert scaled(default, 0.5).epochs == default.epochs // 2
+    assert scaled(default, 0.5).min_epochs == default.min_epochs // 2 == 10
     assert scaled(default, 0.0).epochs == 1
     assert scaled(default, 0.5).learning_rate == default.learning_rate
 

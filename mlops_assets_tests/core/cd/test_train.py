@@ -12,6 +12,7 @@ from mlops_assets.core.cd.config import TilingConfig, TrainConfig, preset
 from mlops_assets.core.cd.dataset import TileRef, tile_refs
 from mlops_assets.core.cd.model import BceDiceLoss
 from mlops_assets.core.cd.train import (
+    EarlyStopping,
     EpochMetrics,
     TrainingError,
     train_change_model,
@@ -177,3 +178,75 @@ def test_with_ema_the_averaged_weights_are_scored_and_returned(two_scenes: list[
         assert torch.equal(a, b)
     assert first.best.f1 == max(m.f1 for m in first.history)
     assert first.spec == plain.spec  # the averaged model has the trained model's architecture
+
+
+def test_early_stopping_counts_epochs_without_a_gain_beyond_min_delta() -> None:
+    stopping = EarlyStopping(patience=2, min_delta=0.01)
+    # 0.5 best; 0.505 is not a gain of more than 0.01; 0.6 is; then two epochs without.
+    assert [stopping.update(f1) for f1 in (0.5, 0.505, 0.6, 0.605, 0.59)] == [
+        False,
+        False,
+        False,
+        False,
+        True,
+    ]
+    never = EarlyStopping(patience=0, min_delta=0.0)
+    assert not any(never.update(0.5) for _ in range(50))
+
+
+def test_training_stops_when_f1_stalls_and_returns_the_best_epochs_weights(
+    two_scenes: list[TileRef], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mlops_assets.core.cd.train as train
+
+    scripted = iter([0.5, 0.8, 0.7, 0.79, 0.6, 0.95, 0.99])  # epoch 2 is the best seen in time
+    scored: list[torch.Tensor] = []  # the weights each epoch was scored with
+
+    def fake_evaluate(model: torch.nn.Module, *args: object, **kwargs: object) -> dict[str, float]:
+        scored.append(torch.cat([p.detach().flatten().clone() for p in model.parameters()]))
+        f1 = next(scripted)
+        return {"f1": f1, "iou": f1 / 2, "precision": f1, "recall": f1, "loss": 1 - f1}
+
+    monkeypatch.setattr(train, "evaluate", fake_evaluate)
+    config = dataclasses.replace(TINY, epochs=7, patience=3)
+    result = train_change_model(two_scenes, config)
+
+    assert [m.epoch for m in result.history] == [1, 2, 3, 4, 5]  # 3 epochs after the best, stop
+    assert result.stopped_early and result.best.epoch == 2 and result.best.f1 == 0.8
+    weights = torch.cat([p.detach().flatten() for p in result.model.parameters()])
+    assert torch.equal(weights, scored[1]) and not torch.equal(weights, scored[-1])
+    full = train_change_model(two_scenes, dataclasses.replace(config, patience=0, epochs=2))
+    assert not full.stopped_early and len(full.history) == 2
+
+
+def test_training_uses_the_configured_threads_and_reports_every_batch(
+    two_scenes: list[TileRef],
+) -> None:
+    before = torch.get_num_threads()
+    seen: list[tuple[int, int, int, int]] = []
+
+    def on_batch(epoch: int, batch: int, batches: int, loss: float) -> None:
+        assert loss > 0
+        seen.append((epoch, batch, batches, torch.get_num_threads()))
+
+    config = dataclasses.replace(TINY, epochs=1, num_threads=1)
+    result = train_change_model(two_scenes, config, on_batch=on_batch)
+    batches = math.ceil(result.train_tiles / TINY.batch_size)
+    assert seen == [(1, b, batches, 1) for b in range(1, batches + 1)]
+    assert torch.get_num_threads() == before  # restored for whatever runs next in the process
+
+
+def test_patience_and_threads_must_not_be_negative() -> None:
+    with pytest.raises(ValueError, match=r"patience \(-1\), min_delta \(0.0\), min_epochs \(0\)"):
+        dataclasses.replace(TINY, patience=-1)
+
+
+def test_early_stopping_does_not_count_the_first_min_epochs() -> None:
+    # The 1-thread demo trajectory of the default preset (epochs 13 to 28): with patience 5 it
+    # would stop at 21 on epoch 16's 0.957; counted from epoch 20, it keeps going to epoch 23's
+    # 0.960 and stops 5 epochs later.
+    f1 = [0.951, 0.943, 0.950, 0.957, 0.950, 0.954, 0.953, 0.947, 0.956, 0.953, 0.960]
+    f1 += [0.934, 0.954, 0.958, 0.955, 0.958]
+    stopping = EarlyStopping(patience=5, min_epochs=20)
+    stops = [stopping.update(score) for score in [0.6] * 12 + f1]
+    assert stops.index(True) + 1 == 28 and stopping.best == 0.960

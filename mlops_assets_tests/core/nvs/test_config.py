@@ -44,6 +44,7 @@ def test_preset_overrides_and_unknown_names() -> None:
         ("downscale", 0, "downscale must be a positive integer"),
         ("holdout_every", 1, "holdout_every must be at least 2"),
         ("ssim_lambda", 1.5, "ssim_lambda must be in"),
+        ("num_threads", -1, "num_threads must be >= 0"),
     ],
 )
 def test_invalid_values_are_refused(field: str, value: object, message: str) -> None:

@@ -177,3 +177,17 @@ def test_real_kapture_scene_trains_and_renders() -> None:
     assert [name for name, _ in result.renders] == ["00.jpg"]
     assert result.renders[0][1].shape == (36, 128, 3)
     assert result.history[-1]["loss"] < result.history[0]["loss"] * 1.5
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_training_runs_on_the_configured_threads_and_restores_them(
+    small_scene: Path, threads: int
+) -> None:
+    before = torch.get_num_threads()
+    config = short(steps=4, eval_every=100, log_every=2, num_threads=threads)
+    seen: list[int] = []
+    train_splats(
+        load(small_scene, config), config, on_log=lambda s, m: seen.append(torch.get_num_threads())
+    )
+    assert seen == [threads, threads]
+    assert torch.get_num_threads() == before
