@@ -1,0 +1,378 @@
+"""A sweep's MLflow lineage, and what ``cd/model`` reads back from it.
+
+`run_sweep` opens one parent run per sweep (tags: the caller's, e.g. the Dagster run id; params:
+the search space, budget, pruner and fixed settings; dataset inputs: the tiles' lakeFS commits),
+runs the workers (each trial a nested child run: params, per-epoch metrics, state, duration), then
+records the study's best params and value on the parent with three plots as images (optimisation
+history, parameter importances, parallel coordinates; `optuna.visualization.matplotlib`).
+
+`latest_sweep` finds the newest finished parent run (of a study, or of any) and returns its best
+configuration as `TrainConfig` overrides plus the run id and study name a model version is tagged
+with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+from PIL import Image
+
+from mlops_assets.core.cd.config import TrainConfig
+from mlops_assets.core.cd.dataset import TileRef
+from mlops_assets.core.cd.sweep import (
+    ATTR_RUN,
+    StudyIdentity,
+    SweepConfig,
+    SweepError,
+    TrackingTarget,
+    TrialCallback,
+    TrialOutcome,
+    WorkerJob,
+    apply,
+    default_params,
+    finished,
+    open_storage,
+    overrides,
+    prepare_study,
+    run_workers,
+    select_refs,
+    started,
+    worker_threads,
+)
+from mlops_assets.core.redact import redact_uri
+from mlops_assets.core.tracking import DatasetRef, Tracker
+
+#: Tags of a sweep's parent run (what `latest_sweep` searches by) and of the model it tunes.
+KIND_TAG = "mlops.kind"
+SWEEP_KIND = "cd-sweep"
+STUDY_TAG = "optuna.study_name"
+BEST_TAG = "mlops.sweep.best_overrides"
+#: Tags a model version trained from a sweep's best params carries.
+MODEL_SWEEP_RUN_TAG = "sweep.run_id"
+MODEL_SWEEP_STUDY_TAG = "sweep.study"
+
+
+@dataclass(frozen=True)
+class TrialRow:
+    """One finished trial of the study, for tables."""
+
+    number: int
+    state: str
+    value: float | None
+    params: dict[str, Any]
+    epochs: int
+    seconds: float | None
+    run_id: str
+
+
+@dataclass
+class SweepResult:
+    """What a sweep did and found."""
+
+    study_name: str
+    run_id: str  # the parent MLflow run
+    storage: str  # redacted
+    new_study: bool
+    best_value: float
+    best_number: int
+    best_params: dict[str, Any]
+    best_overrides: dict[str, Any]  # TrainConfig fields
+    evaluated: list[TrialOutcome]  # by this sweep
+    trials: list[TrialRow]  # every finished trial of the study
+    data_commits: dict[str, str]
+    plots: dict[str, Image.Image] = field(default_factory=lambda: dict[str, Image.Image]())
+    notes: list[str] = field(default_factory=lambda: list[str]())
+
+    def top(self, n: int = 10) -> list[TrialRow]:
+        """The ``n`` best complete trials, best first."""
+        done = [t for t in self.trials if t.state == "COMPLETE" and t.value is not None]
+        return sorted(done, key=lambda t: (-(t.value or 0.0), t.number))[:n]
+
+    def counts(self) -> dict[str, int]:
+        """How many of this sweep's trials completed, were pruned or failed."""
+        states = [o.state for o in self.evaluated]
+        return {s.lower(): states.count(s) for s in ("COMPLETE", "PRUNED", "FAIL")}
+
+
+def _rows(trials: Sequence[FrozenTrial]) -> list[TrialRow]:
+    return [
+        TrialRow(
+            number=t.number,
+            state=t.state.name,
+            value=t.value,
+            params=dict(t.params),
+            epochs=int(t.user_attrs.get("epochs_run", len(t.intermediate_values))),
+            seconds=None if t.duration is None else t.duration.total_seconds(),
+            run_id=str(t.user_attrs.get(ATTR_RUN, "")),
+        )
+        for t in trials
+    ]
+
+
+def _figure_image(plot: Callable[[], Any]) -> Image.Image:
+    """Render an `optuna.visualization.matplotlib` plot to an image and free the figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: never a GUI window from a step
+    import matplotlib.pyplot as plt
+
+    with warnings.catch_warnings():  # the matplotlib backend is "experimental" in Optuna
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        axes = plot()
+    figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
+    figure.set_size_inches(8, 5)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
+    plt.close(figure)
+    buffer.seek(0)
+    return Image.open(buffer).convert("RGB")
+
+
+def study_plots(study: optuna.Study) -> tuple[dict[str, Image.Image], list[str]]:
+    """History, importances and parallel coordinates; the plots left out, and why."""
+    from optuna.visualization import matplotlib as vis
+
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    plots: dict[str, Image.Image] = {}
+    notes: list[str] = []
+    if not complete:
+        return plots, ["no plots: no trial completed"]
+    plots["history"] = _figure_image(lambda: vis.plot_optimization_history(study))
+    varied = [n for n in complete[0].params if len({str(t.params.get(n)) for t in complete}) > 1]
+    if len(complete) >= 2 and varied:
+        plots["importances"] = _figure_image(lambda: vis.plot_param_importances(study))
+        plots["parallel_coordinates"] = _figure_image(lambda: vis.plot_parallel_coordinate(study))
+    else:
+        notes.append(
+            "no importance or parallel-coordinate plot: they need two complete trials whose "
+            f"params differ ({len(complete)} complete)"
+        )
+    return plots, notes
+
+
+def _datasets(refs: Sequence[TileRef]) -> list[DatasetRef]:
+    """Each scene's tile set, commit-pinned, as `cd/model` logs it."""
+    indices = {r.index.scene_id: r.index for r in refs}
+    return [
+        DatasetRef(
+            name=f"cd/tiles/{index.scene_id}",
+            digest=f"{index.commit_id[:16]}-{index.config_hash}",
+            uri=index.sources["pre"].rsplit("/", 1)[0],
+        )
+        for _, index in sorted(indices.items())
+    ]
+
+
+def run_sweep(
+    refs: Sequence[TileRef],
+    base: TrainConfig,
+    sweep: SweepConfig,
+    storage_url: str,
+    tracker: Tracker,
+    *,
+    tags: Mapping[str, str],
+    git_sha: str,
+    on_trial: TrialCallback | None = None,
+) -> SweepResult:
+    """Run (or resume) the study ``sweep.study_name`` on ``refs`` and log it to MLflow.
+
+    Scenes matching ``sweep.exclude_scenes`` are dropped first. No trial completing is a
+    `SweepError` (the parent run ends FAILED); a diverging trial is only FAILED.
+    """
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    refs = select_refs(refs, sweep.exclude_scenes)
+    if not refs:
+        raise SweepError(
+            f"no tiles left to sweep on once exclude_scenes {list(sweep.exclude_scenes)} "
+            "are left out"
+        )
+    space = sweep.resolved_space(base)
+    trial_base = dataclasses.replace(
+        base, overlay_images=0, num_threads=worker_threads(base, sweep.n_workers)
+    )
+    identity = StudyIdentity.of(refs, base, space, git_sha)
+    storage = open_storage(storage_url)
+    study, new = prepare_study(storage, sweep.study_name, identity)
+    target = len(started(study)) + sweep.n_trials
+    if new:
+        study.enqueue_trial(default_params(base, space), user_attrs={"default": True})
+    shown_storage = redact_uri(storage_url)
+    parent_tags = {
+        **tags,
+        KIND_TAG: SWEEP_KIND,
+        STUDY_TAG: sweep.study_name,
+        "optuna.storage": shown_storage,
+        "git_sha": git_sha,
+        "lakefs.commits": json.dumps(identity.data_commits, sort_keys=True),
+    }
+    deadline = None if sweep.timeout_s is None else time.time() + sweep.timeout_s
+    with tracker.run(f"cd-sweep-{sweep.study_name}", parent_tags) as parent:
+        tracker.log_params(
+            parent,
+            {
+                **{f"space.{k}": r.describe() for k, r in space.items()},
+                "n_trials": sweep.n_trials,
+                "timeout_s": sweep.timeout_s,
+                "n_workers": sweep.n_workers,
+                "pruner": sweep.pruner,
+                "sampler": f"TPE(seed={sweep.seed})",
+                "exclude_scenes": ",".join(sweep.exclude_scenes),
+                "resumed": not new,
+                **{f"fixed.{k}": v for k, v in json.loads(identity.fixed).items()},
+            },
+        )
+        tracker.log_datasets(parent, _datasets(refs))
+        target_info = TrackingTarget(
+            tracker.tracking_uri,
+            tracker.experiment_name,
+            None if tracker.artifact_root is None else str(tracker.artifact_root),
+            parent,
+            {k: v for k, v in tags.items()} | {"git_sha": git_sha},
+        )
+        jobs = [
+            WorkerJob(
+                storage_url,
+                sweep.study_name,
+                tuple(refs),
+                trial_base,
+                space,
+                sweep,
+                target,
+                deadline,
+                target_info,
+                worker=k,
+            )
+            for k in range(sweep.n_workers)
+        ]
+        evaluated = run_workers(jobs, on_trial)
+        result = _summarise(study, sweep, parent, shown_storage, new, evaluated, identity, base)
+        _log_best(tracker, parent, result)
+    return result
+
+
+def _summarise(
+    study: optuna.Study,
+    sweep: SweepConfig,
+    parent: str,
+    storage: str,
+    new: bool,
+    evaluated: list[TrialOutcome],
+    identity: StudyIdentity,
+    base: TrainConfig,
+) -> SweepResult:
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        states = [o.state for o in evaluated]
+        reasons = sorted({o.reason for o in evaluated if o.state == "FAIL" and o.reason})
+        raise SweepError(
+            f"study {sweep.study_name!r}: no trial completed ({states.count('FAIL')} failed, "
+            f"{states.count('PRUNED')} pruned"
+            + (f"; first failure: {reasons[0]}" if reasons else "")
+            + ")"
+        )
+    best = study.best_trial
+    assert best.value is not None
+    plots, notes = study_plots(study)
+    return SweepResult(
+        study_name=sweep.study_name,
+        run_id=parent,
+        storage=storage,
+        new_study=new,
+        best_value=best.value,
+        best_number=best.number,
+        best_params=dict(best.params),
+        best_overrides=_jsonable(overrides(best.params, base)),
+        evaluated=evaluated,
+        trials=_rows(finished(study)),
+        data_commits=identity.data_commits,
+        plots=plots,
+        notes=notes,
+    )
+
+
+def _jsonable(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+
+
+def _log_best(tracker: Tracker, parent: str, result: SweepResult) -> None:
+    tracker.log_params(parent, {f"best.{k}": v for k, v in result.best_params.items()})
+    counts = result.counts()
+    tracker.log_metrics(
+        parent,
+        {
+            "best_value": result.best_value,
+            "best_trial": result.best_number,
+            "trials_total": len(result.trials),
+            **{f"trials_{k}": v for k, v in counts.items()},
+        },
+        step=0,
+    )
+    best_run = next((t.run_id for t in result.trials if t.number == result.best_number), "")
+    tracker.set_tags(
+        parent,
+        {
+            BEST_TAG: json.dumps(result.best_overrides, sort_keys=True),
+            "mlops.sweep.best_trial": str(result.best_number),
+            "mlops.sweep.best_run_id": best_run,
+        },
+    )
+    tracker.log_dict(parent, [dataclasses.asdict(t) for t in result.trials], "trials.json")
+    for name, image in result.plots.items():
+        tracker.log_image(parent, image, f"plots/{name}.png")
+
+
+# Reading a sweep back -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SweepChoice:
+    """The best configuration of a finished sweep, and where it came from."""
+
+    run_id: str
+    study_name: str
+    value: float
+    overrides: dict[str, Any]  # TrainConfig fields
+
+    def apply(self, config: TrainConfig) -> TrainConfig:
+        """``config`` with the sweep's best params."""
+        return apply(config, self.overrides)
+
+    def tags(self) -> dict[str, str]:
+        """Tags for the model run and version trained from it."""
+        return {MODEL_SWEEP_RUN_TAG: self.run_id, MODEL_SWEEP_STUDY_TAG: self.study_name}
+
+
+def latest_sweep(tracker: Tracker, study_name: str | None = None) -> SweepChoice:
+    """The newest finished sweep (of ``study_name``, or of any study) in the tracker's experiment.
+
+    A `SweepError` says so when there is none.
+    """
+    query = f"tags.`{KIND_TAG}` = '{SWEEP_KIND}' and attributes.status = 'FINISHED'"
+    if study_name:
+        query += f" and tags.`{STUDY_TAG}` = '{study_name}'"
+    runs = tracker.client.search_runs(
+        [tracker.experiment_id()], query, max_results=1, order_by=["attributes.start_time DESC"]
+    )
+    if not runs:
+        which = f"of study {study_name!r} " if study_name else ""
+        raise SweepError(
+            f"no finished sweep {which}in MLflow experiment {tracker.experiment_name!r}: "
+            "materialise cd/sweep first (or train without params_from: sweep)"
+        )
+    run = runs[0]
+    tags = run.data.tags
+    return SweepChoice(
+        run_id=run.info.run_id,
+        study_name=tags.get(STUDY_TAG, ""),
+        value=float(run.data.metrics.get("best_value", float("nan"))),
+        overrides=json.loads(tags[BEST_TAG]),
+    )
