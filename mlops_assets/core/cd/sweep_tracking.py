@@ -330,6 +330,45 @@ def _log_best(tracker: Tracker, parent: str, result: SweepResult) -> None:
         tracker.log_image(parent, image, f"plots/{name}.png")
 
 
+@dataclass(frozen=True)
+class SweepRecord:
+    """What ``cd/sweep`` hands on (stored as JSON): the study, its run and its best trial."""
+
+    study_name: str
+    run_id: str
+    storage: str  # redacted
+    best_value: float
+    best_trial: int
+    best_params: dict[str, Any]
+    best_overrides: dict[str, Any]
+    lakefs_commits: dict[str, str]
+    git_sha: str
+
+    @classmethod
+    def of(cls, result: SweepResult, git_sha: str) -> SweepRecord:
+        """The record of a finished sweep."""
+        return cls(
+            study_name=result.study_name,
+            run_id=result.run_id,
+            storage=result.storage,
+            best_value=result.best_value,
+            best_trial=result.best_number,
+            best_params=result.best_params,
+            best_overrides=result.best_overrides,
+            lakefs_commits=result.data_commits,
+            git_sha=git_sha,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, value: Mapping[str, Any]) -> SweepRecord:
+        """Inverse of `to_dict`."""
+        return cls(**{f.name: value[f.name] for f in dataclasses.fields(cls)})
+
+
 # Reading a sweep back -----------------------------------------------------------------------------
 
 
