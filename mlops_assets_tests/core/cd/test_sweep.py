@@ -8,9 +8,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
+import psycopg2
 import pytest
 from optuna.trial import TrialState
 
@@ -39,6 +46,7 @@ from mlops_assets.core.cd.sweep_tracking import (
 from mlops_assets.core.cd.train import train_change_model
 from mlops_assets.core.demo.cd import DEMO_CD_SCENES, write_cd_scene
 from mlops_assets.core.tracking import Tracker
+from mlops_assets_tests.conftest import free_port
 from mlops_assets_tests.core.cd import COMMIT, mlflow_uri, tile_folder
 
 TILING = preset(TilingConfig, "tiny")
@@ -204,18 +212,61 @@ def test_the_pruner_stops_a_hopeless_learning_rate_before_its_last_epoch(
     assert trial.state == TrialState.PRUNED and max(trial.intermediate_values) < 3
 
 
+@pytest.fixture(scope="module")
+def postgres_url() -> Iterator[str]:
+    """A throw-away PostgreSQL cluster on a loopback port with an empty ``optuna`` database."""
+    initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
+    if initdb is None or pg_ctl is None:
+        pytest.skip("PostgreSQL's initdb/pg_ctl are not installed")
+    # PostgreSQL refuses to run as root: run it as nobody then, in a folder nobody can reach
+    # (pytest's tmp folders are private to root).
+    root = Path(tempfile.mkdtemp(prefix="mlops-pg-"))
+    prefix = ["runuser", "-u", "nobody", "--"] if os.geteuid() == 0 else []
+    if prefix:
+        os.chown(root, pwd.getpwnam("nobody").pw_uid, -1)
+    data, port = root / "data", free_port()
+    subprocess.run(
+        [*prefix, initdb, "-D", str(data), "-A", "trust", "-U", "postgres"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1"
+    start = [*prefix, pg_ctl, "-D", str(data), "-l", str(root / "log"), "-o", options, "-w"]
+    subprocess.run([*start, "start"], check=True, capture_output=True, timeout=120)
+    try:
+        connection = psycopg2.connect(host="127.0.0.1", port=port, user="postgres")
+        connection.autocommit = True  # CREATE DATABASE runs outside a transaction
+        connection.cursor().execute("CREATE DATABASE optuna")
+        connection.close()
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/optuna"
+    finally:
+        stop = [*prefix, pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"]
+        subprocess.run(stop, capture_output=True, timeout=120)
+        shutil.rmtree(root, ignore_errors=True)
+
+
 @pytest.mark.slow
-def test_two_worker_processes_share_one_journal_study(
-    refs: list[TileRef], tracker: Tracker, tmp_path: Path
+@pytest.mark.parametrize(
+    "kind", ["journal", pytest.param("postgresql", marks=pytest.mark.integration)]
+)
+def test_two_worker_processes_share_one_study(
+    refs: list[TileRef], tracker: Tracker, tmp_path: Path, kind: str, request: pytest.FixtureRequest
 ) -> None:
-    storage = str(tmp_path / "journal.log")
-    result = _run(refs, tracker, storage, _sweep("w2", n_trials=4, n_workers=2))
+    storage = (
+        str(tmp_path / "journal.log")
+        if kind == "journal"
+        else request.getfixturevalue("postgres_url")
+    )
+    result = _run(refs, tracker, storage, _sweep(f"w2-{kind}", n_trials=4, n_workers=2))
     numbers = [o.number for o in result.evaluated]
     assert len(numbers) == len(set(numbers)) >= 4
     assert {o.worker for o in result.evaluated} == {0, 1}
-    study = optuna.load_study(study_name="w2", storage=open_storage(storage))
+    study = optuna.load_study(study_name=f"w2-{kind}", storage=open_storage(storage))
     assert sorted(t.number for t in study.trials) == sorted(numbers)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * len(numbers)
+    runs = {o.run_id for o in result.evaluated}
+    assert len(runs) == len(numbers)  # one child run per trial, none shared
 
 
 @pytest.mark.slow
