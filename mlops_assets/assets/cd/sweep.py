@@ -87,7 +87,7 @@ class SweepRunConfig(dg.Config):
             n_workers=self.n_workers,
             pruner=self.pruner.value,
             seed=self.seed,
-            space=space,  # pyright: ignore[reportArgumentType]
+            space=space,
             exclude_scenes=tuple(self.exclude_scenes),
         )
         return base, sweep

@@ -24,6 +24,7 @@ import multiprocessing
 import os
 import re
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -285,7 +286,7 @@ class SweepConfig:
     pruner_startup_trials: int = 2
     pruner_warmup_epochs: int = 0
     seed: int = 0  # the sampler's; worker k uses seed + k
-    space: Mapping[str, ParamRange] | None = None
+    space: Mapping[str, ParamRange | Mapping[str, Any]] | None = None  # checked on creation
     exclude_scenes: tuple[str, ...] = ()  # ids or patterns (evaluation scenes): never trained on
 
     def __post_init__(self) -> None:
@@ -308,7 +309,7 @@ class SweepConfig:
 
     def resolved_space(self, base: TrainConfig) -> dict[str, ParamRange]:
         """The space searched: the configured one, or the default around ``base``."""
-        return dict(self.space) if self.space is not None else default_space(base)
+        return parse_space(self.space) if self.space is not None else default_space(base)
 
 
 def make_pruner(sweep: SweepConfig, epochs: int) -> optuna.pruners.BasePruner:
@@ -339,9 +340,12 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         if url.startswith("postgresql"):
             kwargs["connect_args"] = {"connect_timeout": 10}
         try:
-            return optuna.storages.RDBStorage(
-                url, engine_kwargs=kwargs, heartbeat_interval=60, grace_period=180
-            )
+            with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.9
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                # A worker killed mid-trial: its trial turns FAILED after 3 missed heartbeats.
+                return optuna.storages.RDBStorage(
+                    url, engine_kwargs=kwargs, heartbeat_interval=60, grace_period=180
+                )
         except Exception as exc:  # sqlalchemy's errors vary by driver; all mean "cannot use it"
             detail = redact_text(" ".join(str(exc).split()))[:300]
             raise SweepError(
@@ -379,6 +383,8 @@ class StudyIdentity:
             for k, v in dataclasses.asdict(base).items()
             if k not in searched and k not in _NOT_IDENTITY
         }
+        # The same commit tiled otherwise (tile size, overlap ...) is other data too.
+        fixed["tile_config_hashes"] = sorted({r.index.config_hash for r in refs})
         return cls(dict(sorted(commits.items())), space_json(space), json.dumps(fixed), git_sha)
 
 

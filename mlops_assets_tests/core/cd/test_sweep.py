@@ -161,6 +161,12 @@ def test_resuming_adds_trials_and_a_data_change_is_refused(
     other_space = {"learning_rate": ParamRange(1e-4, 1e-2, log=True)}
     with pytest.raises(SweepError, match=r"^study 's1' has another search space"):
         _run(refs, tracker, storage, _sweep(n_trials=1, space=other_space))
+    retiled = [
+        dataclasses.replace(r, index=dataclasses.replace(r.index, config_hash="0" * 12))
+        for r in refs
+    ]
+    with pytest.raises(SweepError, match=r"other training settings \(tile_config_hashes differ"):
+        _run(retiled, tracker, storage, _sweep(n_trials=1))
     with pytest.raises(SweepError, match=r"other training settings \(epochs differ"):
         _run(refs, tracker, storage, _sweep(n_trials=1), dataclasses.replace(BASE, epochs=2))
     study = optuna.load_study(study_name="s1", storage=open_storage(storage))
