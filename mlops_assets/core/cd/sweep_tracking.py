@@ -162,14 +162,13 @@ def study_plots(study: optuna.Study) -> tuple[dict[str, Image.Image], list[str]]
 def _datasets(refs: Sequence[TileRef]) -> list[DatasetRef]:
     """Each scene's tile set, commit-pinned, as `cd/model` logs it."""
     indices = {r.index.scene_id: r.index for r in refs}
-    return [
-        DatasetRef(
-            name=f"cd/tiles/{index.scene_id}",
-            digest=f"{index.commit_id[:16]}-{index.config_hash}",
-            uri=index.sources["pre"].rsplit("/", 1)[0],
-        )
-        for _, index in sorted(indices.items())
-    ]
+    found: list[DatasetRef] = []
+    for _, index in sorted(indices.items()):
+        scene = f"lakefs://{index.repository}/{index.commit_id}/cd/{index.scene_id}"
+        uri = index.sources["pre"].rsplit("/", 1)[0] if "pre" in index.sources else scene
+        digest = f"{index.commit_id[:16]}-{index.config_hash}"
+        found.append(DatasetRef(name=f"cd/tiles/{index.scene_id}", digest=digest, uri=uri))
+    return found
 
 
 def run_sweep(
