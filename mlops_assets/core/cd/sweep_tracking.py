@@ -30,6 +30,7 @@ from mlops_assets.core.cd.config import TrainConfig
 from mlops_assets.core.cd.dataset import TileRef
 from mlops_assets.core.cd.sweep import (
     ATTR_RUN,
+    ParamRange,
     StudyIdentity,
     SweepConfig,
     SweepError,
@@ -171,6 +172,134 @@ def _datasets(refs: Sequence[TileRef]) -> list[DatasetRef]:
     return found
 
 
+@dataclass(frozen=True)
+class PreparedSweep:
+    """A checked sweep whose study exists (created or resumed), with its parent run's inputs."""
+
+    refs: tuple[TileRef, ...]  # without the excluded scenes
+    base: TrainConfig
+    sweep: SweepConfig
+    storage_url: str
+    space: dict[str, ParamRange]
+    identity: StudyIdentity
+    new_study: bool
+    target_trials: int
+    tags: dict[str, str]  # the parent run's, beside the caller's
+    params: dict[str, Any]
+    datasets: list[DatasetRef]
+
+    @property
+    def run_name(self) -> str:
+        """The parent run's name."""
+        return f"cd-sweep-{self.sweep.study_name}"
+
+
+def prepare_sweep(
+    refs: Sequence[TileRef],
+    base: TrainConfig,
+    sweep: SweepConfig,
+    storage_url: str,
+    git_sha: str,
+) -> PreparedSweep:
+    """Check the sweep, open the storage, create or resume the study (trial 0 enqueued if new).
+
+    Every refusal (no tiles left, unreachable storage, a study on other data or another space)
+    is a `SweepError` raised here, before any MLflow run exists.
+    """
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    kept = select_refs(refs, sweep.exclude_scenes)
+    if not kept:
+        raise SweepError(
+            f"no tiles left to sweep on once exclude_scenes {list(sweep.exclude_scenes)} "
+            "are left out"
+        )
+    space = sweep.resolved_space(base)
+    identity = StudyIdentity.of(kept, base, space, git_sha)
+    study, new = prepare_study(open_storage(storage_url), sweep.study_name, identity)
+    target = len(started(study)) + sweep.n_trials
+    if new:
+        study.enqueue_trial(default_params(base, space), user_attrs={"default": True})
+    tags = {
+        KIND_TAG: SWEEP_KIND,
+        STUDY_TAG: sweep.study_name,
+        "optuna.storage": redact_uri(storage_url),
+        "git_sha": git_sha,
+        "lakefs.commits": json.dumps(identity.data_commits, sort_keys=True),
+    }
+    params = {
+        **{f"space.{k}": r.describe() for k, r in space.items()},
+        "n_trials": sweep.n_trials,
+        "timeout_s": sweep.timeout_s,
+        "n_workers": sweep.n_workers,
+        "pruner": sweep.pruner,
+        "sampler": f"TPE(seed={sweep.seed})",
+        "exclude_scenes": ",".join(sweep.exclude_scenes),
+        "resumed": not new,
+        **{f"fixed.{k}": v for k, v in json.loads(identity.fixed).items()},
+    }
+    return PreparedSweep(
+        tuple(kept),
+        base,
+        sweep,
+        storage_url,
+        space,
+        identity,
+        new,
+        target,
+        tags,
+        params,
+        _datasets(kept),
+    )
+
+
+def execute_sweep(
+    prepared: PreparedSweep,
+    tracker: Tracker,
+    parent_run_id: str,
+    *,
+    child_tags: Mapping[str, str],
+    on_trial: TrialCallback | None = None,
+) -> SweepResult:
+    """Evaluate trials under the open parent run; log the best params and plots on it.
+
+    No trial completing is a `SweepError`; a diverging trial is only FAILED.
+    """
+    sweep, base = prepared.sweep, prepared.base
+    trial_base = dataclasses.replace(
+        base, overlay_images=0, num_threads=worker_threads(base, sweep.n_workers)
+    )
+    target = TrackingTarget(
+        tracker.tracking_uri,
+        tracker.experiment_name,
+        None if tracker.artifact_root is None else str(tracker.artifact_root),
+        parent_run_id,
+        dict(child_tags),
+    )
+    deadline = None if sweep.timeout_s is None else time.time() + sweep.timeout_s
+    jobs = [
+        WorkerJob(
+            prepared.storage_url,
+            sweep.study_name,
+            prepared.refs,
+            trial_base,
+            prepared.space,
+            sweep,
+            prepared.target_trials,
+            deadline,
+            target,
+            worker=k,
+        )
+        for k in range(sweep.n_workers)
+    ]
+    evaluated = run_workers(jobs, on_trial)
+    study = optuna.load_study(
+        study_name=sweep.study_name, storage=open_storage(prepared.storage_url)
+    )
+    result = _summarise(study, prepared, parent_run_id, evaluated)
+    _log_best(tracker, parent_run_id, result)
+    return result
+
+
 def run_sweep(
     refs: Sequence[TileRef],
     base: TrainConfig,
@@ -182,92 +311,26 @@ def run_sweep(
     git_sha: str,
     on_trial: TrialCallback | None = None,
 ) -> SweepResult:
-    """Run (or resume) the study ``sweep.study_name`` on ``refs`` and log it to MLflow.
+    """`prepare_sweep`, then `execute_sweep` under a parent run opened with `Tracker.run`.
 
-    Scenes matching ``sweep.exclude_scenes`` are dropped first. No trial completing is a
-    `SweepError` (the parent run ends FAILED); a diverging trial is only FAILED.
+    For callers without Dagster (benchmarks, scripts); the asset opens the parent run through
+    its MLflow resource's tracked-run helper instead.
     """
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    refs = select_refs(refs, sweep.exclude_scenes)
-    if not refs:
-        raise SweepError(
-            f"no tiles left to sweep on once exclude_scenes {list(sweep.exclude_scenes)} "
-            "are left out"
-        )
-    space = sweep.resolved_space(base)
-    trial_base = dataclasses.replace(
-        base, overlay_images=0, num_threads=worker_threads(base, sweep.n_workers)
-    )
-    identity = StudyIdentity.of(refs, base, space, git_sha)
-    storage = open_storage(storage_url)
-    study, new = prepare_study(storage, sweep.study_name, identity)
-    target = len(started(study)) + sweep.n_trials
-    if new:
-        study.enqueue_trial(default_params(base, space), user_attrs={"default": True})
-    shown_storage = redact_uri(storage_url)
-    parent_tags = {
-        **tags,
-        KIND_TAG: SWEEP_KIND,
-        STUDY_TAG: sweep.study_name,
-        "optuna.storage": shown_storage,
-        "git_sha": git_sha,
-        "lakefs.commits": json.dumps(identity.data_commits, sort_keys=True),
-    }
-    deadline = None if sweep.timeout_s is None else time.time() + sweep.timeout_s
-    with tracker.run(f"cd-sweep-{sweep.study_name}", parent_tags) as parent:
-        tracker.log_params(
-            parent,
-            {
-                **{f"space.{k}": r.describe() for k, r in space.items()},
-                "n_trials": sweep.n_trials,
-                "timeout_s": sweep.timeout_s,
-                "n_workers": sweep.n_workers,
-                "pruner": sweep.pruner,
-                "sampler": f"TPE(seed={sweep.seed})",
-                "exclude_scenes": ",".join(sweep.exclude_scenes),
-                "resumed": not new,
-                **{f"fixed.{k}": v for k, v in json.loads(identity.fixed).items()},
-            },
-        )
-        tracker.log_datasets(parent, _datasets(refs))
-        target_info = TrackingTarget(
-            tracker.tracking_uri,
-            tracker.experiment_name,
-            None if tracker.artifact_root is None else str(tracker.artifact_root),
-            parent,
-            {k: v for k, v in tags.items()} | {"git_sha": git_sha},
-        )
-        jobs = [
-            WorkerJob(
-                storage_url,
-                sweep.study_name,
-                tuple(refs),
-                trial_base,
-                space,
-                sweep,
-                target,
-                deadline,
-                target_info,
-                worker=k,
-            )
-            for k in range(sweep.n_workers)
-        ]
-        evaluated = run_workers(jobs, on_trial)
-        result = _summarise(study, sweep, parent, shown_storage, new, evaluated, identity, base)
-        _log_best(tracker, parent, result)
-    return result
+    prepared = prepare_sweep(refs, base, sweep, storage_url, git_sha)
+    with tracker.run(prepared.run_name, {**tags, **prepared.tags}) as parent:
+        tracker.log_params(parent, prepared.params)
+        tracker.log_datasets(parent, prepared.datasets)
+        child_tags = {**tags, "git_sha": git_sha}
+        return execute_sweep(prepared, tracker, parent, child_tags=child_tags, on_trial=on_trial)
 
 
 def _summarise(
     study: optuna.Study,
-    sweep: SweepConfig,
+    prepared: PreparedSweep,
     parent: str,
-    storage: str,
-    new: bool,
     evaluated: list[TrialOutcome],
-    identity: StudyIdentity,
-    base: TrainConfig,
 ) -> SweepResult:
+    sweep = prepared.sweep
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete:
         states = [o.state for o in evaluated]
@@ -284,15 +347,15 @@ def _summarise(
     return SweepResult(
         study_name=sweep.study_name,
         run_id=parent,
-        storage=storage,
-        new_study=new,
+        storage=redact_uri(prepared.storage_url),
+        new_study=prepared.new_study,
         best_value=best.value,
         best_number=best.number,
         best_params=dict(best.params),
-        best_overrides=_jsonable(overrides(best.params, base)),
+        best_overrides=_jsonable(overrides(best.params, prepared.base)),
         evaluated=evaluated,
         trials=_rows(finished(study)),
-        data_commits=identity.data_commits,
+        data_commits=prepared.identity.data_commits,
         plots=plots,
         notes=notes,
     )
