@@ -447,6 +447,10 @@ class SweepChoice:
         """``config`` with the sweep's best params."""
         return apply(config, self.overrides)
 
+    def config_fields(self) -> dict[str, Any]:
+        """The best params as `TrainConfig` field values (sequences as tuples)."""
+        return {k: tuple(v) if isinstance(v, list) else v for k, v in self.overrides.items()}
+
     def tags(self) -> dict[str, str]:
         """Tags for the model run and version trained from it."""
         return {MODEL_SWEEP_RUN_TAG: self.run_id, MODEL_SWEEP_STUDY_TAG: self.study_name}
