@@ -38,11 +38,12 @@ def import_graph(core: Path) -> dict[str, dict[str, list[str]]]:
             continue
         edges = graph.setdefault(source, {})
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            names: list[str] = []
             if isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
             elif isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
+            else:
+                continue
             targets = {p for name in names if (p := _part(name)) is not None} - {source}
             for target in targets:
                 edges.setdefault(target, []).append(f"{relative}:{node.lineno}")
