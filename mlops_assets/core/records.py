@@ -35,3 +35,46 @@ class ModelRef(Record):
     name: str
     version: str
     run_id: str
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingRecord(Record):
+    """A training's MLflow run and logged model, with the lineage its registered version gets."""
+
+    run_id: str
+    model_uri: str
+    experiment: str
+    metrics: dict[str, float]
+    lakefs_repository: str
+    git_sha: str
+
+    def lineage_tags(self) -> dict[str, str]:
+        """Where the training data came from, as model-version tags."""
+        return {"lakefs.repository": self.lakefs_repository}
+
+    def version_tags(self) -> dict[str, str]:
+        """The tags of the model version registered from this training."""
+        metrics = {key: f"{value:.6f}" for key, value in self.metrics.items()}
+        return {
+            **metrics,
+            **self.lineage_tags(),
+            "git_sha": self.git_sha,
+            "mlflow.run_id": self.run_id,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelOutputRecord(Record):
+    """What a registered model made from a scene commit and published to the outputs branch."""
+
+    scene_id: str
+    source_commit: str
+    outputs_branch: str
+    outputs_commit: str
+    model: ModelRef
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        """The record in ``data`` (its ``model`` a nested dict)."""
+        record = super().from_dict(data)
+        return dataclasses.replace(record, model=ModelRef.from_dict(data["model"]))

@@ -35,12 +35,39 @@ def test_records_round_trip_through_json_and_ignore_unknown_keys() -> None:
     assert tiles.to_dict() == TILES
     assert tiles.data_version == f"{'c' * 16}-abc"
     change = ChangeMapRecord(
-        "farm", "c", "outputs", "o", "u1", "u2", ModelRef("m", "2", "r"), None, 5, 1.5, None
+        scene_id="farm",
+        source_commit="c",
+        outputs_branch="outputs",
+        outputs_commit="o",
+        model=ModelRef("m", "2", "r"),
+        change_map="u1",
+        overlay="u2",
+        changed_area_m2=None,
+        changed_pixels=5,
+        changed_percent=1.5,
+        f1=None,
     )
     assert ChangeMapRecord.from_dict(json.loads(json.dumps(change.to_dict()))) == change
     assert change.to_dict()["model"] == {"name": "m", "version": "2", "run_id": "r"}
-    splats = SplatsRecord("s", "r", "models:/m", "e", {"psnr": 21.5}, "c", "scenes", "sha")
-    assert splats.version_tags()["psnr"] == "21.500000"
+    splats = SplatsRecord(
+        run_id="r",
+        model_uri="models:/m",
+        experiment="e",
+        metrics={"psnr": 21.5},
+        lakefs_repository="scenes",
+        git_sha="sha",
+        scene_id="s",
+        lakefs_commit="c",
+    )
+    assert splats.version_tags() == {
+        "psnr": "21.500000",
+        "scene_id": "s",
+        "lakefs.repository": "scenes",
+        "lakefs.commit": "c",
+        "git_sha": "sha",
+        "mlflow.run_id": "r",
+    }
+    assert SplatsRecord.from_dict(json.loads(json.dumps(splats.to_dict()))) == splats
 
 
 def test_tiles_input_loads_as_one_value_many_or_none() -> None:

@@ -8,9 +8,9 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Mapping
-from typing import Any, Self
+from typing import Any
 
-from mlops_assets.core.records import ModelRef, Record
+from mlops_assets.core.records import ModelOutputRecord, Record, TrainingRecord
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,50 +50,28 @@ def tiles_by_scene(loaded: Mapping[str, Any] | None) -> dict[str, TilesRecord]:
 
 
 @dataclasses.dataclass(frozen=True)
-class CDModelRecord(Record):
-    """``cd/model``: the MLflow run and logged model a training produced, and its inputs."""
+class CDModelRecord(TrainingRecord):
+    """``cd/model``: the training on every labelled scene's tiles."""
 
-    run_id: str
-    model_uri: str
-    experiment: str
-    metrics: dict[str, float]
     best_epoch: int
     lakefs_commits: dict[str, str]  # scene -> commit trained on
-    lakefs_repository: str
-    git_sha: str
     tiles: dict[str, str]  # scene -> output store key of its tile set
     train_scenes: list[str]
     val_scenes: list[str]
 
-    def version_tags(self) -> dict[str, str]:
-        """The lineage tags of the model version registered from this training."""
-        return {
-            **{key: f"{value:.6f}" for key, value in self.metrics.items()},
-            "lakefs.repository": self.lakefs_repository,
-            "lakefs.commits": json.dumps(self.lakefs_commits, sort_keys=True),
-            "git_sha": self.git_sha,
-            "mlflow.run_id": self.run_id,
-        }
+    def lineage_tags(self) -> dict[str, str]:
+        """The repository and the commit of every scene trained on."""
+        commits = json.dumps(self.lakefs_commits, sort_keys=True)
+        return {**super().lineage_tags(), "lakefs.commits": commits}
 
 
 @dataclasses.dataclass(frozen=True)
-class ChangeMapRecord(Record):
-    """``cd/change_map``: the published map and overlay, the model that made them, the figures."""
+class ChangeMapRecord(ModelOutputRecord):
+    """``cd/change_map``: the published map and overlay (commit-pinned URIs) and its figures."""
 
-    scene_id: str
-    source_commit: str
-    outputs_branch: str
-    outputs_commit: str
-    change_map: str  # commit-pinned URI
-    overlay: str  # commit-pinned URI
-    model: ModelRef
+    change_map: str
+    overlay: str
     changed_area_m2: float | None
     changed_pixels: int
     changed_percent: float
     f1: float | None
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Self:
-        """The record in ``data`` (its ``model`` a nested dict)."""
-        record = super().from_dict(data)
-        return dataclasses.replace(record, model=ModelRef.from_dict(data["model"]))

@@ -7,6 +7,7 @@ call `open_store`; a new store setting is a field here and the line that reads i
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -45,12 +46,6 @@ def open_store(spec: StoreSpec) -> VersionedStore:
         return EmbeddedStore(spec.embedded_root, spec.repository)
     from mlops_assets.core.store.lakefs import LakeFSStore
 
-    return LakeFSStore(
-        endpoint=spec.lakefs_endpoint,
-        access_key_id=spec.access_key_id,
-        secret_access_key=spec.secret_access_key,
-        repository=spec.repository,
-        storage_namespace=spec.storage_namespace,
-        raster_access=spec.raster_access,
-        cache_dir=spec.cache_dir,
-    )
+    options = dataclasses.asdict(spec)  # the other fields are LakeFSStore's keyword arguments
+    del options["embedded_root"]
+    return LakeFSStore(endpoint=options.pop("lakefs_endpoint"), **options)
