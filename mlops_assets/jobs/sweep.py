@@ -2,14 +2,16 @@
 
 The job materialises ``cd/sweep`` alone (it reads the tiles already there); its run config is the
 asset's, with every knob (preset, trials, timeout, workers, pruner, search space, scenes left out).
-``mlops-assets sweep`` launches the same job. The asset key is spelled out here, as in
-`mlops_assets.sensors.jobs`, so loading the job does not import PyTorch.
+``mlops-assets sweep`` launches the same job. The asset key comes from `mlops_assets.keys`, so
+loading the job does not import PyTorch.
 """
 
 import dagster as dg
 
-SWEEP_KEY = dg.AssetKey(["cd", "sweep"])
-SWEEP_OP = "cd__sweep"
+from mlops_assets import keys
+
+SWEEP_KEY = keys.CD_SWEEP
+SWEEP_OP = keys.CD_SWEEP_OP
 
 cd_sweep_job = dg.define_asset_job(
     "cd_sweep",

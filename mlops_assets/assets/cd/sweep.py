@@ -10,17 +10,19 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
+from mlops_assets import keys
 from mlops_assets.assets.cd.config import EXPERIMENT, PRESET_FIELD, Device, Preset
-from mlops_assets.assets.cd.model import _training_sets  # pyright: ignore[reportPrivateUsage]
-from mlops_assets.assets.cd.tiles import KEY as TILES_KEY
+from mlops_assets.assets.cd.model import training_sets
 from mlops_assets.assets.common import ProgressLog, image_md, markdown_table, metadata
 from mlops_assets.core.cd.config import TrainConfig, preset
+from mlops_assets.core.cd.records import tiles_by_scene
+from mlops_assets.resources.failures import failure_on
 from mlops_assets.resources.lineage import LineageResource
 from mlops_assets.resources.mlflow import MLflowResource
 from mlops_assets.resources.outputs import OutputStoreResource
 from mlops_assets.resources.sweeps import OptunaStorageResource
 
-KEY = dg.AssetKey(["cd", "sweep"])
+KEY = keys.CD_SWEEP
 
 
 class Pruner(enum.StrEnum):
@@ -110,8 +112,8 @@ class _Trials:
 
 @dg.asset(
     key=KEY,
-    ins={"tiles": dg.AssetIn(key=TILES_KEY, metadata={"allow_missing_partitions": True})},
-    group_name="change_detection",
+    ins={"tiles": dg.AssetIn(key=keys.CD_TILES, metadata={"allow_missing_partitions": True})},
+    group_name=keys.CD_GROUP,
     kinds={"optuna", "mlflow"},
     io_manager_key="json_io_manager",
     pool="gpu",
@@ -130,46 +132,49 @@ def cd_sweep(
     lineage: LineageResource,
     optuna_storage: OptunaStorageResource,
 ) -> dg.MaterializeResult[dict[str, Any]]:
-    """Run or resume the study; log it to MLflow; show the best trials."""
+    """Run or resume the study under a parent MLflow run; show the best trials."""
+    # PyTorch, Optuna and MLflow load here, when the step runs, not with the code location.
     from mlops_assets.core.cd.dataset import tile_refs
     from mlops_assets.core.cd.sweep import SweepError
-    from mlops_assets.core.cd.sweep_tracking import SweepRecord, run_sweep
-    from mlops_assets.core.tracking import TrackingError
+    from mlops_assets.core.cd.sweep_tracking import execute_sweep, prepare_sweep
 
-    tiles = tiles or {}
-    if isinstance(tiles.get("scene_id"), str):  # one partition loads as its value, not a dict
-        tiles = {tiles["scene_id"]: tiles}
-    tracker = mlflow.tracker(EXPERIMENT)
-    try:
+    records = tiles_by_scene(tiles)  # one partition loads as its value, none as None
+    tracker = mlflow.reachable_tracker(EXPERIMENT)
+    git_sha = lineage.code_version()
+    with failure_on(SweepError, allow_retries=False):
         base, sweep = config.to_core()
-        tracker.check_reachable()
-        sets = _training_sets(tiles, output_store, context.log)
+        sets = training_sets(records, output_store, context.log)
         if not sets:
             raise SweepError("no labelled, published tiles: materialise cd/tiles first")
-        result = run_sweep(
-            tile_refs([(d, i) for d, i, _ in sets]),
-            base,
-            sweep,
-            optuna_storage.storage,
-            tracker,
-            tags={
-                "dagster.run_id": context.run.run_id,
-                "dagster.run_url": lineage.run_url(context.run.run_id),
-                "preset": config.preset.value,
-            },
-            git_sha=lineage.code_version(),
-            on_trial=_Trials(context.log, sweep.n_trials),
+        prepared = prepare_sweep(tile_refs(sets), base, sweep, optuna_storage.storage, git_sha)
+        context.log.info(
+            f"study {sweep.study_name!r} in {optuna_storage.display}: "
+            f"{'new' if prepared.new_study else 'resumed'}, {sweep.n_trials} trial(s) to add"
         )
-    except (SweepError, TrackingError) as exc:
-        raise dg.Failure(
-            description=str(exc), allow_retries=isinstance(exc, TrackingError)
-        ) from exc
-    record = SweepRecord.of(result, lineage.code_version())
+        run_tags = {**prepared.tags, "preset": config.preset.value}
+        with mlflow.tracked_run(
+            context,
+            tracker,
+            lineage,
+            name=prepared.run_name,
+            tags=run_tags,
+            params=prepared.params,
+            datasets=prepared.datasets,
+        ) as parent:
+            child_tags = {"dagster.run_id": context.run.run_id, "git_sha": git_sha}
+            result = execute_sweep(
+                prepared,
+                tracker,
+                parent,
+                child_tags=child_tags,
+                on_trial=_Trials(context.log, sweep.n_trials),
+            )
+    record = result.record(git_sha)
     run_url = tracker.run_url(result.run_id, mlflow.ui_url)
     return dg.MaterializeResult(
         value=record.to_dict(),
         data_version=dg.DataVersion(result.run_id),
-        metadata=_metadata(result, record.git_sha, run_url),
+        metadata=_metadata(result, git_sha, run_url),
     )
 
 

@@ -28,6 +28,7 @@ from PIL import Image
 
 from mlops_assets.core.cd.config import TrainConfig
 from mlops_assets.core.cd.dataset import TileRef
+from mlops_assets.core.cd.records import SWEEP_RUN_TAG, SWEEP_STUDY_TAG, SweepRecord
 from mlops_assets.core.cd.sweep import (
     ATTR_RUN,
     ParamRange,
@@ -58,8 +59,8 @@ SWEEP_KIND = "cd-sweep"
 STUDY_TAG = "optuna.study_name"
 BEST_TAG = "mlops.sweep.best_overrides"
 #: Tags a model version trained from a sweep's best params carries.
-MODEL_SWEEP_RUN_TAG = "sweep.run_id"
-MODEL_SWEEP_STUDY_TAG = "sweep.study"
+MODEL_SWEEP_RUN_TAG = SWEEP_RUN_TAG  # defined beside CDModelRecord, which writes it
+MODEL_SWEEP_STUDY_TAG = SWEEP_STUDY_TAG
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,20 @@ class SweepResult:
         """The ``n`` best complete trials, best first."""
         done = [t for t in self.trials if t.state == "COMPLETE" and t.value is not None]
         return sorted(done, key=lambda t: (-(t.value or 0.0), t.number))[:n]
+
+    def record(self, git_sha: str) -> SweepRecord:
+        """What ``cd/sweep`` hands on."""
+        return SweepRecord(
+            study_name=self.study_name,
+            run_id=self.run_id,
+            storage=self.storage,
+            best_value=self.best_value,
+            best_trial=self.best_number,
+            best_params=self.best_params,
+            best_overrides=self.best_overrides,
+            lakefs_commits=self.data_commits,
+            git_sha=git_sha,
+        )
 
     def counts(self) -> dict[str, int]:
         """How many of this sweep's trials completed, were pruned or failed."""
@@ -390,45 +405,6 @@ def _log_best(tracker: Tracker, parent: str, result: SweepResult) -> None:
     tracker.log_dict(parent, [dataclasses.asdict(t) for t in result.trials], "trials.json")
     for name, image in result.plots.items():
         tracker.log_image(parent, image, f"plots/{name}.png")
-
-
-@dataclass(frozen=True)
-class SweepRecord:
-    """What ``cd/sweep`` hands on (stored as JSON): the study, its run and its best trial."""
-
-    study_name: str
-    run_id: str
-    storage: str  # redacted
-    best_value: float
-    best_trial: int
-    best_params: dict[str, Any]
-    best_overrides: dict[str, Any]
-    lakefs_commits: dict[str, str]
-    git_sha: str
-
-    @classmethod
-    def of(cls, result: SweepResult, git_sha: str) -> SweepRecord:
-        """The record of a finished sweep."""
-        return cls(
-            study_name=result.study_name,
-            run_id=result.run_id,
-            storage=result.storage,
-            best_value=result.best_value,
-            best_trial=result.best_number,
-            best_params=result.best_params,
-            best_overrides=result.best_overrides,
-            lakefs_commits=result.data_commits,
-            git_sha=git_sha,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON form."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, value: Mapping[str, Any]) -> SweepRecord:
-        """Inverse of `to_dict`."""
-        return cls(**{f.name: value[f.name] for f in dataclasses.fields(cls)})
 
 
 # Reading a sweep back -----------------------------------------------------------------------------

@@ -8,10 +8,12 @@ from typing import Any
 import dagster as dg
 import pytest
 
+from mlops_assets.assets.cd.model import cd_model, cd_registered_model
 from mlops_assets.assets.cd.scene import cd_scene
 from mlops_assets.assets.cd.sweep import cd_sweep
 from mlops_assets.assets.cd.tiles import cd_tiles
-from mlops_assets.core.cd.sweep_tracking import SweepRecord, latest_sweep
+from mlops_assets.core.cd.records import SweepRecord
+from mlops_assets.core.cd.sweep_tracking import latest_sweep
 from mlops_assets.core.store.embedded import EmbeddedStore
 from mlops_assets.resources.sweeps import OptunaStorageResource
 from mlops_assets_tests.assets.cd.test_chain import failure_message
@@ -19,7 +21,7 @@ from mlops_assets_tests.conftest import commit_folder
 
 pytestmark = pytest.mark.slow
 
-ALL = [cd_scene, cd_tiles, cd_sweep]
+ALL = [cd_scene, cd_tiles, cd_sweep, cd_model, cd_registered_model]
 SPACE = {"learning_rate": {"low": 1e-3, "high": 3e-2, "log": True}, "augment": {"choices": [1, 0]}}
 
 
@@ -87,6 +89,52 @@ def test_a_sweep_shows_its_best_trials_and_hands_on_its_run(
     assert again.success, failure_message(again)
     meta = again.asset_materializations_for_node("cd__sweep")[0].metadata
     assert meta["trials_in_study"].value == 3
+    parent = tracker.client.get_run(str(meta["mlflow_run_id"].value))
+    assert parent.data.tags["dagster.run_id"] == again.run_id  # the tracked-run helper's tags
+    assert parent.data.tags["optuna.study_name"] == "cd-unet-tiny"
+
+
+def _train(
+    instance: dg.DagsterInstance, resources: dict[str, Any], **config: Any
+) -> dg.ExecuteInJobResult:
+    ops = {"cd__model": {"config": {"preset": "tiny", "epochs": 1, **config}}}
+    ops["cd__registered_model"] = {"config": {"preset": "tiny"}}
+    return dg.materialize(
+        ALL,
+        selection=[cd_model, cd_registered_model],
+        instance=instance,
+        resources=resources,
+        run_config={"ops": ops},
+        raise_on_error=False,
+    )
+
+
+def test_the_model_trained_from_the_best_params_names_the_sweep(
+    instance: dg.DagsterInstance, tiled: dict[str, Any]
+) -> None:
+    missing = _train(instance, tiled, params_from="sweep")
+    assert not missing.success
+    assert "no finished sweep in MLflow experiment 'change-detection'" in (failure_message(missing))
+    space = {"learning_rate": {"low": 1e-3, "high": 3e-2, "log": True}}
+    swept = _sweep(instance, tiled, n_trials=2, epochs=1, search_space=space)
+    assert swept.success, failure_message(swept)
+    record = SweepRecord.from_dict(swept.output_for_node("cd__sweep"))
+
+    trained = _train(instance, tiled, params_from="sweep")
+    assert trained.success, failure_message(trained)
+    model = trained.output_for_node("cd__model")
+    assert (model["sweep_run_id"], model["sweep_study"]) == (record.run_id, "cd-unet-tiny")
+    client = tiled["mlflow"].tracker("change-detection").client
+    run = client.get_run(model["run_id"])
+    assert run.data.tags["sweep.run_id"] == record.run_id
+    assert float(run.data.params["learning_rate"]) == record.best_params["learning_rate"]
+    (version,) = client.search_model_versions("name = 'change-detection-unet'")
+    assert version.tags["sweep.run_id"] == record.run_id
+    assert version.tags["sweep.study"] == "cd-unet-tiny"
+
+    plain = _train(instance, tiled, learning_rate=0.004)
+    assert plain.success, failure_message(plain)
+    assert plain.output_for_node("cd__model")["sweep_run_id"] == ""
 
 
 @pytest.mark.parametrize(
