@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import dagster as dg
 import pytest
@@ -30,7 +30,7 @@ def test_sweep_runs_the_job_with_its_options_and_reports_failure(home: Path) -> 
         (record,) = instance.get_run_records(dg.RunsFilter(job_name="cd_sweep"))
     run = record.dagster_run
     assert run.tags["mlops/trigger"] == "cli" and run.run_id in result.output
-    ops: dict[str, Any] = dict(run.run_config)["ops"]
+    ops = cast(dict[str, Any], run.run_config["ops"])
     assert ops["cd__sweep"]["config"] == {
         "preset": "tiny",
         "n_trials": 3,
