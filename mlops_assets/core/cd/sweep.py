@@ -16,6 +16,7 @@ finite, or that runs out of GPU memory, is recorded FAILED and the study goes on
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import fnmatch
 import json
@@ -23,6 +24,7 @@ import math
 import multiprocessing
 import os
 import re
+import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -58,6 +60,8 @@ ATTR_PARENT = "sweep_run_id"
 ATTR_REASON = "fail_reason"
 ATTR_EPOCHS = "epochs_run"
 ATTR_WORKER = "worker"
+#: How long a worker waits for the others to start (spawning imports PyTorch: seconds each).
+READY_TIMEOUT_S = 300.0
 #: Fields of `TrainConfig` that change how fast or where a trial runs, not what it learns.
 _NOT_IDENTITY = ("device", "num_threads", "overlay_images")
 
@@ -570,9 +574,19 @@ def evaluate_trial(
     return outcome, state, value
 
 
-def run_worker(job: WorkerJob, on_trial: TrialCallback | None = None) -> list[TrialOutcome]:
-    """Join the study and evaluate trials until the budget or the deadline; what it evaluated."""
+def run_worker(
+    job: WorkerJob, on_trial: TrialCallback | None = None, ready: Any = None
+) -> list[TrialOutcome]:
+    """Join the study and evaluate trials until the budget or the deadline; what it evaluated.
+
+    ``ready`` (a barrier shared by the workers) holds this worker until every worker has started,
+    at most `READY_TIMEOUT_S`: one that starts sooner would otherwise take the first trials alone.
+    """
     from mlops_assets.core.tracking import Tracker
+
+    if ready is not None:
+        with contextlib.suppress(threading.BrokenBarrierError):  # a late worker: go on anyway
+            ready.wait(READY_TIMEOUT_S)
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(job.storage_url)
@@ -604,9 +618,9 @@ def run_worker(job: WorkerJob, on_trial: TrialCallback | None = None) -> list[Tr
     return outcomes
 
 
-def _spawned_worker(job: WorkerJob) -> list[TrialOutcome]:
+def _spawned_worker(job: WorkerJob, ready: Any) -> list[TrialOutcome]:
     """`run_worker` in a spawned process (top-level, so it pickles)."""
-    return run_worker(job)
+    return run_worker(job, ready=ready)
 
 
 def outcome_of(trial: FrozenTrial) -> TrialOutcome:
@@ -640,8 +654,12 @@ def run_workers(
     )
     seen = {t.number for t in finished(study)}
     outcomes: list[TrialOutcome] = []
-    with concurrent.futures.ProcessPoolExecutor(len(jobs), mp_context=context) as pool:
-        futures = [pool.submit(_spawned_worker, job) for job in jobs]
+    with (
+        context.Manager() as manager,
+        concurrent.futures.ProcessPoolExecutor(len(jobs), mp_context=context) as pool,
+    ):
+        ready = manager.Barrier(len(jobs))
+        futures = [pool.submit(_spawned_worker, job, ready) for job in jobs]
         pending = set(futures)
         while pending:
             _, pending = concurrent.futures.wait(pending, timeout=poll_s)
