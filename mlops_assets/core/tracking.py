@@ -256,6 +256,10 @@ class Tracker:
         """A JSON artifact."""
         self.client.log_dict(run_id, value, path)
 
+    def log_text(self, run_id: str, text: str, path: str) -> None:
+        """A text artifact (Markdown, plain text)."""
+        self.client.log_text(run_id, text, path)
+
     def run_url(self, run_id: str, ui_url: str) -> str:
         """The MLflow UI page of a run, without any secret ``ui_url`` carries (it is stored)."""
         base = redact_uri(ui_url.rstrip("/"))
