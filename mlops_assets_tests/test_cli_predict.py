@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,13 +14,17 @@ from PIL import Image
 from rasterio.transform import from_origin
 
 from mlops_assets.cli import main
-from mlops_assets.core.cd.config import InferenceConfig, TilingConfig, TrainConfig, preset
+from mlops_assets.core.cd.config import InferenceConfig, TilingConfig, preset
 from mlops_assets.core.cd.infer import predict_scene
-from mlops_assets.core.cd.model import build_unet, model_spec
 from mlops_assets.core.cd.predict import ModelRef, ModelRefError, load_model, open_pair
-from mlops_assets.core.cd.registry import log_cd_model
 from mlops_assets.core.tracking import CHAMPION, Tracker
-from mlops_assets_tests.core.cd import mlflow_uri, read_raster, tile_folder, write_raster
+from mlops_assets_tests.core.cd import (
+    mlflow_uri,
+    read_raster,
+    register_tiny_model,
+    tile_folder,
+    write_raster,
+)
 
 NAME = "change-detection-unet"
 
@@ -31,13 +34,8 @@ def registered_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An MLOPS_HOME whose MLflow registry holds a tiny 4-band model as champion (v1)."""
     home = tmp_path_factory.mktemp("home")
     tracker = Tracker(mlflow_uri(tmp_path_factory, home), "change-detection", home / "mlartifacts")
-    config = preset(TrainConfig, "tiny")
-    torch.manual_seed(0)
-    trained = SimpleNamespace(model=build_unet(8, config), spec=model_spec(8, config))
-    with tracker.run("cd", {}) as run_id:
-        uri = log_cd_model(tracker, run_id, trained, 0.5)  # type: ignore[arg-type]
-    version = tracker.register(NAME, uri, run_id, {}, "test")
-    tracker.set_alias(NAME, CHAMPION, str(version.version))
+    _, _, version = register_tiny_model(tracker, NAME)
+    tracker.set_alias(NAME, CHAMPION, version)
     return home
 
 
