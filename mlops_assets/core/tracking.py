@@ -391,3 +391,9 @@ def load_pyfunc(tracker: Tracker, model_uri: str) -> Any:
     """The Python model object behind a pyfunc URI (``models:/name@alias`` works)."""
     with _fluent_uris(tracker.tracking_uri):
         return mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
+
+
+def load_pyfunc_model(tracker: Tracker, model_uri: str) -> Any:
+    """The `mlflow.pyfunc.PyFuncModel` at ``model_uri`` (schema enforcement included)."""
+    with _fluent_uris(tracker.tracking_uri):
+        return mlflow.pyfunc.load_model(model_uri)
