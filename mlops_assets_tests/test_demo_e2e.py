@@ -29,7 +29,7 @@ from mlops_assets_tests.conftest import free_port
 
 REPO = Path(__file__).parents[1]
 BIN = Path(sys.executable).parent
-CD_SCENES = {"farmland-north", "forest-ridge", "riverside-utm32", "suburb-east"}
+CD_SCENES = {"farmland-north", "forest-ridge", "riverside-utm32", "suburb-east", "valley-eval"}
 NVS_SCENES = {"globe", "ring", "toy-blocks"}
 SENSORS = ("lakefs_commit_sensor", "mlflow_alias_sensor", "cd_quality_retrain_sensor")
 INTERVAL_S = 10  # MLOPS_SENSOR_INTERVAL_S: the sensors tick every 2 s (tick_interval_s)
