@@ -40,7 +40,7 @@ from mlops_assets.core.scenes.evaluation import EvaluationSet
 from mlops_assets.core.scenes.layout import CDPaths
 from mlops_assets.core.store.base import VersionedStore
 from mlops_assets.core.store.types import lakefs_uri
-from mlops_assets.core.tracking import DatasetRef, Tracker
+from mlops_assets.core.tracking import DatasetRef, GateDecision, Tracker
 
 #: Run and model-version tag: the JSON list of scene ids a model trained or validated on.
 TRAINED_SCENES_TAG = "cd.trained_scenes"
@@ -386,6 +386,12 @@ class SameSetDecision:
     champion_version: str | None
     worse_scenes: tuple[str, ...] = ()  # scenes where the challenger's F1 is below the champion's
 
+    def as_gate(self) -> GateDecision:
+        """The same decision as the registration helpers take it."""
+        return GateDecision(
+            self.passed, self.reason, self.candidate, self.champion, self.champion_version
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
         return {
@@ -398,8 +404,12 @@ class SameSetDecision:
         }
 
 
-def same_set_gate(report: EvaluationReport, minimum: float, tolerance: float) -> SameSetDecision:
+def same_set_gate(
+    report: EvaluationReport, minimum: float | None, tolerance: float
+) -> SameSetDecision:
     """Pass when the challenger reaches ``minimum`` F1 and ``champion - tolerance`` on the set.
+
+    ``minimum`` None: no absolute bar on the evaluation set (see `promotion_decision`).
 
     Refused outright when there is no evaluation scene, or when the challenger trained on one
     (its score there would flatter it). Per-scene regressions are named whatever the outcome.
@@ -448,8 +458,8 @@ def same_set_gate(report: EvaluationReport, minimum: float, tolerance: float) ->
             "there is flattered)"
         )
     where = f"on {n} evaluation scene(s) at {report.evaluation_set.commit_id[:12]}"
-    if total.f1 != total.f1 or total.f1 < minimum:
-        reason = f"evaluation F1 {total.f1:.4f} {where} is below the minimum {minimum:.4f}"
+    if total.f1 != total.f1 or (minimum is not None and total.f1 < minimum):
+        reason = f"evaluation F1 {total.f1:.4f} {where} is below the minimum {minimum or 0:.4f}"
         return SameSetDecision(
             False, reason + worse_text, total.f1, champion_f1, champion_version, worse
         )
@@ -467,10 +477,36 @@ def same_set_gate(report: EvaluationReport, minimum: float, tolerance: float) ->
         if champion_f1 is not None
         else "no champion yet"
     )
-    reason = f"evaluation F1 {total.f1:.4f} {where} >= minimum {minimum:.4f}; {against}"
+    bar = "" if minimum is None else f" >= minimum {minimum:.4f}"
+    reason = f"evaluation F1 {total.f1:.4f} {where}{bar}; {against}"
     return SameSetDecision(
         True, reason + worse_text + note, total.f1, champion_f1, champion_version, worse
     )
+
+
+def promotion_decision(
+    report: EvaluationReport, val_f1: float, min_val_f1: float, tolerance: float
+) -> SameSetDecision:
+    """The promotion gate of ``cd/registered_model``.
+
+    The model's own quality bar stays its validation F1 (>= ``min_val_f1``: the preset's
+    minimum, met on the scenes it was trained for); the comparison with the champion is on the
+    evaluation set (challenger >= champion - ``tolerance``, both measured there now), which also
+    refuses a challenger that trained on an evaluation scene.
+    """
+    if val_f1 != val_f1 or val_f1 < min_val_f1:
+        total = report.challenger_total
+        champion_total = report.champion_total
+        return SameSetDecision(
+            False,
+            f"validation F1 {val_f1:.4f} is below the minimum {min_val_f1:.4f}",
+            math.nan if total is None else total.f1,
+            None if champion_total is None else champion_total.f1,
+            None if report.champion is None else report.champion.get("version"),
+        )
+    decision = same_set_gate(report, None, tolerance)
+    prefix = f"validation F1 {val_f1:.4f} >= minimum {min_val_f1:.4f}; "
+    return dataclasses.replace(decision, reason=prefix + decision.reason)
 
 
 # What people look at -----------------------------------------------------------------------
@@ -625,7 +661,7 @@ def evaluation_metrics(report: EvaluationReport) -> dict[str, float]:
 
 
 def log_evaluation(
-    tracker: Tracker, run_id: str, report: EvaluationReport, decision: SameSetDecision
+    tracker: Tracker, run_id: str, report: EvaluationReport, decision: SameSetDecision | None = None
 ) -> None:
     """Metrics, table, images and report on the challenger's run; the scenes as dataset inputs."""
     tracker.log_metrics(run_id, evaluation_metrics(report), step=0)
@@ -635,12 +671,11 @@ def log_evaluation(
         {
             "evaluation.commit": evaluation_set.commit_id,
             "evaluation.scenes": json.dumps(list(evaluation_set.scene_ids)),
-            "evaluation.gate": decision.reason[:5000],
+            **({} if decision is None else {"evaluation.gate": decision.reason[:5000]}),
         },
     )
-    tracker.log_dict(
-        run_id, {**report.to_dict(), "gate": decision.to_dict()}, "evaluation/report.json"
-    )
+    gate = {} if decision is None else {"gate": decision.to_dict()}
+    tracker.log_dict(run_id, {**report.to_dict(), **gate}, "evaluation/report.json")
     tracker.log_text(run_id, markdown_report(report), "evaluation/table.md")
     tracker.log_image(run_id, confusion_image(report), "evaluation/confusion_matrix.png")
     tracker.log_image(run_id, pr_curve_image(report), "evaluation/pr_curve.png")

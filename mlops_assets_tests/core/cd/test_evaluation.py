@@ -29,6 +29,7 @@ from mlops_assets.core.cd.evaluation import (
     log_evaluation,
     markdown_report,
     pr_curve_image,
+    promotion_decision,
     same_set_gate,
     trained_scenes_tag,
 )
@@ -245,3 +246,26 @@ def test_candidates_come_from_the_run_and_the_alias_and_results_land_on_the_run(
     assert json.loads(inputs[0].dataset.source)["uri"] == (
         f"lakefs://scenes/{eval_set.commit_id}/cd/{SCENE}"
     )
+
+
+def test_promotion_keeps_the_validation_bar_and_compares_on_the_evaluation_set() -> None:
+    report = EvaluationReport(
+        EvaluationSet(SceneKind.CD, ("a",), "c" * 64, "scenes"),
+        0.5,
+        {"role": CHALLENGER_ROLE, "label": "run 1", "trained_scenes": ["b"]},
+        {"role": CHAMPION_ROLE, "label": "v3", "version": "3", "trained_scenes": None},
+        (_score("a", 8, 2, 0),),
+        (_score("a", 9, 0, 0),),
+    )
+    low = promotion_decision(report, val_f1=0.5, min_val_f1=0.8, tolerance=0.02)
+    assert not low.passed and low.reason == "validation F1 0.5000 is below the minimum 0.8000"
+    strict = promotion_decision(report, val_f1=0.9, min_val_f1=0.8, tolerance=0.02)
+    assert not strict.passed and strict.worse_scenes == ("a",)
+    assert strict.reason.startswith(
+        "validation F1 0.9000 >= minimum 0.8000; evaluation F1 0.8889 on 1 evaluation scene(s) "
+        "at cccccccccccc is worse than champion v3 (1.0000)"
+    )
+    lenient = promotion_decision(report, val_f1=0.9, min_val_f1=0.8, tolerance=0.2)
+    assert lenient.passed and "worse on 1/1 scene(s): a 0.8889 < 1.0000" in lenient.reason
+    gate = lenient.as_gate()
+    assert (gate.passed, gate.champion_version, gate.champion) == (True, "3", 1.0)
