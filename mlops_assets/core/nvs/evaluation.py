@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,7 @@ from torchmetrics.functional.image import (
 from mlops_assets.core.nvs.data import NVSView
 from mlops_assets.core.nvs.gaussians import Splats
 from mlops_assets.core.nvs.train import Rasterizer
+from mlops_assets.core.tracking import Tracker
 
 
 @dataclass(frozen=True)
@@ -131,3 +133,58 @@ def comparison_table(views: Sequence[ViewComparison]) -> str:
             f"{'-' if h is None else f'{c.ssim - h.ssim:+.4f}'} |"
         )
     return "\n".join(lines)
+
+
+COMPARISON_DIR = "heldout_comparison"
+
+
+def log_view_comparison(
+    tracker: Tracker, run_id: str, views: Sequence[ViewComparison], champion: str | None
+) -> None:
+    """The panels and scores in the run, for ``nvs/registered_splats`` to show.
+
+    ``champion`` names the version compared with (None: there was none).
+    """
+    from PIL import Image
+
+    payload = {"champion": champion, "views": [v.to_dict() for v in views]}
+    tracker.log_dict(run_id, payload, f"{COMPARISON_DIR}/views.json")
+    for i, view in enumerate(views):
+        tracker.log_image(run_id, Image.fromarray(view.image), f"{COMPARISON_DIR}/{i:03d}.png")
+    metrics: dict[str, float] = {}
+    for view in views:
+        metrics[f"heldout_psnr.{view.name}"] = view.challenger.psnr
+        metrics[f"heldout_ssim.{view.name}"] = view.challenger.ssim
+    if metrics:
+        tracker.log_metrics(run_id, metrics, step=0)
+
+
+def load_view_comparison(
+    tracker: Tracker, run_id: str, directory: Path
+) -> tuple[str | None, list[ViewComparison]]:
+    """What `log_view_comparison` logged in ``run_id`` (downloaded under ``directory``).
+
+    An empty list when the run has none (trained before the comparison existed).
+    """
+    import json
+
+    from PIL import Image
+
+    names = {a.path for a in tracker.client.list_artifacts(run_id, COMPARISON_DIR)}
+    if f"{COMPARISON_DIR}/views.json" not in names:
+        return None, []
+    local = Path(tracker.client.download_artifacts(run_id, COMPARISON_DIR, str(directory)))
+    payload = json.loads((local / "views.json").read_text())
+    views: list[ViewComparison] = []
+    for i, item in enumerate(payload["views"]):
+        image = np.asarray(Image.open(local / f"{i:03d}.png").convert("RGB"))
+        champion = item["champion"]
+        views.append(
+            ViewComparison(
+                item["name"],
+                ViewScore(**item["challenger"]),
+                None if champion is None else ViewScore(**champion),
+                image,
+            )
+        )
+    return payload["champion"], views

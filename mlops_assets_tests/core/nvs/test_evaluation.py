@@ -12,14 +12,21 @@ import torch
 from mlops_assets.core.demo.nvs import NVSSceneSpec, write_nvs_scene
 from mlops_assets.core.nvs.config import nvs_preset
 from mlops_assets.core.nvs.data import dataset_from_config
-from mlops_assets.core.nvs.evaluation import compare_views, comparison_table
+from mlops_assets.core.nvs.evaluation import (
+    compare_views,
+    comparison_table,
+    load_view_comparison,
+    log_view_comparison,
+)
 from mlops_assets.core.nvs.train import cpu_rasterizer, train_splats
 from mlops_assets.core.scenes.colmap import read_model
+from mlops_assets.core.tracking import Tracker
+from mlops_assets_tests.core.cd import mlflow_uri
 
 
 @pytest.mark.slow
 def test_each_held_out_view_is_scored_for_both_models_as_training_scores_it(
-    tmp_path: Path,
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     spec = NVSSceneSpec("small", "globe", seed=5, views=9, image_size=24, max_points=300)
     scene = write_nvs_scene(spec, tmp_path / "scene")
@@ -65,3 +72,14 @@ def test_each_held_out_view_is_scored_for_both_models_as_training_scores_it(
     alone = compare_views(longer.splats, None, dataset.test[:1], rasterize, 1, background, cpu)
     assert alone[0].champion is None and alone[0].image.shape == (h, 3 * w, 3)
     assert " | - | - | " in comparison_table(alone)
+
+    # Logged in the challenger's run by nvs/splats, read back by nvs/registered_splats.
+    tracker = Tracker(mlflow_uri(tmp_path_factory, tmp_path / "mlflow"), "nvs", tmp_path / "art")
+    with tracker.run("splats", {}) as run_id:
+        assert load_view_comparison(tracker, run_id, tmp_path / "none") == (None, [])
+        log_view_comparison(tracker, run_id, views, "3")
+    champion, loaded = load_view_comparison(tracker, run_id, tmp_path / "dl")
+    assert champion == "3" and [v.to_dict() for v in loaded] == [v.to_dict() for v in views]
+    np.testing.assert_array_equal(loaded[0].image, views[0].image)  # PNG: lossless
+    metrics = tracker.client.get_run(run_id).data.metrics
+    assert metrics[f"heldout_psnr.{views[0].name}"] == pytest.approx(views[0].challenger.psnr)
