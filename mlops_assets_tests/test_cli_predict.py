@@ -158,3 +158,24 @@ def test_bad_input_is_one_line_and_writes_nothing(
     assert re.search(message, lines[0]), lines[0]
     assert "Traceback" not in stderr
     assert not out.parent.exists() or list(out.parent.iterdir()) == []
+
+
+def test_progress_counts_every_window_once(home: Path, demo_cd_dir: Path, tmp_path: Path) -> None:
+    from mlops_assets.core.cd.predict import predict_pair
+
+    model = load_model(Tracker(f"sqlite:///{home / 'mlflow.db'}", "x"), ModelRef(NAME, CHAMPION))
+    seen: list[tuple[int, int]] = []
+    config = InferenceConfig(tile_size=64, overlap=16)
+    out = tmp_path / "m.tif"
+    predict_pair(
+        demo_cd_dir / "pre.tif",
+        demo_cd_dir / "post.tif",
+        out,
+        model,
+        config,
+        torch.device("cpu"),
+        lambda done, total: seen.append((done, total)),
+    )
+    # 128 px, 64 px windows every 48 px: rows and columns at 0, 48, 64.
+    assert seen == [(3, 9), (6, 9), (9, 9)]
+    assert out.exists() and out.with_suffix(".png").exists()
