@@ -688,7 +688,7 @@ def retrain(preset: str | None) -> None:
     settings = _settings()
     _use_dagster_home(settings)
     job = build_defs(settings).resolve_job_def(cd_retrain.name)
-    ops = ("cd__model", "cd__registered_model")
+    ops = ("cd__model", "cd__evaluation", "cd__registered_model")
     run_config: dict[str, Any] = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
     if preset:
         run_config["ops"] = {op: {"config": {"preset": preset}} for op in ops}
