@@ -126,17 +126,17 @@ def test_make_demo_then_make_dev_launches_nothing(tmp_path: Path) -> None:
 
     # What the newcomer sees: one line per run with its count, progress lines, the summary.
     assert "FAILED" not in out, out
-    assert out.count("] ok ") == 4 + 1 + 4 + 3
+    assert out.count("] ok ") == 5 + 1 + 5 + 3  # 5 CD scenes (valley-eval held out)
     for scene in CD_SCENES:
         assert f"cd/scene,cd/tiles {scene}" in out and f"cd/change_map {scene}" in out
-    assert "[cd] ok      1/1   cd/model,cd/registered_model" in out
+    assert "[cd] ok      1/1   cd/model..cd/registered_model" in out
     assert "[cd] cd/model: epoch 2/2: loss " in out  # the tiny preset trains 2 epochs
     assert "[nvs] nvs/splats: step 20/20: held-out PSNR " in out
     assert "  model: validation F1 " in out and "registered as v1" in out
     summary = out[out.index("Change detection") :]
     for scene in CD_SCENES | NVS_SCENES:
         assert scene in summary
-    assert "Where the time went" in out and "cd/model,cd/registered_model" in summary
+    assert "Where the time went" in out and "cd/model..cd/registered_model" in summary
     assert "mlflow ui --backend-store-uri sqlite:///" in out
     exported = home / "exports"
     assert {p.name for p in (exported / "cd").iterdir()} == CD_SCENES
