@@ -50,6 +50,8 @@ def _without_evaluation_scenes(
 ) -> tuple[dict[str, TilesRecord], Any]:
     """``records`` less the scenes listed in ``eval/scenes.json`` on main, and that set.
 
+    None instead of the set when there are no records (the store is not read).
+
     Held out scenes are neither trained nor validated on (`mlops_assets.core.scenes.evaluation`).
     """
     from mlops_assets.core.scenes.evaluation import (
@@ -58,8 +60,11 @@ def _without_evaluation_scenes(
         read_evaluation_set,
     )
     from mlops_assets.core.scenes.layout import SceneKind
+    from mlops_assets.core.store.types import StoreError
 
-    with failure_on(EvaluationSetError, label="cd/model: ", allow_retries=False):
+    if not records:  # nothing to train on: cd/model says so, the store is not asked
+        return records, None
+    with failure_on(EvaluationSetError, StoreError, label="cd/model: evaluation set: "):
         held_out = read_evaluation_set(
             scene_store.get_store(), SceneKind.CD, scene_store.branch, check=False
         )
