@@ -175,7 +175,7 @@ def test_make_demo_then_make_dev_launches_nothing(tmp_path: Path) -> None:
             assert len(commit_ticks) >= 3  # the first tick and two intervals' worth after it
             assert all(tick.status == TickStatus.SKIPPED for tick in commit_ticks)
             # The first tick compared every scene at head and found each done by the demo.
-            assert "7 done already, not redone" in (commit_ticks[-1].skip_reason or "")
+            assert "8 done already, not redone" in (commit_ticks[-1].skip_reason or "")
             for name in ("mlflow_alias_sensor", "cd_quality_retrain_sensor"):
                 assert all(tick.status == TickStatus.SKIPPED for tick in ticks[name])
     finally:
