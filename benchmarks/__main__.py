@@ -41,6 +41,7 @@ def _benches() -> list[Bench]:
     from benchmarks.ingest import bench_ingest_throughput
     from benchmarks.nvs import bench_nvs_gpu, bench_nvs_psnr
     from benchmarks.sensor_latency import bench_sensor_latency
+    from benchmarks.serving import bench_serving
     from benchmarks.sweep import bench_sweep
     from benchmarks.tiling import bench_tiling_rss, bench_tiling_throughput
     from benchmarks.training import bench_heldout_f1, bench_training_throughput
@@ -125,6 +126,14 @@ def _benches() -> list[Bench]:
             "and loss, 3 seeds, held-out demo scenes (quick: 1 seed, fewer steps)",
             lambda: bench_cd_vs_torchgeo(),
             lambda: bench_cd_vs_torchgeo(seeds=1, epochs=2, size=256),
+        ),
+        Bench(
+            "serving",
+            "mlflow models serve /invocations vs in-process predict_scene on the same windows "
+            "(1024 px; quick 512), JSON share, p50/p95 latency of a 256 px pair at 1 and 4 "
+            "concurrent clients",
+            lambda: bench_serving(1024),
+            lambda: bench_serving(512, repeats=1, requests_each=4),
         ),
         Bench(
             "f1",

@@ -688,7 +688,7 @@ def retrain(preset: str | None) -> None:
     settings = _settings()
     _use_dagster_home(settings)
     job = build_defs(settings).resolve_job_def(cd_retrain.name)
-    ops = ("cd__model", "cd__registered_model")
+    ops = ("cd__model", "cd__evaluation", "cd__registered_model")
     run_config: dict[str, Any] = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
     if preset:
         run_config["ops"] = {op: {"config": {"preset": preset}} for op in ops}
@@ -873,6 +873,96 @@ def sweep(
         f"cd_sweep run {result.run_id} succeeded: study {record['study_name']!r}, best trial "
         f"{record['best_trial']} F1 {record['best_value']:.4f} ({best}); MLflow run "
         f"{record['run_id']}; storage {record['storage']}"
+    )
+
+
+# predict: a registered model over any pair on disk (issue 15) -------------------------------
+
+
+@main.command()
+@click.argument("pre", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("post", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "-o",
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The change map GeoTIFF to write; the overlay goes beside it as <stem>.png.",
+)
+@click.option(
+    "--model",
+    "model_ref",
+    default="change-detection-unet@champion",
+    show_default=True,
+    help="Registered model: NAME@ALIAS or NAME/VERSION.",
+)
+@click.option("--tile-size", default=256, show_default=True, help="Window side in pixels.")
+@click.option("--overlap", default=64, show_default=True, help="Window overlap in pixels.")
+@click.option("--threshold", type=float, default=None, help="Default: the model's own.")
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
+)
+@_fail_cleanly
+def predict(
+    pre: Path,
+    post: Path,
+    out: Path,
+    model_ref: str,
+    tile_size: int,
+    overlap: int,
+    threshold: float | None,
+    device: str,
+) -> None:
+    """Predict the change between PRE.tif and POST.tif with a registered model.
+
+    Any pair, in the store or not: POST is warped onto PRE's grid (or, when neither has a CRS,
+    compared pixel for pixel), and the map is predicted with the same sliding windows as the
+    cd/change_map asset. Writes OUT (probability and mask on PRE's grid) and OUT's .png overlay;
+    nothing when anything fails.
+    """
+    import dataclasses
+
+    from mlops_assets.core.cd.config import InferenceConfig
+    from mlops_assets.core.cd.predict import (
+        ModelRef,
+        inference_config,
+        load_model,
+        overlay_path,
+        predict_pair,
+    )
+    from mlops_assets.core.compute import select_device
+    from mlops_assets.core.tracking import Tracker, TrackingError, redact_uri
+
+    ref = ModelRef.parse(model_ref)
+    settings = _settings()
+    tracker = Tracker(settings.tracking_uri, "change-detection", settings.mlflow_artifact_root)
+    try:
+        tracker.check_reachable()
+        model = load_model(tracker, ref)
+    except TrackingError as exc:
+        raise click.ClickException(f"--model {ref}: {exc}") from None
+    config = inference_config(
+        model,
+        InferenceConfig(tile_size=tile_size, overlap=overlap, device=device),  # type: ignore[arg-type]
+    )
+    if threshold is not None:
+        config = dataclasses.replace(config, threshold=threshold)
+    with tqdm(total=0, unit="window", desc="predicting", disable=None, file=sys.stderr) as bar:
+
+        def advance(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        summary = predict_pair(pre, post, out, model, config, select_device(config.device), advance)
+    area = (
+        f"{summary.changed_pixels:,} px"
+        if summary.changed_area_m2 is None
+        else f"{summary.changed_area_m2:,.0f} m²"
+    )
+    click.echo(
+        f"{out}: {summary.width}x{summary.height}, {area} changed "
+        f"({summary.changed_percent:.2f}% of valid pixels) by {model.name} v{model.version} "
+        f"from {redact_uri(settings.tracking_uri)}; overlay {overlay_path(out)}"
     )
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import dagster as dg
 
 from mlops_assets.assets.cd.change_map import cd_change_map, cd_change_map_f1
+from mlops_assets.assets.cd.evaluation import cd_evaluation
 from mlops_assets.assets.cd.model import cd_model, cd_registered_model
 from mlops_assets.assets.cd.scene import cd_scene
 from mlops_assets.assets.cd.sweep import cd_sweep
@@ -100,6 +101,7 @@ def build_defs(settings: Settings) -> dg.Definitions:
             cd_scene,
             cd_tiles,
             cd_model,
+            cd_evaluation,
             cd_registered_model,
             cd_change_map,
             cd_sweep,

@@ -16,6 +16,7 @@ NVS_GROUP = "novel_view_synthesis"
 CD_SCENE = dg.AssetKey(["cd", "scene"])
 CD_TILES = dg.AssetKey(["cd", "tiles"])
 CD_MODEL = dg.AssetKey(["cd", "model"])
+CD_EVALUATION = dg.AssetKey(["cd", "evaluation"])
 CD_REGISTERED_MODEL = dg.AssetKey(["cd", "registered_model"])
 CD_CHANGE_MAP = dg.AssetKey(["cd", "change_map"])
 CD_SWEEP = dg.AssetKey(["cd", "sweep"])

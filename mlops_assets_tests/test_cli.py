@@ -21,6 +21,7 @@ from PIL import Image
 from rasterio.crs import CRS
 
 from mlops_assets.cli import main
+from mlops_assets.core.scenes.evaluation import read_evaluation_set
 from mlops_assets.core.scenes.ingest import plan_upload
 from mlops_assets.core.scenes.layout import SceneKind
 from mlops_assets.core.store import embedded as embedded_module
@@ -108,11 +109,14 @@ def test_demo_data_is_idempotent_and_partitions_sync(home: Path) -> None:
     runner = CliRunner()
     first = runner.invoke(main, ["demo-data", "--size", "64", "--image-size", "24"])
     assert first.exit_code == 0, first.output
-    assert "committed 7 demo scenes to 'main'" in first.output
+    assert "committed 8 demo scenes to 'main'" in first.output
     store = _store(home)
-    head = store.get_commit("main")  # one merge from the writer's own branch
-    assert head.metadata["merge_source"].startswith("write-scenes-")
-    assert store.get_commit(head.parents[0]).message == "Repository created"
+    head = store.get_commit("main")  # the evaluation set, merged after the scenes' one merge
+    assert head.message.startswith("Merge eval/scenes.json from write-eval-")
+    scenes = store.get_commit(head.parents[0])
+    assert scenes.metadata["merge_source"].startswith("write-scenes-")
+    assert store.get_commit(scenes.parents[0]).message == "Repository created"
+    assert read_evaluation_set(store, SceneKind.CD).scene_ids == ("valley-eval",)
     second = runner.invoke(main, ["demo-data", "--size", "64", "--image-size", "24"])
     assert "demo scenes already up to date" in second.output
     assert store.resolve("main") == head.id
@@ -120,10 +124,10 @@ def test_demo_data_is_idempotent_and_partitions_sync(home: Path) -> None:
 
     synced = runner.invoke(main, ["partitions", "sync"])
     assert synced.exit_code == 0, synced.output
-    assert "cd: 4 scene partition(s), 4 new" in synced.output
+    assert "cd: 5 scene partition(s), 5 new" in synced.output
     assert "nvs: 3 scene partition(s), 3 new" in synced.output
     again = runner.invoke(main, ["partitions", "sync"])
-    assert "cd: 4 scene partition(s), 0 new: -" in again.output
+    assert "cd: 5 scene partition(s), 0 new: -" in again.output
 
 
 def test_ingest_publish_merges_a_scene_that_passes_its_checks(

@@ -18,6 +18,7 @@ EXPECTED_ASSETS = {
     dg.AssetKey(["cd", "scene"]),
     dg.AssetKey(["cd", "tiles"]),
     dg.AssetKey(["cd", "model"]),
+    dg.AssetKey(["cd", "evaluation"]),
     dg.AssetKey(["cd", "registered_model"]),
     dg.AssetKey(["cd", "change_map"]),
     dg.AssetKey(["cd", "sweep"]),

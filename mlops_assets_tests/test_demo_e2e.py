@@ -29,7 +29,7 @@ from mlops_assets_tests.conftest import free_port
 
 REPO = Path(__file__).parents[1]
 BIN = Path(sys.executable).parent
-CD_SCENES = {"farmland-north", "forest-ridge", "riverside-utm32", "suburb-east"}
+CD_SCENES = {"farmland-north", "forest-ridge", "riverside-utm32", "suburb-east", "valley-eval"}
 NVS_SCENES = {"globe", "ring", "toy-blocks"}
 SENSORS = ("lakefs_commit_sensor", "mlflow_alias_sensor", "cd_quality_retrain_sensor")
 INTERVAL_S = 10  # MLOPS_SENSOR_INTERVAL_S: the sensors tick every 2 s (tick_interval_s)
@@ -126,17 +126,17 @@ def test_make_demo_then_make_dev_launches_nothing(tmp_path: Path) -> None:
 
     # What the newcomer sees: one line per run with its count, progress lines, the summary.
     assert "FAILED" not in out, out
-    assert out.count("] ok ") == 4 + 1 + 4 + 3
+    assert out.count("] ok ") == 5 + 1 + 5 + 3  # 5 CD scenes (valley-eval held out)
     for scene in CD_SCENES:
         assert f"cd/scene,cd/tiles {scene}" in out and f"cd/change_map {scene}" in out
-    assert "[cd] ok      1/1   cd/model,cd/registered_model" in out
+    assert "[cd] ok      1/1   cd/model..cd/registered_model" in out
     assert "[cd] cd/model: epoch 2/2: loss " in out  # the tiny preset trains 2 epochs
     assert "[nvs] nvs/splats: step 20/20: held-out PSNR " in out
     assert "  model: validation F1 " in out and "registered as v1" in out
     summary = out[out.index("Change detection") :]
     for scene in CD_SCENES | NVS_SCENES:
         assert scene in summary
-    assert "Where the time went" in out and "cd/model,cd/registered_model" in summary
+    assert "Where the time went" in out and "cd/model..cd/registered_model" in summary
     assert "mlflow ui --backend-store-uri sqlite:///" in out
     exported = home / "exports"
     assert {p.name for p in (exported / "cd").iterdir()} == CD_SCENES
@@ -175,7 +175,7 @@ def test_make_demo_then_make_dev_launches_nothing(tmp_path: Path) -> None:
             assert len(commit_ticks) >= 3  # the first tick and two intervals' worth after it
             assert all(tick.status == TickStatus.SKIPPED for tick in commit_ticks)
             # The first tick compared every scene at head and found each done by the demo.
-            assert "7 done already, not redone" in (commit_ticks[-1].skip_reason or "")
+            assert "8 done already, not redone" in (commit_ticks[-1].skip_reason or "")
             for name in ("mlflow_alias_sensor", "cd_quality_retrain_sensor"):
                 assert all(tick.status == TickStatus.SKIPPED for tick in ticks[name])
     finally:

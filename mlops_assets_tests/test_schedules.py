@@ -64,7 +64,7 @@ def test_sensors_and_schedule_load_with_the_assets_they_target(tmp_path: Path) -
     assert keys == {
         "cd_scene_refresh": {"cd/scene", "cd/tiles", "cd/change_map"},
         "nvs_scene_refresh": {"nvs/scene", "nvs/splats", "nvs/registered_splats", "nvs/render"},
-        "cd_retrain": {"cd/model", "cd/registered_model"},
+        "cd_retrain": {"cd/model", "cd/evaluation", "cd/registered_model"},
         "cd_change_map_refresh": {"cd/change_map"},
     }
     assert repository.get_job("cd_scene_refresh").partitions_def is not None

@@ -15,6 +15,7 @@ import dagster as dg
 import pytest
 from mlflow.tracking import MlflowClient
 
+from mlops_assets.assets.cd.evaluation import cd_evaluation
 from mlops_assets.assets.cd.model import cd_model, cd_registered_model
 from mlops_assets.assets.cd.scene import cd_scene
 from mlops_assets.assets.cd.tiles import cd_tiles
@@ -62,7 +63,7 @@ def test_no_secret_reaches_logs_metadata_or_mlflow(
     commit_folder(store, demo_cd_warped_dir, "cd/river/")
     for scene in ("farm", "river"):
         assert materialize([cd_scene, cd_tiles], instance, leaky, scene).success
-    trained = materialize([cd_model, cd_registered_model], instance, leaky)
+    trained = materialize([cd_model, cd_evaluation, cd_registered_model], instance, leaky)
     assert trained.success
 
     # The URIs were used: redacted, not dropped.

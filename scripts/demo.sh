@@ -104,15 +104,19 @@ cd_chain() {
   for scene in $ids; do
     materialize cd "$((++i))/$total" cd/scene,cd/tiles "$scene"
   done
-  # One model over every scene's tiles, then its gated registration (aliases challenger/champion).
+  # One model over every scene's tiles but the held-out ones, its evaluation against the champion,
+  # then its gated registration (aliases challenger/champion).
   local threads=${CD_THREADS-}
   if [[ -z $threads ]]; then  # one core each while the NVS chain runs, on a small machine
     threads=0
     [[ ${SEQUENTIAL:-0} != 1 && $cores -le 4 ]] && threads=1
   fi
   local model_ops="\"cd__model\": {\"config\": {\"preset\": \"$PRESET\", \"num_threads\": $threads}}"
+  model_ops+=", \"cd__evaluation\": {\"config\": {\"preset\": \"$PRESET\"}}"
   model_ops+=", \"cd__registered_model\": {\"config\": {\"preset\": \"$PRESET\"}}"
-  materialize cd 1/1 cd/model,cd/registered_model - "$model_ops"
+  # The scenes in eval/scenes.json (demo-data lists valley-eval) are not trained on: the model
+  # and the champion are compared on them before the gate decides.
+  materialize cd 1/1 cd/model,cd/evaluation,cd/registered_model - "$model_ops"
   i=0
   for scene in $ids; do
     materialize cd "$((++i))/$total" cd/change_map "$scene"

@@ -18,6 +18,7 @@ import dagster as dg
 
 CD_MODEL = dg.AssetKey(["cd", "model"])
 CD_REGISTERED = dg.AssetKey(["cd", "registered_model"])
+CD_EVALUATION = dg.AssetKey(["cd", "evaluation"])
 CD_CHANGE_MAP = dg.AssetKey(["cd", "change_map"])
 NVS_SPLATS = dg.AssetKey(["nvs", "splats"])
 NVS_REGISTERED = dg.AssetKey(["nvs", "registered_splats"])
@@ -59,6 +60,20 @@ def cd_lines(instance: dg.DagsterInstance) -> list[str]:
             f"{model.get('train_tiles')} training / {model.get('val_tiles')} validation tiles; "
             + (f"registered as v{version}" if version else "not registered")
         )
+    evaluation = latest(instance, CD_EVALUATION)
+    if evaluation is not None and evaluation.get("evaluation_scenes"):
+        champion = evaluation.get("champion_version")
+        lines.append(
+            f"  held out (eval/scenes.json): {', '.join(evaluation['evaluation_scenes'])}: "
+            f"F1 {figure(evaluation.get('eval_f1'), 3)} for this model"
+            + (
+                f", {figure(evaluation.get('champion_eval_f1'), 3)} for champion v{champion}"
+                if champion
+                else " (no champion before it)"
+            )
+        )
+    if registered is not None and registered.get("gate"):
+        lines.append(f"  promotion gate: {registered['gate']}")
     scenes = sorted(instance.get_dynamic_partitions("cd_scenes"))
     lines.append(f"  {'change map':<22}{'F1 vs label':>12}{'changed %':>11}  model")
     for scene in scenes:

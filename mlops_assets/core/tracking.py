@@ -264,6 +264,10 @@ class Tracker:
         """A JSON artifact."""
         self.client.log_dict(run_id, value, path)
 
+    def log_text(self, run_id: str, text: str, path: str) -> None:
+        """A text artifact (Markdown, plain text)."""
+        self.client.log_text(run_id, text, path)
+
     def run_url(self, run_id: str, ui_url: str) -> str:
         """The MLflow UI page of a run, without any secret ``ui_url`` carries (it is stored)."""
         base = redact_uri(ui_url.rstrip("/"))
@@ -395,3 +399,9 @@ def load_pyfunc(tracker: Tracker, model_uri: str) -> Any:
     """The Python model object behind a pyfunc URI (``models:/name@alias`` works)."""
     with _fluent_uris(tracker.tracking_uri):
         return mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
+
+
+def load_pyfunc_model(tracker: Tracker, model_uri: str) -> Any:
+    """The `mlflow.pyfunc.PyFuncModel` at ``model_uri`` (schema enforcement included)."""
+    with _fluent_uris(tracker.tracking_uri):
+        return mlflow.pyfunc.load_model(model_uri)

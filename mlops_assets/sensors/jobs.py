@@ -67,8 +67,9 @@ nvs_scene_refresh = dg.define_asset_job(
 
 cd_retrain = dg.define_asset_job(
     "cd_retrain",
-    selection=dg.AssetSelection.assets(CD_MODEL_KEY, CD_REGISTERED_MODEL_KEY),
-    description="Train the change-detection model on every labelled scene and register it.",
+    selection=dg.AssetSelection.assets(CD_MODEL_KEY, keys.CD_EVALUATION, CD_REGISTERED_MODEL_KEY),
+    description="Train the change-detection model on every labelled scene (evaluation scenes "
+    "excluded), compare it with the champion on the evaluation scenes, and register it.",
 )
 
 cd_change_map_refresh = dg.define_asset_job(

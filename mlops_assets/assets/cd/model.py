@@ -21,6 +21,7 @@ from mlops_assets.resources.failures import failure_on
 from mlops_assets.resources.lineage import LineageResource
 from mlops_assets.resources.mlflow import MLflowResource
 from mlops_assets.resources.outputs import OutputStoreResource
+from mlops_assets.resources.scene_store import SceneStoreResource
 
 KEY = keys.CD_MODEL
 REGISTERED_KEY = keys.CD_REGISTERED_MODEL
@@ -44,10 +45,46 @@ def training_sets(
     return sets
 
 
+def without_evaluation_scenes(
+    records: dict[str, TilesRecord], scene_store: SceneStoreResource, log: Any, asset: str
+) -> tuple[dict[str, TilesRecord], Any]:
+    """``records`` less the scenes listed in ``eval/scenes.json`` on main, and that set.
+
+    None instead of the set when there are no records (the store is not read).
+
+    Held out scenes are neither trained nor validated on (`mlops_assets.core.scenes.evaluation`).
+    """
+    from mlops_assets.core.scenes.evaluation import (
+        EVALUATION_PATH,
+        EvaluationSetError,
+        read_evaluation_set,
+    )
+    from mlops_assets.core.scenes.layout import SceneKind
+    from mlops_assets.core.store.types import StoreError
+
+    if not records:  # nothing to train on: cd/model says so, the store is not asked
+        return records, None
+    with failure_on(EvaluationSetError, StoreError, label=f"{asset}: evaluation set: "):
+        held_out = read_evaluation_set(
+            scene_store.get_store(), SceneKind.CD, scene_store.branch, check=False
+        )
+    for scene_id in sorted(set(records) & set(held_out.scene_ids)):
+        log.info(
+            f"cd/{scene_id}: held out for evaluation ({EVALUATION_PATH} at "
+            f"{held_out.commit_id[:12]}): not trained or validated on"
+        )
+    return {k: v for k, v in records.items() if not held_out.excludes(k)}, held_out
+
+
 def _run_inputs(
-    train_config: Any, sets: list[tuple[Any, TileIndex]], preset: str
+    train_config: Any, sets: list[tuple[Any, TileIndex]], preset: str, held_out: Any
 ) -> tuple[dict[str, str], dict[str, Any], list[Any]]:
-    """The training run's tags, params and dataset inputs (one per scene's tile set)."""
+    """The training run's tags, params and dataset inputs (one per scene's tile set).
+
+    The tags say which scenes the model saw (`TRAINED_SCENES_TAG`: trained or validated on) and
+    the evaluation set held out of it (``held_out``, an `EvaluationSet`).
+    """
+    from mlops_assets.core.cd.evaluation import TRAINED_SCENES_TAG, trained_scenes_tag
     from mlops_assets.core.tracking import DatasetRef
 
     indexes = [index for _, index in sets]
@@ -56,6 +93,9 @@ def _run_inputs(
         "lakefs.repository": indexes[0].repository,
         "lakefs.commits": json.dumps(commits, sort_keys=True),
         "preset": preset,
+        TRAINED_SCENES_TAG: trained_scenes_tag(list(commits)),
+        "evaluation.commit": held_out.commit_id,
+        "evaluation.scenes": json.dumps(list(held_out.scene_ids)),
     }
     params = {
         **dataclasses.asdict(train_config),
@@ -191,16 +231,19 @@ def cd_model(
     config: ModelConfig,
     tiles: dict[str, Any] | None,
     output_store: OutputStoreResource,
+    scene_store: SceneStoreResource,
     mlflow: MLflowResource,
     lineage: LineageResource,
 ) -> dg.MaterializeResult[dict[str, Any]]:
-    """Train on every labelled scene's tiles and log the run to MLflow."""
+    """Train on every labelled scene's tiles but the evaluation scenes; log the run to MLflow."""
     # PyTorch and MLflow load here, when the step runs, not with the code location.
     from mlops_assets.core.cd.dataset import tile_refs
     from mlops_assets.core.cd.registry import log_cd_model
     from mlops_assets.core.cd.train import TrainingError, train_change_model
 
-    records = tiles_by_scene(tiles)  # one partition loads as its value, none as None
+    records, held_out = without_evaluation_scenes(
+        tiles_by_scene(tiles), scene_store, context.log, "cd/model"
+    )
     tracker = mlflow.reachable_tracker(EXPERIMENT)
     tuned = _tuned(config, tracker)
     train_config = config.to_core(None if tuned is None else tuned.config_fields())
@@ -210,7 +253,7 @@ def cd_model(
             description="no labelled, published tiles: materialise cd/tiles for labelled scenes "
             f"first (partitions seen: {', '.join(sorted(records)) or 'none'})"
         )
-    tags, params, datasets = _run_inputs(train_config, sets, config.preset.value)
+    tags, params, datasets = _run_inputs(train_config, sets, config.preset.value, held_out)
     tags |= {} if tuned is None else tuned.tags()
     name = f"cd-unet-{context.run.run_id[:8]}"
     with mlflow.tracked_run(
@@ -247,9 +290,41 @@ def cd_model(
     )
 
 
+def _decide(
+    tracker: Any, name: str, trained: CDModelRecord, evaluation: dict[str, Any], gate: Any
+) -> tuple[Any, dict[str, Any]]:
+    """The promotion decision (a `GateDecision`) and what the asset page shows of it.
+
+    With evaluation scenes: the validation-F1 bar, then challenger against champion on the same
+    evaluation scenes (`promotion_decision`), naming the scenes that got worse. Without any: the
+    validation F1 against the champion's, as before, and the reason says so.
+    """
+    from mlops_assets.core.cd.evaluation import EvaluationReport, promotion_decision
+    from mlops_assets.core.tracking import gate as validation_gate
+
+    val_f1 = float(trained.metrics["val_f1"])
+    report = EvaluationReport.from_dict(evaluation)
+    if not report.evaluation_set:
+        version, champion_f1 = champion_score(tracker, name, CHAMPION, "val_f1")
+        decision = validation_gate(
+            val_f1, champion_f1, gate.min_f1, gate.tolerance, champion_version=version
+        )
+        note = "no evaluation scenes in eval/scenes.json: gated on validation F1; "
+        return dataclasses.replace(decision, reason=note + decision.reason), {"gate_on": "val"}
+    same = promotion_decision(report, val_f1, gate.min_f1, gate.tolerance)
+    tracker.set_tags(trained.run_id, {"evaluation.gate": same.reason[:5000]})
+    return same.as_gate(), {
+        "gate_on": "evaluation set",
+        "eval_f1": round(same.candidate, 4),
+        "champion_eval_f1": None if same.champion is None else round(same.champion, 4),
+        "worse_scenes": list(same.worse_scenes),
+        "evaluation_commit": report.evaluation_set.commit_id,
+    }
+
+
 @dg.asset(
     key=REGISTERED_KEY,
-    ins={"model": dg.AssetIn(key=KEY)},
+    ins={"model": dg.AssetIn(key=KEY), "evaluation": dg.AssetIn(key=keys.CD_EVALUATION)},
     group_name=keys.CD_GROUP,
     kinds={"mlflow"},
     io_manager_key="json_io_manager",
@@ -258,8 +333,10 @@ def cd_model(
             GATE_CHECK,
             asset=REGISTERED_KEY,
             blocking=True,
-            description="Validation F1 reaches the minimum and trails the champion by at most the "
-            "tolerance; only then is a version registered.",
+            description="Validation F1 reaches the minimum and, on the evaluation scenes "
+            "(cd/evaluation), F1 trails the champion's on the same scenes by at most the "
+            "tolerance (without evaluation scenes: the champion's validation F1); a model that "
+            "trained on an evaluation scene is refused. Only then is a version registered.",
         )
     ],
     description=(
@@ -271,24 +348,20 @@ def cd_registered_model(
     context: dg.AssetExecutionContext,
     config: RegistrationConfig,
     model: dict[str, Any],
+    evaluation: dict[str, Any],
     mlflow: MLflowResource,
 ):  # Dagster derives the outputs (value + checks) from the decorator
-    """Gate the trained model against the threshold and the champion; register and alias it."""
-    from mlops_assets.core.tracking import gate
+    """Gate the trained model on its evaluation against the champion; register and alias it."""
+    from mlops_assets.core.cd.evaluation import TRAINED_SCENES_TAG, trained_scenes_tag
 
     trained = CDModelRecord.from_dict(model)
     gate_config = config.to_core()
     tracker = mlflow.reachable_tracker(EXPERIMENT)
     name = config.model_name
-    champion_version, champion_f1 = champion_score(tracker, name, CHAMPION, "val_f1")
-    decision = gate(
-        float(trained.metrics["val_f1"]),
-        champion_f1,
-        gate_config.min_f1,
-        gate_config.tolerance,
-        champion_version=champion_version,
-    )
+    decision, shown = _decide(tracker, name, trained, evaluation, gate_config)
     lineage = {"lakefs_commits": trained.lakefs_commits, "git_sha": trained.git_sha}
+    tags = {**trained.version_tags(), "dagster.run_id": context.run.run_id}
+    tags[TRAINED_SCENES_TAG] = trained_scenes_tag(list(trained.lakefs_commits))
     return gated_registration(
         context,
         tracker,
@@ -297,14 +370,15 @@ def cd_registered_model(
         decision=decision,
         model_uri=trained.model_uri,
         run_id=trained.run_id,
-        tags={**trained.version_tags(), "dagster.run_id": context.run.run_id},
+        tags=tags,
         description=decision.reason,
         aliases=[CHALLENGER, CHAMPION] if gate_config.auto_promote else [CHALLENGER],
         value={"model_name": name, "run_id": trained.run_id, "gate": decision.reason}
         | {"metrics": trained.metrics, **lineage},
         extra_metadata={
-            "val_f1": round(decision.candidate, 4),
+            "val_f1": round(float(trained.metrics["val_f1"]), 4),
             "lakefs_commits": trained.lakefs_commits,
+            **shown,
         },
         check_name=GATE_CHECK,
         check_metadata={
@@ -313,5 +387,6 @@ def cd_registered_model(
             "champion_version": decision.champion_version,
             "min_f1": gate_config.min_f1,
             "tolerance": gate_config.tolerance,
+            **shown,
         },
     )

@@ -12,7 +12,7 @@ from pydantic import Field
 
 from mlops_assets import keys
 from mlops_assets.assets.cd.config import EXPERIMENT, PRESET_FIELD, Device, Preset
-from mlops_assets.assets.cd.model import training_sets
+from mlops_assets.assets.cd.model import training_sets, without_evaluation_scenes
 from mlops_assets.assets.common import ProgressLog, image_md, markdown_table, metadata
 from mlops_assets.core.cd.config import TrainConfig, preset
 from mlops_assets.core.cd.records import tiles_by_scene
@@ -20,6 +20,7 @@ from mlops_assets.resources.failures import failure_on
 from mlops_assets.resources.lineage import LineageResource
 from mlops_assets.resources.mlflow import MLflowResource
 from mlops_assets.resources.outputs import OutputStoreResource
+from mlops_assets.resources.scene_store import SceneStoreResource
 from mlops_assets.resources.sweeps import OptunaStorageResource
 
 KEY = keys.CD_SWEEP
@@ -128,6 +129,7 @@ def cd_sweep(
     config: SweepRunConfig,
     tiles: dict[str, Any] | None,
     output_store: OutputStoreResource,
+    scene_store: SceneStoreResource,
     mlflow: MLflowResource,
     lineage: LineageResource,
     optuna_storage: OptunaStorageResource,
@@ -137,11 +139,15 @@ def cd_sweep(
     from mlops_assets.core.cd.dataset import tile_refs
     from mlops_assets.core.cd.sweep import SweepError
     from mlops_assets.core.cd.sweep_tracking import execute_sweep, prepare_sweep
+    from mlops_assets.core.cd.train import TrainingError
 
-    records = tiles_by_scene(tiles)  # one partition loads as its value, none as None
+    # Never trained on: the evaluation scenes (eval/scenes.json), like cd/model.
+    records, _ = without_evaluation_scenes(
+        tiles_by_scene(tiles), scene_store, context.log, "cd/sweep"
+    )
     tracker = mlflow.reachable_tracker(EXPERIMENT)
     git_sha = lineage.code_version()
-    with failure_on(SweepError, allow_retries=False):
+    with failure_on(SweepError, TrainingError, allow_retries=False):
         base, sweep = config.to_core()
         sets = training_sets(records, output_store, context.log)
         if not sets:

@@ -16,6 +16,7 @@ from PIL import Image
 from mlops_assets import keys
 from mlops_assets.assets.common import ProgressLog, image_md, markdown_table, metadata
 from mlops_assets.assets.nvs.config import (
+    DEFAULT_MODEL_NAME,
     EXPERIMENT,
     SplatsConfig,
     SplatsRegistrationConfig,
@@ -188,6 +189,69 @@ def _log_model(
     return log_splat_model(tracker, run_id, to_numpy(dict(result.splats.items())), spec)
 
 
+def _compare_with_champion(
+    tracker: "Tracker",
+    run_id: str,
+    result: "TrainResult",
+    dataset: "NVSDataset",
+    train_config: Any,
+    scene_id: str,
+) -> None:
+    """Held-out views rendered by these splats and by the scene's champion, logged in the run.
+
+    ``nvs/registered_splats`` shows them (ground truth | render | error, per-view PSNR/SSIM of
+    both). The champion is the version of the default registered model under
+    ``champion-<scene>``, the one registration compares with.
+    """
+    import torch
+
+    from mlops_assets.core.compute import select_device
+    from mlops_assets.core.nvs.evaluation import compare_views, log_view_comparison
+    from mlops_assets.core.nvs.registry import load_splat_model, scene_alias
+    from mlops_assets.core.nvs.train import cpu_rasterizer, gsplat_rasterizer
+
+    if not dataset.test:
+        return
+    alias = scene_alias(CHAMPION, scene_id)
+    champion = None
+    if tracker.version_by_alias(DEFAULT_MODEL_NAME, alias) is not None:
+        champion = load_splat_model(tracker, DEFAULT_MODEL_NAME, alias, "nvs/registered_splats")
+    device = select_device(train_config.device)
+    cuda = device.type == "cuda"
+    rasterize = gsplat_rasterizer if cuda else cpu_rasterizer(train_config.cpu_tile_size)
+    on_device = {k: v.detach().to(device) for k, v in result.splats.items()}
+    views = compare_views(
+        on_device,
+        None if champion is None else {k: v.to(device) for k, v in champion.splats.items()},
+        dataset.test,
+        rasterize,
+        train_config.sh_degree,
+        torch.tensor(result.background, device=device),
+        device,
+        None if champion is None else champion.sh_degree,
+    )
+    log_view_comparison(tracker, run_id, views, None if champion is None else champion.version)
+
+
+def _heldout_views(tracker: "Tracker", run_id: str, limit: int = 8) -> dict[str, Any]:
+    """What the registration page shows of the comparison `_compare_with_champion` logged."""
+    from mlops_assets.core.nvs.evaluation import comparison_table, load_view_comparison
+
+    with tempfile.TemporaryDirectory(prefix="nvs-views-") as tmp:
+        champion, views = load_view_comparison(tracker, run_id, Path(tmp))
+    if not views:
+        return {}
+    caption = "ground truth | render | abs error x4" + ("; champion below" if champion else "")
+    return {
+        "heldout_compared_with": f"champion v{champion}" if champion else "no champion yet",
+        "heldout_views": dg.MetadataValue.md(comparison_table(views)),
+        **{
+            f"view {v.name}": image_md(Image.fromarray(v.image), f"{v.name}: {caption}")
+            for v in views[:limit]
+        },
+    }
+
+
 def _splats_metadata(
     record: SplatsRecord, result: "TrainResult", dataset: "NVSDataset", config: Any, run_url: str
 ) -> dict[str, Any]:
@@ -263,6 +327,7 @@ def nvs_splats(
             args = (train_config, scene_id, preset, Path(tmp))
             result = _train(context, tracker, run_id, dataset, *args)
             model_uri = _log_model(tracker, run_id, result, train_config, dataset, source)
+            _compare_with_champion(tracker, run_id, result, dataset, train_config, scene_id)
     record = SplatsRecord(
         scene_id=scene_id,
         run_id=run_id,
@@ -344,6 +409,7 @@ def nvs_registered_splats(
         extra_metadata={
             "psnr": round(decision.candidate, 3),
             "lakefs_commit": trained.lakefs_commit,
+            **_heldout_views(tracker, trained.run_id),
         },
         check_name=GATE_CHECK,
         check_metadata={

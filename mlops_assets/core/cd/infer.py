@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,8 +140,11 @@ def predict_scene(
     out_path: Path,
     device: torch.device,
     size_multiple: int = 32,
+    progress: Callable[[int, int], None] | None = None,
 ) -> ChangeMapSummary:
     """Predict ``pair`` into the GeoTIFF ``out_path``; return what it contains.
+
+    ``progress(windows done, windows in all)`` is called after each row of windows.
 
     Raises `ModelMismatchError` when the model takes another number of bands than the scene has.
     """
@@ -240,6 +244,8 @@ def predict_scene(
                     norm[r0 : r0 + size, c : c + size] += weights
             next_row = rows[i + 1] if i + 1 < len(rows) else height
             flush(min(next_row, height))
+            if progress is not None:
+                progress((i + 1) * len(cols), len(rows) * len(cols))
 
     precision = recall = f1 = None
     if labelled:

@@ -8,6 +8,12 @@ Input: ``{"pre": float32 [N, C, H, W], "post": float32 [N, C, H, W]}`` in the se
 each image is normalised per band with the statistics of its scene when the caller passes them as
 params (``pre_mean``, ``pre_std``, ``post_mean``, ``post_std``, each a list of C floats), else with
 the batch's own. Output: change probability, float32 [N, H, W].
+
+Served with ``mlflow models serve``, an invalid request (shapes that differ or are not
+[N, C, H, W], another band count than the model's, statistics of the wrong length, non-finite
+values, more than `MAX_PIXELS` pixels) is answered HTTP 400 with the reason: `predict` raises
+`MlflowException` with ``INVALID_PARAMETER_VALUE``, which the scoring server returns as it is,
+never a stack trace (any other exception would be returned with its traceback).
 """
 
 import json
@@ -17,8 +23,18 @@ from typing import Any
 import numpy as np
 import segmentation_models_pytorch as smp
 import torch
+from mlflow.exceptions import MlflowException
 from mlflow.models import set_model
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc.model import PythonModel
+
+#: Most pixels (N x H x W) one request may ask for: bounds the server's memory per request.
+MAX_PIXELS = 16 * 1024 * 1024
+_STATS = ("pre_mean", "pre_std", "post_mean", "post_std")
+
+
+def _invalid(message: str) -> MlflowException:
+    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
 
 
 def _normalise(
@@ -54,10 +70,29 @@ class ChangeDetectionModel(PythonModel):
 
     def predict(self, context: Any, model_input: Any, params: Any = None) -> Any:
         """Change probabilities for a batch of co-registered pre/post windows."""
-        pre, post = np.asarray(model_input["pre"]), np.asarray(model_input["post"])
-        stats = {k: v for k, v in (params or {}).items() if v is not None and len(v)}
+        if not isinstance(model_input, dict) or not {"pre", "post"} <= set(model_input):  # pyright: ignore[reportUnknownArgumentType]
+            raise _invalid('inputs must be {"pre": [N, C, H, W], "post": [N, C, H, W]}')
+        try:
+            pre = np.asarray(model_input["pre"], np.float32)
+            post = np.asarray(model_input["post"], np.float32)
+        except (TypeError, ValueError) as exc:
+            raise _invalid(f"pre and post must be numeric arrays [N, C, H, W]: {exc}") from None
         if pre.shape != post.shape or pre.ndim != 4:
-            raise ValueError(f"pre {pre.shape} and post {post.shape} must both be [N, C, H, W]")
+            raise _invalid(f"pre {pre.shape} and post {post.shape} must both be [N, C, H, W]")
+        n, bands, h, w = pre.shape
+        expected = int(self.spec["in_channels"]) // 2
+        if bands != expected:
+            raise _invalid(f"pre and post have {bands} bands; this model takes {expected}")
+        if min(n, h, w) < 1 or n * h * w > MAX_PIXELS:
+            raise _invalid(f"N x H x W = {n * h * w} pixels: must be 1 to {MAX_PIXELS}")
+        if not (np.isfinite(pre).all() and np.isfinite(post).all()):
+            raise _invalid("pre and post must be finite (no NaN or infinity)")
+        stats = {k: v for k, v in (params or {}).items() if v is not None and len(v)}
+        for name in _STATS:
+            if name in stats and len(stats[name]) != bands:
+                raise _invalid(f"params.{name} has {len(stats[name])} values for {bands} bands")
+            if name.endswith("_std") and name in stats and min(stats[name]) <= 0:
+                raise _invalid(f"params.{name} must be positive")
         stacked = np.concatenate(
             [
                 _normalise(pre, stats.get("pre_mean"), stats.get("pre_std")),

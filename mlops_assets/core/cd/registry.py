@@ -102,3 +102,16 @@ def load_cd_model(tracker: Tracker, name: str, alias: str) -> LoadedModel:
         run_id=str(version.run_id),
         alias=alias,
     )
+
+
+def load_logged_cd_model(tracker: Tracker, model_uri: str, run_id: str) -> LoadedModel:
+    """A model logged in a run but not (yet) registered: the would-be challenger."""
+    python_model = load_pyfunc(tracker, model_uri)
+    return LoadedModel(
+        net=python_model.net,
+        spec=dict(python_model.spec),
+        name="",
+        version="",
+        run_id=run_id,
+        alias="",
+    )

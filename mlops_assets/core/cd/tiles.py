@@ -155,6 +155,19 @@ class _Moments:
         return BandStats(means, stds, floor)
 
 
+def scene_stats(pair: AlignedPair, rows: int = 256) -> tuple[BandStats, BandStats]:
+    """Pre and post statistics over the pixels valid in both, as `tile_scene` computes them.
+
+    For a scene that has no tile index (an evaluation scene, a pair given to ``predict``): the
+    same streaming moments over the same pixels, so the same numbers, ``rows`` rows at a time.
+    """
+    pre_moments, post_moments = _Moments(pair.count), _Moments(pair.count)
+    for strip in pair.strips(rows):
+        pre_moments.add(strip.pre, strip.valid)
+        post_moments.add(strip.post, strip.valid)
+    return pre_moments.stats(), post_moments.stats()
+
+
 @dataclass(frozen=True)
 class TileRecord:
     """One kept window."""

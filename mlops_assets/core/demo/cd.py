@@ -537,3 +537,21 @@ DEMO_CD_SCENES: tuple[CDSceneSpec, ...] = (
         post_resolution=3.0,
     ),
 )
+
+
+#: Demo scenes held out for evaluation: listed in ``eval/scenes.json`` by ``demo-data``, never
+#: trained on; champion and challenger are compared on them (`mlops_assets.core.cd.evaluation`).
+#: A landscape of its own (mixed farmland and suburb, its own seed), so the comparison is on
+#: pixels no model has seen.
+DEMO_CD_EVAL_SCENES: tuple[CDSceneSpec, ...] = (
+    CDSceneSpec(
+        scene_id="valley-eval",
+        seed=53,
+        origin=(455000.0, 5407000.0),
+        cover=(0.04, 0.25, 0.25, 0.18, 0.2, 0.08),
+        roads=4,
+        buildings=90,
+        new_developments=2,
+        clearings=3,
+    ),
+)

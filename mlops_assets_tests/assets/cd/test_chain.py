@@ -14,6 +14,7 @@ import rasterio
 from mlflow.tracking import MlflowClient
 
 from mlops_assets.assets.cd.change_map import cd_change_map, cd_change_map_f1
+from mlops_assets.assets.cd.evaluation import cd_evaluation
 from mlops_assets.assets.cd.model import cd_model, cd_registered_model
 from mlops_assets.assets.cd.scene import cd_scene
 from mlops_assets.assets.cd.tiles import cd_tiles
@@ -23,7 +24,15 @@ from mlops_assets_tests.conftest import DEPLOYMENT_VARIABLES, commit_folder, emb
 
 pytestmark = pytest.mark.slow
 
-ALL = [cd_scene, cd_tiles, cd_model, cd_registered_model, cd_change_map, cd_change_map_f1]
+ALL = [
+    cd_scene,
+    cd_tiles,
+    cd_model,
+    cd_evaluation,
+    cd_registered_model,
+    cd_change_map,
+    cd_change_map_f1,
+]
 
 
 def run_config(selection: Sequence[dg.AssetsDefinition], **extra: dict[str, Any]) -> dict[str, Any]:
@@ -85,7 +94,7 @@ def chain(
         for scene in ("farm", "river"):
             result = materialize([cd_scene, cd_tiles], instance, resources, scene)
             assert result.success, scene
-        model = materialize([cd_model, cd_registered_model], instance, resources)
+        model = materialize([cd_model, cd_evaluation, cd_registered_model], instance, resources)
         assert model.success
         yield {
             "commit": commit,

@@ -11,6 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from mlops_assets.assets.cd.change_map import cd_change_map
+from mlops_assets.assets.cd.evaluation import cd_evaluation
 from mlops_assets.assets.cd.model import cd_model, cd_registered_model
 from mlops_assets.assets.cd.scene import cd_scene
 from mlops_assets.assets.cd.tiles import cd_tiles
@@ -57,7 +58,7 @@ def test_chain_against_an_mlflow_server_and_s3_tiles(
     assert f"prod/cd/tiles/river/{commit[:16]}" in "\n".join(keys)
     assert sum(k.endswith("/index.json") for k in keys) == 2
 
-    trained = materialize([cd_model, cd_registered_model], instance, production)
+    trained = materialize([cd_model, cd_evaluation, cd_registered_model], instance, production)
     assert trained.success
     (model,) = trained.asset_materializations_for_node("cd__model")
     run_id = str(model.metadata["mlflow_run_id"].value)

@@ -12,6 +12,7 @@ import rasterio
 from rasterio.errors import NotGeoreferencedWarning
 
 from mlops_assets.assets.cd.change_map import cd_change_map
+from mlops_assets.assets.cd.evaluation import cd_evaluation
 from mlops_assets.assets.cd.model import cd_model, cd_registered_model
 from mlops_assets.assets.cd.scene import cd_scene
 from mlops_assets.assets.cd.tiles import cd_tiles
@@ -64,7 +65,7 @@ def test_an_imported_dataset_trains_on_its_split_and_maps_on_the_pixel_grid(
         (mat,) = result.asset_materializations_for_node("cd__tiles")
         assert str(mat.metadata["grid"].value).endswith("pixel grid (no CRS)")
     model = materialize(
-        [cd_model, cd_registered_model],
+        [cd_model, cd_evaluation, cd_registered_model],
         instance,
         resources,
         cd__model={"split": "scene", "val_scenes": ["val-*"]},

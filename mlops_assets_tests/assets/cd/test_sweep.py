@@ -8,12 +8,15 @@ from typing import Any
 import dagster as dg
 import pytest
 
+from mlops_assets.assets.cd.evaluation import cd_evaluation
 from mlops_assets.assets.cd.model import cd_model, cd_registered_model
 from mlops_assets.assets.cd.scene import cd_scene
 from mlops_assets.assets.cd.sweep import cd_sweep
 from mlops_assets.assets.cd.tiles import cd_tiles
 from mlops_assets.core.cd.records import SweepRecord
 from mlops_assets.core.cd.sweep_tracking import latest_sweep
+from mlops_assets.core.scenes.evaluation import write_evaluation_set
+from mlops_assets.core.scenes.layout import SceneKind
 from mlops_assets.core.store.embedded import EmbeddedStore
 from mlops_assets.resources.sweeps import OptunaStorageResource
 from mlops_assets_tests.assets.cd.test_chain import failure_message
@@ -21,7 +24,7 @@ from mlops_assets_tests.conftest import commit_folder
 
 pytestmark = pytest.mark.slow
 
-ALL = [cd_scene, cd_tiles, cd_sweep, cd_model, cd_registered_model]
+ALL = [cd_scene, cd_tiles, cd_sweep, cd_model, cd_evaluation, cd_registered_model]
 SPACE = {"learning_rate": {"low": 1e-3, "high": 3e-2, "log": True}, "augment": {"choices": [1, 0]}}
 
 
@@ -94,6 +97,30 @@ def test_a_sweep_shows_its_best_trials_and_hands_on_its_run(
     assert parent.data.tags["optuna.study_name"] == "cd-unet-tiny"
 
 
+def test_the_evaluation_scenes_are_never_swept_on(
+    store: EmbeddedStore,
+    instance: dg.DagsterInstance,
+    tiled: dict[str, Any],
+    demo_cd_dir: Path,
+) -> None:
+    commit_folder(store, demo_cd_dir, "cd/held/")
+    instance.add_dynamic_partitions("cd_scenes", ["held"])
+    tiles = dg.materialize(
+        ALL,
+        selection=[cd_scene, cd_tiles],
+        partition_key="held",
+        instance=instance,
+        resources=tiled,
+        run_config={"ops": {"cd__tiles": {"config": {"preset": "tiny"}}}},
+    )
+    assert tiles.success
+    write_evaluation_set(store, SceneKind.CD, ["held"])
+    result = _sweep(instance, tiled, n_trials=1, epochs=1, search_space=SPACE)
+    assert result.success, failure_message(result)
+    meta = result.asset_materializations_for_node("cd__sweep")[0].metadata
+    assert set(meta["lakefs_commits"].value) == {"farm", "river"}  # type: ignore[arg-type]
+
+
 def _train(
     instance: dg.DagsterInstance, resources: dict[str, Any], **config: Any
 ) -> dg.ExecuteInJobResult:
@@ -101,7 +128,7 @@ def _train(
     ops["cd__registered_model"] = {"config": {"preset": "tiny"}}
     return dg.materialize(
         ALL,
-        selection=[cd_model, cd_registered_model],
+        selection=[cd_model, cd_evaluation, cd_registered_model],
         instance=instance,
         resources=resources,
         run_config={"ops": ops},

@@ -74,6 +74,12 @@ def test_chain_registers_and_publishes_a_viewer_ready_splat(
     assert registered["aliases"] == [f"challenger-{scene_id}", f"champion-{scene_id}"]
     version = client.get_model_version_by_alias("gaussian-splats", f"champion-{scene_id}")
     assert version.tags["scene_id"] == scene_id and version.tags["lakefs.commit"] == commit
+    # Each held-out view side by side (no champion to compare with yet).
+    assert registered["heldout_compared_with"] == "no champion yet"
+    table = str(registered["heldout_views"]).splitlines()
+    views = [k.removeprefix("view ") for k in registered if k.startswith("view ")]
+    assert views and len(table) == 2 + len(views)
+    assert table[2].startswith(f"| {views[0]} | ") and "| - | - |" in table[2]
 
     rendered = _meta(result, "nvs__render")
     outputs = rendered["outputs_commit"]
@@ -93,7 +99,22 @@ def test_chain_registers_and_publishes_a_viewer_ready_splat(
     assert float(np.std(frames[0])) > 1.0  # something was drawn, not a blank background
     assert not store.exists("main", f"nvs/{scene_id}/splats.ply")  # outputs only, never main
 
-    # A second version that fails the gate is not registered and the champion stays.
+    # Trained again: the new splats and the champion (v1) on the same held-out views.
+    second = materialize_partition(
+        [nvs_splats, nvs_registered_splats, nvs_scene.to_source_asset()],
+        scene_id,
+        instance,
+        resources,
+        {"ops": {k: v for k, v in _config()["ops"].items() if k != "nvs__render"}},
+    )
+    assert second.success
+    compared = _meta(second, "nvs__registered_splats")
+    assert compared["heldout_compared_with"] == "champion v1" and compared["version"] == "2"
+    row = str(compared["heldout_views"]).splitlines()[2].split(" | ")
+    v1_psnr = client.get_run(trained["mlflow_run_id"]).data.metrics[f"heldout_psnr.{views[0]}"]
+    assert float(row[2]) == pytest.approx(v1_psnr, abs=0.01)  # the champion, rendered again
+
+    # A version that fails the gate is not registered and the champion stays.
     again = materialize_partition(
         [nvs_registered_splats, nvs_splats.to_source_asset()],
         scene_id,
@@ -104,7 +125,7 @@ def test_chain_registers_and_publishes_a_viewer_ready_splat(
     assert not again.success
     check = again.get_asset_check_evaluations()[0]
     assert not check.passed and "below the minimum" in (check.description or "")
-    assert len(client.search_model_versions("name='gaussian-splats'")) == 1
+    assert len(client.search_model_versions("name='gaussian-splats'")) == 2
 
 
 def test_out_of_memory_fails_the_step_keeps_the_checkpoint_and_frees_the_gpu_slot(

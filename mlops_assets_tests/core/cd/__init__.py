@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -140,3 +141,26 @@ def textured(shape: tuple[int, int], seed: int, smooth: float = 2.0) -> NDArray[
     """A smooth random texture (Gaussian-filtered white noise), like ground seen from above."""
     noise = np.random.default_rng(seed).normal(size=shape)
     return np.asarray(ndimage.gaussian_filter(noise, smooth, mode="wrap"), np.float64)
+
+
+def register_tiny_model(
+    tracker: Any, name: str, seed: int = 0, tags: dict[str, str] | None = None
+) -> tuple[str, str, str]:
+    """An untrained tiny 4-band U-Net (seeded) logged in a run and registered.
+
+    Returns the run id, the logged model URI and the version. Weights differ by ``seed``, so two
+    versions predict differently; nothing is trained, so this takes about a second.
+    """
+    import torch
+
+    from mlops_assets.core.cd.config import TrainConfig, preset
+    from mlops_assets.core.cd.model import build_unet, model_spec
+    from mlops_assets.core.cd.registry import log_cd_model
+
+    config = preset(TrainConfig, "tiny")
+    torch.manual_seed(seed)
+    trained = SimpleNamespace(model=build_unet(8, config), spec=model_spec(8, config))
+    with tracker.run(f"tiny-{seed}", tags or {}) as run_id:
+        uri = log_cd_model(tracker, run_id, trained, 0.5)  # type: ignore[arg-type]
+    version = tracker.register(name, uri, run_id, {}, f"tiny seed {seed}")
+    return run_id, uri, str(version.version)

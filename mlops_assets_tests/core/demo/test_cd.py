@@ -9,6 +9,7 @@ import pytest
 import rasterio
 
 from mlops_assets.core.demo.cd import (
+    DEMO_CD_EVAL_SCENES,
     DEMO_CD_SCENES,
     LABEL_NODATA,
     NODATA,
@@ -67,7 +68,7 @@ def test_nodata_border_and_labelled_change(demo_cd_dir: Path) -> None:
     assert diff[unchanged].mean() > 50
 
 
-@pytest.mark.parametrize("spec", DEMO_CD_SCENES, ids=lambda s: s.scene_id)
+@pytest.mark.parametrize("spec", (*DEMO_CD_SCENES, *DEMO_CD_EVAL_SCENES), ids=lambda s: s.scene_id)
 def test_every_labelled_pixel_shows_a_change(spec: CDSceneSpec) -> None:
     """An old road or roof painted over a new road or clearing hides it at both dates.
 
@@ -112,3 +113,9 @@ def test_sizes(tmp_path: Path, size: int) -> None:
 def test_too_small_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="too small"):
         write_cd_scene(DEMO_CD_SCENES[0], tmp_path / "s", size=16)
+
+
+def test_evaluation_scenes_are_their_own_landscapes() -> None:
+    ids = {s.scene_id for s in DEMO_CD_SCENES}
+    assert DEMO_CD_EVAL_SCENES and not ids & {s.scene_id for s in DEMO_CD_EVAL_SCENES}
+    assert not {s.seed for s in DEMO_CD_SCENES} & {s.seed for s in DEMO_CD_EVAL_SCENES}

@@ -1,0 +1,1 @@
+"""Serving the champion: a scoring server that follows a registry alias (``cd-serving``)."""
