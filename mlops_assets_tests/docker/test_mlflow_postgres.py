@@ -1,0 +1,99 @@
+"""MLflow as the production stack runs it: ``mlflow server`` on PostgreSQL, artifacts in S3.
+
+The backend store is a real PostgreSQL database, the artifacts go through the server
+(``--serve-artifacts``) to a bucket of a real S3-compatible server (moto), and the pipeline's own
+`Tracker` logs, registers, aliases and loads a model through it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import psycopg2
+import pytest
+
+from mlops_assets.core.aliases import CHALLENGER, CHAMPION
+from mlops_assets.core.tracking import Tracker
+from mlops_assets_tests.docker.servers import MlflowServer
+from mlops_assets_tests.postgres import PostgresCluster
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+BUCKET = "mlflow"
+S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+
+
+@pytest.fixture(scope="module")
+def mlflow_pg(
+    postgres: PostgresCluster, moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[MlflowServer]:
+    """One ``mlflow server`` on a fresh PostgreSQL database with artifacts in ``s3://mlflow``."""
+    boto3.client(
+        "s3", endpoint_url=moto_endpoint, region_name="us-east-1", **_creds()
+    ).create_bucket(Bucket=BUCKET)
+    server = MlflowServer(
+        postgres.create_database("mlflow"),
+        f"s3://{BUCKET}/",
+        tmp_path_factory.mktemp("mlflow-pg") / "server.log",
+        {**S3_ENV, "MLFLOW_S3_ENDPOINT_URL": moto_endpoint, "AWS_DEFAULT_REGION": "us-east-1"},
+    )
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _creds() -> dict[str, str]:
+    return {
+        "aws_access_key_id": S3_ENV["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": S3_ENV["AWS_SECRET_ACCESS_KEY"],
+    }
+
+
+def test_register_and_alias_a_model_on_postgres_with_s3_artifacts(
+    mlflow_pg: MlflowServer, postgres: PostgresCluster, moto_endpoint: str
+) -> None:
+    import torch
+
+    from mlops_assets.core.cd.config import TrainConfig, preset
+    from mlops_assets.core.cd.model import build_unet, model_spec
+    from mlops_assets.core.cd.registry import load_cd_model, log_cd_model
+    from mlops_assets.core.cd.train import EpochMetrics, TrainResult
+
+    tracker = Tracker(mlflow_pg.address, "cd-postgres")
+    tracker.check_reachable()
+    config = preset(TrainConfig, "tiny")
+    torch.manual_seed(0)
+    net = build_unet(8, config).eval()
+    metrics = EpochMetrics(1, 0.7, 0.6, 0.5, 0.33, 0.5, 0.5, 1.0, 10.0)
+    result = TrainResult(net, model_spec(8, config), [metrics], metrics, 9, 9, 0, "cpu")
+    with tracker.run("cd-pg", {"git_sha": "abc"}) as run_id:
+        tracker.log_metrics(run_id, {"val_f1": 0.5}, step=0)
+        model_uri = log_cd_model(tracker, run_id, result, threshold=0.5)
+    version = tracker.register("cd-pg-unet", model_uri, run_id, {"val_f1": "0.5"}, "gate ok")
+    tracker.set_alias("cd-pg-unet", CHALLENGER, str(version.version))
+    tracker.set_alias("cd-pg-unet", CHAMPION, str(version.version))
+
+    loaded = load_cd_model(tracker, "cd-pg-unet", CHAMPION)
+    assert (loaded.version, loaded.run_id) == ("1", run_id)
+    for key, value in loaded.net.state_dict().items():
+        assert torch.equal(value, net.state_dict()[key]), key
+    # The version and its aliases are rows in PostgreSQL ...
+    connection = psycopg2.connect(
+        host=postgres.host, port=postgres.port, user=postgres.user, dbname="mlflow"
+    )
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT name, version, run_id FROM model_versions")
+            assert cursor.fetchall() == [("cd-pg-unet", 1, run_id)]
+            cursor.execute("SELECT alias, version FROM registered_model_aliases ORDER BY alias")
+            assert cursor.fetchall() == [(CHALLENGER, 1), (CHAMPION, 1)]
+    finally:
+        connection.close()
+    # ... and the weights are objects in the bucket, not files on the server's disk.
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1", **_creds())
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])]
+    assert any(key.endswith("weights.pt") for key in keys), keys
