@@ -8,7 +8,6 @@ The backend store is a real PostgreSQL database, the artifacts go through the se
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import boto3
 import psycopg2
