@@ -3,9 +3,9 @@
 One CD scene partition goes end to end the way the production stack runs it: submitted to the
 instance (``dagster job launch``), queued by the `QueuedRunCoordinator`, dequeued by a real
 ``dagster-daemon`` process and launched by the instance's run launcher, its events and
-materialisations stored in PostgreSQL. Only the instance's file locations (compute logs, local
-artefacts) are moved into the test's directory; storage, coordinator, launcher, concurrency and
-run monitoring are the file's own.
+materialisations stored in PostgreSQL, its step logs uploaded to S3 (moto). Only the instance's
+local directories are moved into the test's directory; storage, coordinator, launcher, compute
+logs, concurrency and run monitoring are the file's own.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import boto3
 import dagster as dg
 import pytest
 import yaml
@@ -35,26 +36,23 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 REPO = Path(__file__).parents[2]
 BIN = Path(sys.executable).parent
 LOCATION = Path(__file__).with_name("location.py")
-PASSWORD = "pg-test-password"  # trust auth ignores it; the instance still reads it from the env
+PASSWORD = "pg-test-password"
+LOG_BUCKET = "dagster-logs"  # trust auth ignores it; the instance still reads it from the env
 
 
 def instance_yaml(home: Path) -> dict[str, Any]:
-    """docker/dagster.yaml with its file locations under ``home``."""
+    """docker/dagster.yaml with its local file locations under ``home``."""
     config = yaml.safe_load((REPO / "docker" / "dagster.yaml").read_text())
-    config["compute_logs"] = {
-        "module": "dagster.core.storage.local_compute_log_manager",
-        "class": "LocalComputeLogManager",
-        "config": {"base_dir": str(home / "storage")},
-    }
+    config["compute_logs"]["config"]["local_dir"] = str(home / "compute-logs-staging")
     config["local_artifact_storage"]["config"]["base_dir"] = str(home)
     return config
 
 
 @pytest.fixture(scope="module")
 def stack(
-    postgres: PostgresCluster, tmp_path_factory: pytest.TempPathFactory
+    postgres: PostgresCluster, moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, str]]:
-    """DAGSTER_HOME on PostgreSQL, MLOPS_HOME with an embedded store, and a running daemon."""
+    """DAGSTER_HOME on PostgreSQL and S3, MLOPS_HOME with an embedded store, a running daemon."""
     root = tmp_path_factory.mktemp("pg-dagster")
     home, mlops_home = root / "dagster", root / "mlops"
     home.mkdir()
@@ -71,7 +69,13 @@ def stack(
         "DAGSTER_POSTGRES_DB": database,
         "DAGSTER_POSTGRES_USER": postgres.user,
         "DAGSTER_POSTGRES_PASSWORD": PASSWORD,
+        "MLOPS_DAGSTER_BUCKET": LOG_BUCKET,
+        "AWS_ENDPOINT_URL": moto_endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
     }
+    _s3(env).create_bucket(Bucket=LOG_BUCKET)
     log = (root / "daemon.log").open("wb")
     daemon = subprocess.Popen(
         [str(BIN / "dagster-daemon"), "run", "-f", str(LOCATION)],
@@ -95,12 +99,22 @@ def stack(
         log.close()
 
 
+def _s3(env: dict[str, str]) -> Any:
+    return boto3.client(
+        "s3",
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        region_name="us-east-1",
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+    )
+
+
 @contextlib.contextmanager
 def instance_of(env: dict[str, str]) -> Iterator[dg.DagsterInstance]:
     """The instance the daemon uses, opened in this process with the same environment."""
     with pytest.MonkeyPatch.context() as patch:
         for name, value in env.items():
-            if name.startswith(("DAGSTER_", "MLOPS_")):
+            if name.startswith(("DAGSTER_", "MLOPS_", "AWS_")):
                 patch.setenv(name, value)
         with dg.DagsterInstance.get() as instance:
             yield instance
@@ -166,6 +180,9 @@ def test_a_scene_partition_runs_through_the_queue_and_the_daemon_on_postgres(
         assert scene_materialization is not None
         assert scene_materialization.partition == "farm"
         assert scene_materialization.metadata["lakefs_commit"].value == commit
+        # The step logs are in the bucket, not on the worker's disk.
+        keys = [o["Key"] for o in _s3(stack).list_objects_v2(Bucket=LOG_BUCKET)["Contents"]]
+        assert any(k.startswith(f"compute-logs/storage/{run.run_id}/") for k in keys), keys
     # The tile set was published (its marker last) under MLOPS_HOME.
     markers = list((Path(stack["MLOPS_HOME"]) / "outputs").rglob(MARKER))
     assert len(markers) == 1
