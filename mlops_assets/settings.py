@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # the stores load where one is opened, not with the code loca
     from mlops_assets.core.store.base import VersionedStore
 
 StoreKind = Literal["embedded", "lakefs"]
+ExecutorKind = Literal["default", "k8s"]  # mlops_assets.scale.build_executor
 
 
 class SettingsError(ValueError):
@@ -58,6 +59,8 @@ class Settings:
     # A tick with more changed scenes of one kind than this launches one backfill, not a run each.
     sensor_batch_over: int = 20
     retrain_cron: str = "0 3 * * 1"  # Mondays 03:00
+    # ``k8s``: a pod per step (dagster-k8s), GPU steps on GPU nodes; ``default``: one process tree.
+    executor: ExecutorKind = "default"
 
     @property
     def store_kind(self) -> StoreKind:
@@ -110,6 +113,9 @@ class Settings:
             raise SettingsError(
                 f"LAKEFS_RASTER_ACCESS={raster_access!r}: expected 'cache' or 's3_gateway'"
             )
+        executor = env.get("MLOPS_EXECUTOR") or "default"
+        if executor not in ("default", "k8s"):
+            raise SettingsError(f"MLOPS_EXECUTOR={executor!r}: expected 'default' or 'k8s'")
         return cls(
             mlops_home=home,
             dagster_home=dagster_home,
@@ -129,6 +135,7 @@ class Settings:
             sensor_interval_s=_positive_int(env, "MLOPS_SENSOR_INTERVAL_S", 30),
             sensor_batch_over=_positive_int(env, "MLOPS_SENSOR_BATCH_SCENES", 20, "scenes"),
             retrain_cron=env.get("MLOPS_RETRAIN_CRON") or "0 3 * * 1",
+            executor="k8s" if executor == "k8s" else "default",
         )
 
     def open_store(self, environ: Mapping[str, str] | None = None) -> VersionedStore:

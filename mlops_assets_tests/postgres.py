@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,7 +73,7 @@ def _owner() -> tuple[str, int, int] | None:
 
 
 @contextlib.contextmanager
-def postgres_cluster(timeout_s: float = 60.0) -> Iterator[PostgresCluster]:
+def postgres_cluster(timeout_s: float = 60.0) -> Generator[PostgresCluster]:
     """Start a fresh cluster, yield it, then stop it and delete its files."""
     bin_dir = pg_bin_dir()
     if bin_dir is None:
@@ -86,7 +86,7 @@ def postgres_cluster(timeout_s: float = 60.0) -> Iterator[PostgresCluster]:
         for path in (root, sockets):
             os.chown(path, owner[1], owner[2])
     user = owner[0] if owner else pwd.getpwuid(os.geteuid()).pw_name
-    run_as = {"user": owner[1], "group": owner[2]} if owner else {}
+    uid, gid = (owner[1], owner[2]) if owner else (None, None)
     port = free_port()
     try:
         subprocess.run(
@@ -95,7 +95,8 @@ def postgres_cluster(timeout_s: float = 60.0) -> Iterator[PostgresCluster]:
             capture_output=True,
             timeout=timeout_s,
             cwd=root,
-            **run_as,
+            user=uid,
+            group=gid,
         )
         options = (
             f"-c listen_addresses=127.0.0.1 -p {port} -k {sockets} "
@@ -120,7 +121,8 @@ def postgres_cluster(timeout_s: float = 60.0) -> Iterator[PostgresCluster]:
             capture_output=True,
             timeout=timeout_s + 5,
             cwd=root,
-            **run_as,
+            user=uid,
+            group=gid,
         )
         yield PostgresCluster(host="127.0.0.1", port=port, user=user, root=root)
     except subprocess.CalledProcessError as error:
@@ -135,7 +137,8 @@ def postgres_cluster(timeout_s: float = 60.0) -> Iterator[PostgresCluster]:
                 capture_output=True,
                 timeout=60,
                 cwd=root,
-                **run_as,
+                user=uid,
+                group=gid,
             )
             deadline = time.monotonic() + 10
             while (data / "postmaster.pid").exists() and time.monotonic() < deadline:

@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +110,7 @@ def _s3(env: dict[str, str]) -> Any:
 
 
 @contextlib.contextmanager
-def instance_of(env: dict[str, str]) -> Iterator[dg.DagsterInstance]:
+def instance_of(env: dict[str, str]) -> Generator[dg.DagsterInstance]:
     """The instance the daemon uses, opened in this process with the same environment."""
     with pytest.MonkeyPatch.context() as patch:
         for name, value in env.items():
