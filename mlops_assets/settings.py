@@ -78,6 +78,14 @@ class Settings:
         return self.mlops_home / "assets"
 
     @property
+    def assets_url(self) -> str:
+        """Where asset values live: ``s3://<bucket>/<prefix>/assets`` with an S3 output store."""
+        if self.output_bucket is None:
+            return str(self.assets_dir)
+        prefix = "/".join(p for p in self.output_prefix.split("/") if p)
+        return f"s3://{self.output_bucket}/{prefix + '/' if prefix else ''}assets"
+
+    @property
     def tracking_uri(self) -> str:
         """MLFLOW_TRACKING_URI, else SQLite under MLOPS_HOME."""
         return self.mlflow_tracking_uri or f"sqlite:///{self.mlops_home / 'mlflow.db'}"
