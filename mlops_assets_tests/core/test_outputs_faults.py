@@ -9,6 +9,7 @@ restarting its server on the same port loses nothing, as a restarted MinIO would
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ def _artefact(directory: Path, files: int = 6) -> Path:
     directory.mkdir(parents=True)
     for index in range(files):
         (directory / f"tile-{index:03d}.bin").write_bytes(bytes([index]) * 4096)
-    (directory / MARKER).write_text('{"tiles": %d}' % files)
+    (directory / MARKER).write_text(json.dumps({"tiles": files}))
     return directory
 
 
