@@ -8,7 +8,6 @@ The backend store is a real PostgreSQL database, the artifacts go through the se
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
 
 import boto3
 import psycopg2
@@ -16,41 +15,11 @@ import pytest
 
 from mlops_assets.core.aliases import CHALLENGER, CHAMPION
 from mlops_assets.core.tracking import Tracker, TrackingError
+from mlops_assets_tests.docker.conftest import BUCKET, creds
 from mlops_assets_tests.docker.servers import MlflowServer
 from mlops_assets_tests.postgres import PostgresCluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
-
-BUCKET = "mlflow"
-S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
-
-
-@pytest.fixture(scope="module")
-def mlflow_pg(
-    postgres: PostgresCluster, moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[MlflowServer]:
-    """One ``mlflow server`` on a fresh PostgreSQL database with artifacts in ``s3://mlflow``."""
-    boto3.client(
-        "s3", endpoint_url=moto_endpoint, region_name="us-east-1", **_creds()
-    ).create_bucket(Bucket=BUCKET)
-    server = MlflowServer(
-        postgres.create_database("mlflow"),
-        f"s3://{BUCKET}/",
-        tmp_path_factory.mktemp("mlflow-pg") / "server.log",
-        {**S3_ENV, "MLFLOW_S3_ENDPOINT_URL": moto_endpoint, "AWS_DEFAULT_REGION": "us-east-1"},
-    )
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-def _creds() -> dict[str, str]:
-    return {
-        "aws_access_key_id": S3_ENV["AWS_ACCESS_KEY_ID"],
-        "aws_secret_access_key": S3_ENV["AWS_SECRET_ACCESS_KEY"],
-    }
 
 
 def test_register_and_alias_a_model_on_postgres_with_s3_artifacts(
@@ -87,14 +56,19 @@ def test_register_and_alias_a_model_on_postgres_with_s3_artifacts(
     )
     try:
         with connection.cursor() as cursor:
-            cursor.execute("SELECT name, version, run_id FROM model_versions")
+            cursor.execute(
+                "SELECT name, version, run_id FROM model_versions WHERE name = 'cd-pg-unet'"
+            )
             assert cursor.fetchall() == [("cd-pg-unet", 1, run_id)]
-            cursor.execute("SELECT alias, version FROM registered_model_aliases ORDER BY alias")
+            cursor.execute(
+                "SELECT alias, version FROM registered_model_aliases "
+                "WHERE name = 'cd-pg-unet' ORDER BY alias"
+            )
             assert cursor.fetchall() == [(CHALLENGER, 1), (CHAMPION, 1)]
     finally:
         connection.close()
     # ... and the weights are objects in the bucket, not files on the server's disk.
-    s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1", **_creds())
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1", **creds())
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])]
     assert any(key.endswith("weights.pt") for key in keys), keys
 
