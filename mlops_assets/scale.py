@@ -50,6 +50,25 @@ def gpu_op_tags() -> dict[str, Any]:
     return {K8S_CONFIG_TAG: gpu_k8s_config()}
 
 
+#: The pools the deployments configure (dagster.yaml, dagster.scale.yaml, Helm values).
+KNOWN_POOLS = frozenset({GPU_POOL})
+
+
+def check_pools(defs: dg.Definitions) -> None:
+    """Refuse a step in a pool no deployment limits (Dagster would silently use the default).
+
+    Raises ``ValueError`` naming the step and the pool, when the code location is loaded, so no
+    run is ever started with it.
+    """
+    for asset in defs.resolve_asset_graph().assets_defs:
+        if not asset.is_executable:
+            continue
+        pool = asset.op.pool
+        if pool is not None and pool not in KNOWN_POOLS:
+            known = ", ".join(sorted(KNOWN_POOLS))
+            raise ValueError(f"step {asset.op.name!r}: unknown pool {pool!r} (known: {known})")
+
+
 def build_executor(kind: ExecutorKind) -> dg.ExecutorDefinition | None:
     """The executor for ``MLOPS_EXECUTOR``: None keeps Dagster's default (multiprocess)."""
     if kind == "default":
