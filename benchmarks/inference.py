@@ -36,7 +36,7 @@ from mlops_assets.core.cd.infer import ChangeMapSummary, predict_scene
 from mlops_assets.core.cd.model import build_unet
 from mlops_assets.core.cd.raster import positions
 from mlops_assets.core.cd.tiles import BandStats
-from mlops_assets.core.cd.train import select_device
+from mlops_assets.core.compute import select_device
 
 Stats = tuple[BandStats, BandStats]
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import BenchResult, Target, cache_root, ratio
+from mlops_assets.core.compute import seed_everything
 from mlops_assets.core.demo.nvs import DEMO_NVS_SCENES, NVSSceneSpec, write_nvs_scene
 from mlops_assets.core.nvs.config import NVSTrainConfig, nvs_preset
 from mlops_assets.core.nvs.data import NVSDataset, dataset_from_config
@@ -35,7 +36,6 @@ from mlops_assets.core.nvs.train import (
     evaluate,
     gsplat_rasterizer,
     photometric_loss,
-    seed_everything,
     train_splats,
 )
 from mlops_assets.core.scenes.colmap import read_model

@@ -26,13 +26,8 @@ from mlops_assets.core.cd.config import TilingConfig, TrainConfig
 from mlops_assets.core.cd.dataset import ChangeTileDataset, TileRef, tile_refs
 from mlops_assets.core.cd.model import BceDiceLoss, build_unet
 from mlops_assets.core.cd.tiles import TileIndex, tile_scene
-from mlops_assets.core.cd.train import (
-    TrainResult,
-    make_split,
-    seed_everything,
-    select_device,
-    train_change_model,
-)
+from mlops_assets.core.cd.train import TrainResult, make_split, train_change_model
+from mlops_assets.core.compute import seed_everything, select_device
 from mlops_assets.core.demo.cd import DEMO_CD_SCENES, CDSceneSpec
 
 #: The scene size `mlops-assets demo-data` writes.
@@ -56,7 +51,7 @@ def tile_demo_scenes(
 
 def bare_loop(refs: Sequence[TileRef], config: TrainConfig) -> list[float]:
     """Samples per second of each epoch of a bare training loop on the same batches."""
-    generator = seed_everything(config.seed)
+    generator = seed_everything(config.seed, deterministic=True)
     device = select_device(config.device)
     split = make_split(refs, config)
     model = build_unet(2 * refs[0].index.bands, config).to(device)

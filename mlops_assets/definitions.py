@@ -27,11 +27,7 @@ from mlops_assets.resources.outputs import (
     OutputStoreResource,
     S3OutputStoreResource,
 )
-from mlops_assets.resources.scene_store import (
-    EmbeddedSceneStore,
-    LakeFSSceneStore,
-    SceneStoreResource,
-)
+from mlops_assets.resources.scene_store import SceneStoreResource, scene_store_resource
 from mlops_assets.schedules import build_cd_retrain_schedule
 from mlops_assets.sensors.lakefs import build_lakefs_commit_sensor
 from mlops_assets.sensors.mlflow_alias import build_mlflow_alias_sensor
@@ -42,22 +38,7 @@ from mlops_assets.settings import Settings
 
 def build_scene_store(settings: Settings) -> SceneStoreResource:
     """The scene-store resource for these settings (lakeFS credentials stay `EnvVar`s)."""
-    common: dict[str, Any] = {
-        "repository": settings.repository,
-        "branch": settings.main_branch,
-        "outputs_branch": settings.outputs_branch,
-    }
-    if settings.store_kind == "embedded":
-        return EmbeddedSceneStore(root=str(settings.embedded_store_root), **common)
-    return LakeFSSceneStore(
-        endpoint=dg.EnvVar("LAKEFS_ENDPOINT"),
-        access_key_id=dg.EnvVar("LAKEFS_ACCESS_KEY_ID"),
-        secret_access_key=dg.EnvVar("LAKEFS_SECRET_ACCESS_KEY"),
-        storage_namespace=settings.lakefs_storage_namespace,
-        raster_access=settings.lakefs_raster_access,
-        cache_dir=str(settings.cache_dir),
-        **common,
-    )
+    return scene_store_resource(settings)
 
 
 def build_output_store(settings: Settings) -> OutputStoreResource:

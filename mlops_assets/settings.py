@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:  # the stores load where one is opened, not with the code location
     from mlops_assets.core.store.base import VersionedStore
+    from mlops_assets.core.store.factory import StoreSpec
 
 StoreKind = Literal["embedded", "lakefs"]
 ExecutorKind = Literal["default", "k8s"]  # mlops_assets.scale.build_executor
@@ -146,13 +147,12 @@ class Settings:
             executor="k8s" if executor == "k8s" else "default",
         )
 
-    def open_store(self, environ: Mapping[str, str] | None = None) -> VersionedStore:
+    def store_spec(self, environ: Mapping[str, str] | None = None) -> StoreSpec:
         """The scene store these settings describe (credentials read from ``environ``)."""
-        from mlops_assets.core.store.embedded import EmbeddedStore
-        from mlops_assets.core.store.lakefs import LakeFSStore
+        from mlops_assets.core.store.factory import StoreSpec
 
         if self.lakefs_endpoint is None:
-            return EmbeddedStore(self.embedded_store_root, self.repository)
+            return StoreSpec(repository=self.repository, embedded_root=self.embedded_store_root)
         env = os.environ if environ is None else environ
         missing = [
             name
@@ -164,12 +164,18 @@ class Settings:
                 f"LAKEFS_ENDPOINT is set but {' and '.join(missing)} is not: "
                 "set the lakeFS credentials, or unset LAKEFS_ENDPOINT to use the embedded store"
             )
-        return LakeFSStore(
-            endpoint=self.lakefs_endpoint,
+        return StoreSpec(
+            repository=self.repository,
+            lakefs_endpoint=self.lakefs_endpoint,
             access_key_id=env["LAKEFS_ACCESS_KEY_ID"],
             secret_access_key=env["LAKEFS_SECRET_ACCESS_KEY"],
-            repository=self.repository,
             storage_namespace=self.lakefs_storage_namespace,
             raster_access=self.lakefs_raster_access,
             cache_dir=self.cache_dir,
         )
+
+    def open_store(self, environ: Mapping[str, str] | None = None) -> VersionedStore:
+        """The scene store these settings describe, opened by the one store factory."""
+        from mlops_assets.core.store.factory import open_store
+
+        return open_store(self.store_spec(environ))

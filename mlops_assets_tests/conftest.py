@@ -29,7 +29,7 @@ from mlops_assets.resources.outputs import LocalOutputStoreResource
 from mlops_assets.resources.scene_store import EmbeddedSceneStore
 from mlops_assets_tests.core.cd import mlflow_uri
 
-_DEPLOYMENT_VARIABLES = (
+DEPLOYMENT_VARIABLES = (
     "LAKEFS_ENDPOINT",
     "LAKEFS_ACCESS_KEY_ID",
     "LAKEFS_SECRET_ACCESS_KEY",
@@ -49,7 +49,7 @@ def real_lakefs_env() -> dict[str, str]:
 @pytest.fixture(autouse=True)
 def _no_ambient_deployment(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests never pick up a developer's deployment from the environment."""
-    for name in _DEPLOYMENT_VARIABLES:
+    for name in DEPLOYMENT_VARIABLES:
         monkeypatch.delenv(name, raising=False)
 
 
@@ -99,21 +99,26 @@ def instance() -> Iterator[dg.DagsterInstance]:
         yield test_instance
 
 
+def embedded_resources(store: EmbeddedStore, root: Path) -> dict[str, Any]:
+    """The embedded resources over ``store``, everything else under ``root``."""
+    return {
+        "scene_store": EmbeddedSceneStore(root=str(store.root), repository=store.repository),
+        "json_io_manager": JsonIOManager(base_dir=str(root / "assets")),
+        "lineage": LineageResource(git_sha="0123abc"),
+        "output_store": LocalOutputStoreResource(
+            root=str(root / "outputs"), cache_dir=str(root / "cache")
+        ),
+        "mlflow": MLflowResource(
+            tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
+            artifact_root=str(root / "mlartifacts"),
+        ),
+    }
+
+
 @pytest.fixture
 def resources(store: EmbeddedStore, tmp_path: Path) -> dict[str, Any]:
     """The embedded resources, all under ``tmp_path``."""
-    return {
-        "scene_store": EmbeddedSceneStore(root=str(store.root), repository=store.repository),
-        "json_io_manager": JsonIOManager(base_dir=str(tmp_path / "assets")),
-        "lineage": LineageResource(git_sha="0123abc"),
-        "output_store": LocalOutputStoreResource(
-            root=str(tmp_path / "outputs"), cache_dir=str(tmp_path / "cache")
-        ),
-        "mlflow": MLflowResource(
-            tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
-            artifact_root=str(tmp_path / "mlartifacts"),
-        ),
-    }
+    return embedded_resources(store, tmp_path)
 
 
 def materialize_partition(

@@ -6,13 +6,19 @@ import base64
 import io
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
 from PIL import Image
 from pydantic import Field
 
+from mlops_assets.core.publish import Publication, link_metadata, publish_files
+from mlops_assets.core.records import ModelRef
 from mlops_assets.core.scenes.checks import CheckOutcome
+from mlops_assets.resources.lineage import LineageResource
+from mlops_assets.resources.mlflow import MLflowResource
+from mlops_assets.resources.scene_store import SceneStoreResource
 from mlops_assets.sensors.jobs import TAG_COMMIT
 
 
@@ -103,4 +109,65 @@ def image_md(image: Image.Image, alt: str, max_side: int = 512) -> dg.MetadataVa
 
 def lakefs_links(links: Mapping[str, str]) -> dict[str, str]:
     """LakeFS commit metadata that its UI shows as buttons (``::lakefs::<Name>::url[url:ui]``)."""
-    return {f"::lakefs::{name}::url[url:ui]": url for name, url in links.items() if url}
+    return link_metadata(links)
+
+
+def publish_model_outputs(
+    context: dg.AssetExecutionContext,
+    scene_store: SceneStoreResource,
+    lineage: LineageResource,
+    mlflow: MLflowResource,
+    *,
+    scene: str,
+    source_commit: str,
+    source_repository: str,
+    model: ModelRef,
+    alias: str,
+    files: Mapping[str, Path],
+    message: str,
+    extra: Mapping[str, str] | None = None,
+) -> Publication:
+    """Publish what a registered model made from ``scene`` to the outputs branch, in one merge.
+
+    The commit carries the lineage every such output has: the source commit and repository, the
+    model name, version, alias and MLflow run, the Dagster run, the git SHA, and links to the
+    Dagster run and the model version (plus ``extra``).
+    """
+    lineage_meta = {
+        "source_commit": source_commit,
+        "source_repository": source_repository,
+        "scene": scene,
+        **(extra or {}),
+        "model_name": model.name,
+        "model_version": model.version,
+        "model_alias": alias,
+        "mlflow_run_id": model.run_id,
+        "dagster_run_id": context.run.run_id,
+        "git_sha": lineage.code_version(),
+        **lakefs_links(
+            {
+                "Dagster": lineage.run_url(context.run.run_id),
+                "MLflow": mlflow.model_url(model.name, model.version),
+            }
+        ),
+    }
+    return publish_files(
+        scene_store.get_store(),
+        scene_store.outputs_branch,
+        scene_store.branch,
+        scene,
+        files,
+        message,
+        lineage_meta,
+    )
+
+
+def model_output_metadata(
+    mlflow: MLflowResource, run_url: str, model: ModelRef, alias: str
+) -> dict[str, Any]:
+    """The metadata naming the model version an output was made with, and its MLflow run."""
+    return {
+        "model": f"{model.name} v{model.version} ({alias})",
+        "model_version": dg.MetadataValue.url(mlflow.model_url(model.name, model.version)),
+        "mlflow_run": dg.MetadataValue.url(run_url),
+    }

@@ -54,33 +54,28 @@ def gated_registration(
     ``registered``, ``version`` and ``aliases``; the metadata and the gate check are the same for
     every model family, plus ``extra_metadata`` and ``check_metadata``.
     """
-    value.update(registered=False, version=None, aliases=[])
+    version: str | None = None
     if decision.passed:
         version = str(tracker.register(name, model_uri, run_id, tags, description).version)
         for alias in aliases:
             tracker.set_alias(name, alias, version)
-        value.update(registered=True, version=version, aliases=list(aliases))
         context.log.info(f"Registered {name} v{version} as {', '.join(aliases)}")
     else:
         context.log.warning(f"{label}Not registered: {decision.reason}")
+    moved = list(aliases) if version is not None else []
+    value.update(registered=version is not None, version=version, aliases=moved)
     return dg.MaterializeResult(
         value=value,
-        data_version=dg.DataVersion(
-            f"{name}-v{value['version']}" if value["registered"] else "none"
-        ),
+        data_version=dg.DataVersion("none" if version is None else f"{name}-v{version}"),
         metadata=metadata(
             {
                 "model_name": name,
-                "version": value["version"],
-                "aliases": value["aliases"],
+                "version": version,
+                "aliases": moved,
                 "mlflow_run_id": run_id,
                 **(
-                    {
-                        "model_version": dg.MetadataValue.url(
-                            mlflow.model_url(name, value["version"])
-                        )
-                    }
-                    if value["registered"]
+                    {"model_version": dg.MetadataValue.url(mlflow.model_url(name, version))}
+                    if version is not None
                     else {}
                 ),
                 "gate": decision.reason,

@@ -31,10 +31,9 @@ from dataclasses import dataclass, field, replace
 
 from mlops_assets.core.scenes.layout import SceneKind, scene_of_path
 from mlops_assets.core.store.base import VersionedStore
+from mlops_assets.core.store.branches import MERGE_SOURCE_KEY
 from mlops_assets.core.store.types import Commit, NotFoundError
 
-#: Commit metadata naming the branch a merge brought in; pipeline merges should set it.
-MERGE_SOURCE_KEY = "merge_source"
 #: The default merge message of lakeFS (graveler) and of the embedded store.
 _DEFAULT_MERGE_MESSAGE = re.compile(r"^Merge '(?P<source>[^']+)' into '(?P<destination>[^']+)'")
 #: At most this many commits of a batch are listed (the diff itself is never truncated).

@@ -1,10 +1,15 @@
-"""Where a PyTorch step runs and how much of the CPU it may use, shared by every model family."""
+"""Where a PyTorch step runs, how much of the CPU it may use and how it is seeded.
+
+Shared by every model family (change detection and Gaussian splatting train through these).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import random
 from collections.abc import Generator
 
+import numpy as np
 import torch
 
 
@@ -25,14 +30,30 @@ def torch_threads(count: int) -> Generator[None]:
         torch.set_num_threads(before)
 
 
-def select_device(preference: str) -> torch.device:
+def select_device(preference: str, error: type[Exception] = RuntimeError) -> torch.device:
     """``cuda`` when asked for or available (``auto``), else ``cpu``.
 
     Raises:
-        RuntimeError: ``cuda`` was asked for and there is none.
+        Exception: ``error`` (the caller's own error type), when ``cuda`` was asked for and there
+            is none.
     """
     if preference == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device='cuda' was requested but CUDA is not available")
+        raise error("device='cuda' was requested but CUDA is not available")
     if preference in ("cuda", "auto") and torch.cuda.is_available():
         return torch.device("cuda")
     return torch.device("cpu")
+
+
+def seed_everything(seed: int, *, deterministic: bool = False) -> torch.Generator:
+    """Seed Python, NumPy and PyTorch; return a generator (data loading, view order).
+
+    ``deterministic`` also makes cuDNN pick deterministic kernels (change detection asks for it;
+    the splat rasterisers do not use cuDNN).
+    """
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    return torch.Generator().manual_seed(seed)

@@ -28,7 +28,6 @@ import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from mlops_assets.core.changes import MERGE_SOURCE_KEY
 from mlops_assets.core.scenes.cd import check_cd_scene, read_cd_scene
 from mlops_assets.core.scenes.checks import CheckLimits, CheckOutcome, failures
 from mlops_assets.core.scenes.ingest import (
@@ -42,6 +41,7 @@ from mlops_assets.core.scenes.nvs import check_nvs_scene, read_nvs_scene
 from mlops_assets.core.store.base import VersionedStore
 from mlops_assets.core.store.branches import (
     INGEST_PREFIX,
+    MERGE_SOURCE_KEY,
     WAP_CHECKS_FAILED,
     WAP_MERGE_FAILED,
     WAP_STATUS_KEY,

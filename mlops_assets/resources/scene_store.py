@@ -1,20 +1,26 @@
 """The scene store as a Dagster resource: one interface, an embedded and a lakeFS implementation.
 
 Assets declare ``scene_store: SceneStoreResource`` and never know which one they got;
-`mlops_assets.definitions` binds `EmbeddedSceneStore` by default and `LakeFSSceneStore` when
+`scene_store_resource` binds `EmbeddedSceneStore` by default and `LakeFSSceneStore` when
 ``LAKEFS_ENDPOINT`` is set (its credentials are `EnvVar` fields, resolved at run time and never
-logged).
+logged). Both open their store through `mlops_assets.core.store.factory.open_store`, as the CLI
+does.
 """
 
 from __future__ import annotations
 
 import abc
-from typing import Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
 from mlops_assets.core.store.base import VersionedStore
+from mlops_assets.core.store.factory import StoreSpec, open_store
+
+if TYPE_CHECKING:
+    from mlops_assets.settings import Settings
 
 
 # Dagster resources subclass ConfigurableResource unparameterised, as its API intends.
@@ -30,8 +36,11 @@ class SceneStoreResource(dg.ConfigurableResource, abc.ABC):  # pyright: ignore[r
     _store: VersionedStore | None = PrivateAttr(default=None)
 
     @abc.abstractmethod
+    def spec(self) -> StoreSpec:
+        """The store this resource opens."""
+
     def _open(self) -> VersionedStore:
-        """Build the store client."""
+        return open_store(self.spec())
 
     @property
     @abc.abstractmethod
@@ -57,10 +66,9 @@ class EmbeddedSceneStore(SceneStoreResource):
         """Always ``embedded``."""
         return "embedded"
 
-    def _open(self) -> VersionedStore:
-        from mlops_assets.core.store.embedded import EmbeddedStore
-
-        return EmbeddedStore(self.root, self.repository)
+    def spec(self) -> StoreSpec:
+        """The embedded store under ``root``."""
+        return StoreSpec(repository=self.repository, embedded_root=Path(self.root))
 
 
 class LakeFSSceneStore(SceneStoreResource):
@@ -83,16 +91,34 @@ class LakeFSSceneStore(SceneStoreResource):
         """Always ``lakefs``."""
         return "lakefs"
 
-    def _open(self) -> VersionedStore:
-        # lakefs_sdk takes about a second to import: only where a lakeFS store is opened.
-        from mlops_assets.core.store.lakefs import LakeFSStore
-
-        return LakeFSStore(
-            endpoint=self.endpoint,
+    def spec(self) -> StoreSpec:
+        """The lakeFS repository at ``endpoint`` (credentials never in its repr)."""
+        return StoreSpec(
+            repository=self.repository,
+            lakefs_endpoint=self.endpoint,
             access_key_id=self.access_key_id,
             secret_access_key=self.secret_access_key,
-            repository=self.repository,
             storage_namespace=self.storage_namespace,
             raster_access=self.raster_access,
-            cache_dir=self.cache_dir,
+            cache_dir=None if self.cache_dir is None else Path(self.cache_dir),
         )
+
+
+def scene_store_resource(settings: Settings) -> SceneStoreResource:
+    """The scene-store resource for ``settings`` (lakeFS credentials stay `EnvVar`s)."""
+    common: dict[str, Any] = {
+        "repository": settings.repository,
+        "branch": settings.main_branch,
+        "outputs_branch": settings.outputs_branch,
+    }
+    if settings.store_kind == "embedded":
+        return EmbeddedSceneStore(root=str(settings.embedded_store_root), **common)
+    return LakeFSSceneStore(
+        endpoint=dg.EnvVar("LAKEFS_ENDPOINT"),
+        access_key_id=dg.EnvVar("LAKEFS_ACCESS_KEY_ID"),
+        secret_access_key=dg.EnvVar("LAKEFS_SECRET_ACCESS_KEY"),
+        storage_namespace=settings.lakefs_storage_namespace,
+        raster_access=settings.lakefs_raster_access,
+        cache_dir=str(settings.cache_dir),
+        **common,
+    )

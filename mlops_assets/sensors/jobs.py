@@ -4,27 +4,29 @@ A sensor (or schedule) whose target mixes partitions definitions cannot be built
 a target to one asset job, and one job has one partitions definition. The per-scene CD assets
 (``cd_scenes``), the NVS assets (``nvs_scenes``) and the unpartitioned model therefore get a job
 each (its partitions follow from its assets), and every run request names its job. The asset keys
-are spelled out here rather than imported from the asset modules, so that loading a sensor does not
-import PyTorch; a test checks them against the assets.
+come from `mlops_assets.keys` (not from the asset modules), so that loading a sensor does not
+import PyTorch.
 """
 
 from __future__ import annotations
 
 import dagster as dg
 
-CD_SCENE_KEY = dg.AssetKey(["cd", "scene"])
-CD_TILES_KEY = dg.AssetKey(["cd", "tiles"])
-CD_CHANGE_MAP_KEY = dg.AssetKey(["cd", "change_map"])
-CD_MODEL_KEY = dg.AssetKey(["cd", "model"])
-CD_REGISTERED_MODEL_KEY = dg.AssetKey(["cd", "registered_model"])
-NVS_SCENE_KEY = dg.AssetKey(["nvs", "scene"])
-NVS_SPLATS_KEY = dg.AssetKey(["nvs", "splats"])
-NVS_REGISTERED_SPLATS_KEY = dg.AssetKey(["nvs", "registered_splats"])
-NVS_RENDER_KEY = dg.AssetKey(["nvs", "render"])
+from mlops_assets import keys
+
+CD_SCENE_KEY = keys.CD_SCENE
+CD_TILES_KEY = keys.CD_TILES
+CD_CHANGE_MAP_KEY = keys.CD_CHANGE_MAP
+CD_MODEL_KEY = keys.CD_MODEL
+CD_REGISTERED_MODEL_KEY = keys.CD_REGISTERED_MODEL
+NVS_SCENE_KEY = keys.NVS_SCENE
+NVS_SPLATS_KEY = keys.NVS_SPLATS
+NVS_REGISTERED_SPLATS_KEY = keys.NVS_REGISTERED_SPLATS
+NVS_RENDER_KEY = keys.NVS_RENDER
 
 #: Ops whose ``ref`` config pins the scene to the commit a sensor saw.
-CD_SCENE_OP = "cd__scene"
-NVS_SCENE_OP = "nvs__scene"
+CD_SCENE_OP = keys.CD_SCENE_OP
+NVS_SCENE_OP = keys.NVS_SCENE_OP
 
 #: The commit a run was launched for. A scene asset with no ``ref`` in its config reads this
 #: commit (the runs of a backfill carry the backfill's tags, not a per-op run config).

@@ -33,17 +33,6 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import NamedTuple
 
 import dagster as dg
-from dagster._core.definitions.assets.graph.asset_graph import AssetGraph
-
-# Backfills are not in Dagster's public API: a sensor requests one with
-# `RunRequest.for_asset_graph_subset`, as Dagster's own automation sensor does.
-from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset
-from dagster._core.definitions.events import AssetKeyPartitionKey
-from dagster._core.execution.backfill import (
-    BULK_ACTION_TERMINAL_STATUSES,
-    BulkActionsFilter,
-    PartitionBackfill,
-)
 
 from mlops_assets.core.changes import SceneChanges, scene_changes, unchanged_since
 from mlops_assets.core.scenes.layout import SceneKind
@@ -51,6 +40,17 @@ from mlops_assets.core.store.base import VersionedStore
 from mlops_assets.core.store.types import NotFoundError, StoreUnavailableError
 from mlops_assets.partitions import SCENE_PARTITIONS
 from mlops_assets.resources.scene_store import SceneStoreResource
+
+# Backfills are not in Dagster's public API: a sensor requests one with
+# `RunRequest.for_asset_graph_subset`, as Dagster's own automation sensor does.
+from mlops_assets.sensors.dagster_internals import (
+    BULK_ACTION_TERMINAL_STATUSES,
+    AssetGraph,
+    AssetGraphSubset,
+    AssetKeyPartitionKey,
+    BulkActionsFilter,
+    PartitionBackfill,
+)
 from mlops_assets.sensors.jobs import (
     CD_REFRESH_KEYS,
     CD_SCENE_CHAIN,

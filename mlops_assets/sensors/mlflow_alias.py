@@ -15,22 +15,19 @@ repeated tick (same cursor) requests the same keys, so it never launches twice.
 from __future__ import annotations
 
 import json
-import re
 
 import dagster as dg
 
 from mlops_assets.assets.cd.config import DEFAULT_MODEL_NAME, EXPERIMENT
 from mlops_assets.core.aliases import CHAMPION
+from mlops_assets.keys import CD_CHANGE_MAP_OP, DATA_VERSION_TAG, parse_model_version
 from mlops_assets.partitions import cd_scenes
 from mlops_assets.resources.mlflow import MLflowResource
 from mlops_assets.sensors.jobs import CD_CHANGE_MAP_KEY, cd_change_map_refresh
 
 SENSOR_NAME = "mlflow_alias_sensor"
 DEFAULT_INTERVAL_S = 30
-CHANGE_MAP_OP = "cd__change_map"
-#: Where Dagster keeps a materialisation's data version (``cd/change_map`` sets
-#: ``<commit16>-<model name>-v<version>``).
-_DATA_VERSION_TAG = "dagster/data_version"
+CHANGE_MAP_OP = CD_CHANGE_MAP_OP
 
 
 def parse_cursor(cursor: str | None) -> tuple[str | None, int]:
@@ -58,11 +55,8 @@ def rendered_version(instance: dg.DagsterInstance, scene: str, model_name: str) 
         dg.AssetRecordsFilter(asset_key=CD_CHANGE_MAP_KEY, asset_partitions=[scene]), limit=1
     ).records
     materialization = records[0].asset_materialization if records else None
-    data_version = (materialization.tags or {}).get(_DATA_VERSION_TAG) if materialization else None
-    if not data_version:
-        return None
-    match = re.fullmatch(rf".*-{re.escape(model_name)}-v(\d+)", data_version)
-    return match.group(1) if match else None
+    data_version = (materialization.tags or {}).get(DATA_VERSION_TAG) if materialization else None
+    return parse_model_version(data_version, model_name)
 
 
 def build_mlflow_alias_sensor(

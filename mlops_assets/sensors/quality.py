@@ -20,11 +20,10 @@ import datetime as dt
 import dagster as dg
 
 # Not re-exported at the top level; the execution history is the instance's record of check runs.
-from dagster._core.storage.asset_check_execution_record import (
+from mlops_assets.sensors.dagster_internals import (
     AssetCheckExecutionRecord,
     AssetCheckExecutionRecordStatus,
 )
-
 from mlops_assets.sensors.jobs import CD_CHANGE_MAP_KEY, cd_retrain
 
 SENSOR_NAME = "cd_quality_retrain_sensor"

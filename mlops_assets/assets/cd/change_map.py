@@ -8,33 +8,125 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
+from mlops_assets import keys
 from mlops_assets.assets.cd.config import EXPERIMENT, PRESET_FIELD, ChangeMapConfig, Preset
-from mlops_assets.assets.cd.model import REGISTERED_KEY
-from mlops_assets.assets.cd.scene import KEY as SCENE_KEY
-from mlops_assets.assets.cd.tiles import KEY as TILES_KEY
 from mlops_assets.assets.cd.tiles import open_scene
-from mlops_assets.assets.common import image_md, lakefs_links, metadata
+from mlops_assets.assets.common import (
+    image_md,
+    metadata,
+    model_output_metadata,
+    publish_model_outputs,
+)
 from mlops_assets.core.cd.config import GateConfig, preset
 from mlops_assets.core.cd.raster import AlignmentError
+from mlops_assets.core.cd.records import ChangeMapRecord, TilesRecord
 from mlops_assets.core.cd.tiles import TileIndex
-from mlops_assets.core.publish import publish_files
+from mlops_assets.core.records import ModelRef
+from mlops_assets.core.scenes.cd import CDScene
 from mlops_assets.partitions import cd_scenes
+from mlops_assets.resources.failures import failure_on
 from mlops_assets.resources.lineage import LineageResource
 from mlops_assets.resources.mlflow import MLflowResource
 from mlops_assets.resources.outputs import OutputStoreResource
 from mlops_assets.resources.scene_store import SceneStoreResource
 
-KEY = dg.AssetKey(["cd", "change_map"])
+KEY = keys.CD_CHANGE_MAP
 MAP_FILE = "change_map.tif"
 OVERLAY_FILE = "overlay.png"
 
 
+def _summary_metadata(summary: Any) -> dict[str, Any]:
+    """The changed area and the agreement with the label (a `ChangeMapSummary`)."""
+
+    def rounded(value: float | None, digits: int) -> float | None:
+        return None if value is None else round(value, digits)
+
+    return {
+        **(
+            {"changed_area_px": summary.changed_pixels, "crs": "none: pixel grid"}
+            if summary.pixel_area_m2 is None
+            else {"changed_area_m2": round(summary.changed_area_m2 or 0.0, 1)}
+        ),
+        "changed_percent": round(summary.changed_percent, 3),
+        "f1_vs_label": rounded(summary.f1, 4),
+        "precision_vs_label": rounded(summary.precision, 4),
+        "recall_vs_label": rounded(summary.recall, 4),
+    }
+
+
+def _predict_and_publish(
+    context: dg.AssetExecutionContext,
+    source: CDScene,
+    index: TileIndex,
+    model: Any,  # a LoadedCDModel (PyTorch is imported by the step only)
+    config: ChangeMapConfig,
+    scene_store: SceneStoreResource,
+    output_store: OutputStoreResource,
+    lineage: LineageResource,
+    mlflow: MLflowResource,
+) -> tuple[ChangeMapRecord, Any, Any]:
+    """Slide ``model`` over the scene, publish map and overlay: ``(record, summary, overlay)``."""
+    from mlops_assets.core.cd.infer import ModelMismatchError, change_overlay, predict_scene
+    from mlops_assets.core.compute import select_device
+
+    scene_id, commit = source.scene_id, source.commit_id
+    inference = config.to_core()
+    resampling = str(index.config.get("resampling", "bilinear"))
+    stats, device = (index.pre_stats, index.post_stats), select_device(inference.device)
+    Path(output_store.cache_dir).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="change-map-", dir=output_store.cache_dir) as tmp:
+        out, overlay_path = Path(tmp) / MAP_FILE, Path(tmp) / OVERLAY_FILE
+        label = f"cd/{scene_id} at {commit[:12]}: "
+        with (
+            failure_on(AlignmentError, ModelMismatchError, label=label),
+            open_scene(source, scene_store.get_store(), resampling) as pair,
+        ):
+            summary = predict_scene(
+                pair, model.net, *stats, inference, out, device, model.size_multiple
+            )
+            overlay = change_overlay(pair, out)
+        overlay.save(overlay_path)
+        publication = publish_model_outputs(
+            context,
+            scene_store,
+            lineage,
+            mlflow,
+            scene=f"cd/{scene_id}",
+            source_commit=commit,
+            source_repository=source.repository,
+            model=ModelRef(model.name, model.version, model.run_id),
+            alias=model.alias,
+            files={MAP_FILE: out, OVERLAY_FILE: overlay_path},
+            message=f"Change map of cd/{scene_id} at {commit[:12]} "
+            f"by {model.name} v{model.version}",
+        )
+    store = scene_store.get_store()
+    uris = {
+        name: store.uri(publication.commit_id, f"cd/{scene_id}/{name}")
+        for name in (MAP_FILE, OVERLAY_FILE)
+    }
+    record = ChangeMapRecord(
+        scene_id=scene_id,
+        source_commit=commit,
+        outputs_branch=publication.branch,
+        outputs_commit=publication.commit_id,
+        change_map=uris[MAP_FILE],
+        overlay=uris[OVERLAY_FILE],
+        model=ModelRef(model.name, model.version, model.run_id),
+        changed_area_m2=summary.changed_area_m2,
+        changed_pixels=summary.changed_pixels,
+        changed_percent=summary.changed_percent,
+        f1=summary.f1,
+    )
+    return record, summary, overlay
+
+
 @dg.asset(
     key=KEY,
-    ins={"scene": dg.AssetIn(key=SCENE_KEY), "tiles": dg.AssetIn(key=TILES_KEY)},
-    deps=[REGISTERED_KEY],
+    ins={"scene": dg.AssetIn(key=keys.CD_SCENE), "tiles": dg.AssetIn(key=keys.CD_TILES)},
+    deps=[keys.CD_REGISTERED_MODEL],
     partitions_def=cd_scenes,
-    group_name="change_detection",
+    group_name=keys.CD_GROUP,
     kinds={"pytorch", "geotiff", "lakefs"},
     io_manager_key="json_io_manager",
     pool="gpu",
@@ -55,111 +147,35 @@ def cd_change_map(
 ) -> dg.MaterializeResult[dict[str, Any]]:
     """Predict one scene with the aliased model and publish the GeoTIFF and overlay."""
     # PyTorch and MLflow load here, when the step runs, not with the code location.
-    from mlops_assets.core.cd.infer import ModelMismatchError, change_overlay, predict_scene
     from mlops_assets.core.cd.registry import load_cd_model
-    from mlops_assets.core.compute import select_device
     from mlops_assets.core.tracking import TrackingError
 
-    scene_id, commit = scene["scene_id"], scene["commit_id"]
-    tracker = mlflow.tracker(EXPERIMENT)
-    try:
-        tracker.check_reachable()
+    source, tile_set = CDScene.from_dict(scene), TilesRecord.from_dict(tiles)
+    scene_id, commit, label = source.scene_id, source.commit_id, f"cd/{source.scene_id}: "
+    tracker = mlflow.reachable_tracker(EXPERIMENT, label)
+    with failure_on(TrackingError, label=label):
         model = load_cd_model(tracker, config.model_name, config.alias)
-    except TrackingError as exc:
-        raise dg.Failure(description=f"cd/{scene_id}: {exc}") from exc
-    if not tiles.get("published"):
+    if not tile_set.published:
         raise dg.Failure(description=f"cd/{scene_id}: its tiles were not published")
-    index = TileIndex.load(output_store.fetch(tiles["key"]))
-    inference = config.to_core()
-    store = scene_store.get_store()
-    Path(output_store.cache_dir).mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="change-map-", dir=output_store.cache_dir) as tmp:
-        out, overlay_path = Path(tmp) / MAP_FILE, Path(tmp) / OVERLAY_FILE
-        try:
-            resampling = str(index.config.get("resampling", "bilinear"))
-            with open_scene(scene, store, resampling) as pair:
-                summary = predict_scene(
-                    pair,
-                    model.net,
-                    index.pre_stats,
-                    index.post_stats,
-                    inference,
-                    out,
-                    select_device(inference.device),
-                    model.size_multiple,
-                )
-                overlay = change_overlay(pair, out)
-        except (AlignmentError, ModelMismatchError) as exc:
-            raise dg.Failure(description=f"cd/{scene_id} at {commit[:12]}: {exc}") from exc
-        overlay.save(overlay_path)
-        git_sha = lineage.code_version()
-        run_url = tracker.run_url(model.run_id, mlflow.ui_url)
-        lineage_meta = {
-            "source_commit": commit,
-            "source_repository": scene["repository"],
-            "scene": f"cd/{scene_id}",
-            "model_name": model.name,
-            "model_version": model.version,
-            "model_alias": model.alias,
-            "mlflow_run_id": model.run_id,
-            "dagster_run_id": context.run.run_id,
-            "git_sha": git_sha,
-            **lakefs_links(
-                {
-                    "Dagster": lineage.run_url(context.run.run_id),
-                    "MLflow": mlflow.model_url(model.name, model.version),
-                }
-            ),
-        }
-        publication = publish_files(
-            store,
-            scene_store.outputs_branch,
-            scene_store.branch,
-            f"cd/{scene_id}",
-            {MAP_FILE: out, OVERLAY_FILE: overlay_path},
-            f"Change map of cd/{scene_id} at {commit[:12]} by {model.name} v{model.version}",
-            lineage_meta,
-        )
-    map_path = f"cd/{scene_id}/{MAP_FILE}"
-    value = {
-        "scene_id": scene_id,
-        "source_commit": commit,
-        "outputs_branch": publication.branch,
-        "outputs_commit": publication.commit_id,
-        "change_map": store.uri(publication.commit_id, map_path),
-        "overlay": store.uri(publication.commit_id, f"cd/{scene_id}/{OVERLAY_FILE}"),
-        "model": {"name": model.name, "version": model.version, "run_id": model.run_id},
-        "changed_area_m2": summary.changed_area_m2,
-        "changed_pixels": summary.changed_pixels,
-        "changed_percent": summary.changed_percent,
-        "f1": summary.f1,
-    }
+    index = TileIndex.load(output_store.fetch(tile_set.key))
+    record, summary, overlay = _predict_and_publish(
+        context, source, index, model, config, scene_store, output_store, lineage, mlflow
+    )
+    run_url = tracker.run_url(model.run_id, mlflow.ui_url)
     return dg.MaterializeResult(
-        value=value,
-        data_version=dg.DataVersion(f"{commit[:16]}-{model.name}-v{model.version}"),
+        value=record.to_dict(),
+        data_version=dg.DataVersion(keys.model_output_version(commit, model.name, model.version)),
         metadata=metadata(
             {
-                **(
-                    {"changed_area_px": summary.changed_pixels, "crs": "none: pixel grid"}
-                    if summary.pixel_area_m2 is None
-                    else {"changed_area_m2": round(summary.changed_area_m2 or 0.0, 1)}
-                ),
-                "changed_percent": round(summary.changed_percent, 3),
-                "f1_vs_label": None if summary.f1 is None else round(summary.f1, 4),
-                "precision_vs_label": None
-                if summary.precision is None
-                else round(summary.precision, 4),
-                "recall_vs_label": None if summary.recall is None else round(summary.recall, 4),
-                "model": f"{model.name} v{model.version} ({model.alias})",
-                "model_version": dg.MetadataValue.url(mlflow.model_url(model.name, model.version)),
-                "mlflow_run": dg.MetadataValue.url(run_url),
+                **_summary_metadata(summary),
+                **model_output_metadata(mlflow, run_url, record.model, model.alias),
                 "source_commit": commit,
-                "outputs_commit": publication.commit_id,
-                "change_map_uri": value["change_map"],
-                "overlay_uri": value["overlay"],
+                "outputs_commit": record.outputs_commit,
+                "change_map_uri": record.change_map,
+                "overlay_uri": record.overlay,
                 "size": f"{summary.width}x{summary.height}",
-                "git_sha": git_sha,
-                "inference": dataclasses.asdict(inference),
+                "git_sha": lineage.code_version(),
+                "inference": dataclasses.asdict(config.to_core()),
                 "preview": image_md(overlay, "change overlay"),
             }
         ),

@@ -10,48 +10,118 @@ from typing import Any
 
 import dagster as dg
 
+from mlops_assets import keys
 from mlops_assets.assets.cd.config import EXPERIMENT, ModelConfig, RegistrationConfig
-from mlops_assets.assets.cd.tiles import KEY as TILES_KEY
 from mlops_assets.assets.common import ProgressLog, image_md, markdown_table, metadata
 from mlops_assets.assets.registration import champion_score, gated_registration
 from mlops_assets.core.aliases import CHALLENGER, CHAMPION
+from mlops_assets.core.cd.records import CDModelRecord, TilesRecord, tiles_by_scene
 from mlops_assets.core.cd.tiles import TileIndex
+from mlops_assets.resources.failures import failure_on
 from mlops_assets.resources.lineage import LineageResource
 from mlops_assets.resources.mlflow import MLflowResource
 from mlops_assets.resources.outputs import OutputStoreResource
 
-KEY = dg.AssetKey(["cd", "model"])
-REGISTERED_KEY = dg.AssetKey(["cd", "registered_model"])
+KEY = keys.CD_MODEL
+REGISTERED_KEY = keys.CD_REGISTERED_MODEL
 GATE_CHECK = "promotion_gate"
 _METRICS = ("f1", "iou", "precision", "recall")
 
 
 def _training_sets(
-    tiles: dict[str, dict[str, Any]], output_store: OutputStoreResource, log: Any
-) -> list[tuple[Any, TileIndex, dict[str, Any]]]:
+    tiles: dict[str, TilesRecord], output_store: OutputStoreResource, log: Any
+) -> list[tuple[Any, TileIndex]]:
     """The published, labelled tile sets, fetched locally; the rest are logged and skipped."""
-    sets: list[tuple[Any, TileIndex, dict[str, Any]]] = []
-    for scene_id, value in sorted(tiles.items()):
-        if not value.get("published"):
+    sets: list[tuple[Any, TileIndex]] = []
+    for scene_id, record in sorted(tiles.items()):
+        if not record.published:
             log.warning(f"cd/{scene_id}: no published tiles (its tile checks failed); skipped")
-        elif not value.get("labelled_tiles"):
+        elif not record.labelled_tiles:
             log.info(f"cd/{scene_id}: no label; not used for training")
         else:
-            directory = output_store.fetch(value["key"])
-            sets.append((directory, TileIndex.load(directory), value))
+            directory = output_store.fetch(record.key)
+            sets.append((directory, TileIndex.load(directory)))
     return sets
 
 
-def _log_split(tracker: Any, run_id: str, split: str, result: Any) -> None:
-    """Device and split as MLflow tags, and which scenes trained and validated (split.json).
+def _run_inputs(
+    train_config: Any, sets: list[tuple[Any, TileIndex]], preset: str
+) -> tuple[dict[str, str], dict[str, Any], list[Any]]:
+    """The training run's tags, params and dataset inputs (one per scene's tile set)."""
+    from mlops_assets.core.tracking import DatasetRef
+
+    indexes = [index for _, index in sets]
+    commits = {index.scene_id: index.commit_id for index in indexes}
+    tags = {
+        "lakefs.repository": indexes[0].repository,
+        "lakefs.commits": json.dumps(commits, sort_keys=True),
+        "preset": preset,
+    }
+    params = {
+        **dataclasses.asdict(train_config),
+        "scenes": ",".join(sorted(commits)),
+        "tile_config_hash": ",".join(sorted({i.config_hash for i in indexes})),
+        "tile_size": indexes[0].config["tile_size"],
+    }
+    datasets = [
+        DatasetRef(
+            name=f"cd/tiles/{index.scene_id}",
+            digest=f"{index.commit_id[:16]}-{index.config_hash}",
+            uri=index.sources["pre"].rsplit("/", 1)[0],
+        )
+        for index in indexes
+    ]
+    return tags, params, datasets
+
+
+def _log_result(tracker: Any, run_id: str, result: Any, train_config: Any) -> dict[str, float]:
+    """The best epoch's metrics, split, overlays and history in the run; the best metrics.
 
     ``result`` is the `mlops_assets.core.cd.train.TrainResult`.
     """
-    tags = {"device": result.device, "split": split}
+    best = {f"val_{k}": getattr(result.best, k) for k in _METRICS}
+    tracker.log_metrics(run_id, {**best, "best_epoch": result.best.epoch}, step=0)
+    tags = {"device": result.device, "split": train_config.split}
     tags |= {"train_scenes": str(len(result.train_scenes))}
     tags |= {"val_scenes": str(len(result.val_scenes))}
     tracker.set_tags(run_id, tags)
-    tracker.log_dict(run_id, {"train": result.train_scenes, "val": result.val_scenes}, "split.json")
+    split = {"train": result.train_scenes, "val": result.val_scenes}
+    tracker.log_dict(run_id, split, "split.json")
+    for name, image in result.overlays:
+        tracker.log_image(run_id, image, f"validation/{name}.png")
+    tracker.log_dict(run_id, [dataclasses.asdict(h) for h in result.history], "history.json")
+    return best
+
+
+def _model_metadata(record: CDModelRecord, result: Any, split: str, run_url: str) -> dict[str, Any]:
+    """What the asset page shows of a training: metrics, split, history and an overlay."""
+    history = [
+        [h.epoch, f"{h.train_loss:.4f}", f"{h.val_loss:.4f}", f"{h.f1:.4f}", f"{h.iou:.4f}"]
+        for h in result.history
+    ]
+    return {
+        "mlflow_run_id": record.run_id,
+        "mlflow_run": dg.MetadataValue.url(run_url),
+        "model_uri": record.model_uri,
+        **{k: round(v, 4) for k, v in record.metrics.items()},
+        "best_epoch": record.best_epoch,
+        "epochs_run": len(result.history),
+        "train_tiles": result.train_tiles,
+        "val_tiles": result.val_tiles,
+        "buffer_tiles": result.buffer_tiles,
+        "split": split,
+        "train_scenes": result.train_scenes,
+        "val_scenes": result.val_scenes,
+        "device": result.device,
+        "lakefs_commits": record.lakefs_commits,
+        "git_sha": record.git_sha,
+        "history": markdown_table(["epoch", "train loss", "val loss", "F1", "IoU"], history),
+        **(
+            {"validation_overlay": image_md(result.overlays[0][1], "prediction | label")}
+            if result.overlays
+            else {}
+        ),
+    }
 
 
 class _Progress:
@@ -92,8 +162,8 @@ class _Progress:
 
 @dg.asset(
     key=KEY,
-    ins={"tiles": dg.AssetIn(key=TILES_KEY, metadata={"allow_missing_partitions": True})},
-    group_name="change_detection",
+    ins={"tiles": dg.AssetIn(key=keys.CD_TILES, metadata={"allow_missing_partitions": True})},
+    group_name=keys.CD_GROUP,
     kinds={"pytorch", "mlflow"},
     io_manager_key="json_io_manager",
     pool="gpu",
@@ -115,129 +185,54 @@ def cd_model(
     from mlops_assets.core.cd.dataset import tile_refs
     from mlops_assets.core.cd.registry import log_cd_model
     from mlops_assets.core.cd.train import TrainingError, train_change_model
-    from mlops_assets.core.tracking import DatasetRef, TrackingError
 
-    tiles = tiles or {}  # no cd_scenes partition at all loads as None
-    if isinstance(tiles.get("scene_id"), str):  # one partition loads as its value, not a dict
-        tiles = {tiles["scene_id"]: tiles}
+    records = tiles_by_scene(tiles)  # one partition loads as its value, none as None
     train_config = config.to_core()
-    tracker = mlflow.tracker(EXPERIMENT)
-    try:
-        tracker.check_reachable()
-    except TrackingError as exc:
-        raise dg.Failure(description=str(exc), allow_retries=True) from exc
-    sets = _training_sets(tiles, output_store, context.log)
+    tracker = mlflow.reachable_tracker(EXPERIMENT)
+    sets = _training_sets(records, output_store, context.log)
     if not sets:
         raise dg.Failure(
             description="no labelled, published tiles: materialise cd/tiles for labelled scenes "
-            f"first (partitions seen: {', '.join(sorted(tiles)) or 'none'})"
+            f"first (partitions seen: {', '.join(sorted(records)) or 'none'})"
         )
-    git_sha = lineage.code_version()
-    commits = {index.scene_id: index.commit_id for _, index, _ in sets}
-    tags = {
-        "dagster.run_id": context.run.run_id,
-        "dagster.run_url": lineage.run_url(context.run.run_id),
-        "git_sha": git_sha,
-        "lakefs.repository": sets[0][1].repository,
-        "lakefs.commits": json.dumps(commits, sort_keys=True),
-        "preset": config.preset.value,
-    }
-    with tracker.run(f"cd-unet-{context.run.run_id[:8]}", tags) as run_id:
-        context.log.info(f"MLflow run {run_id} in {mlflow.display_uri}")
-        tracker.log_params(
-            run_id,
-            {
-                **dataclasses.asdict(train_config),
-                "scenes": ",".join(sorted(commits)),
-                "tile_config_hash": ",".join(sorted({i.config_hash for _, i, _ in sets})),
-                "tile_size": sets[0][1].config["tile_size"],
-            },
-        )
-        tracker.log_datasets(
-            run_id,
-            [
-                DatasetRef(
-                    name=f"cd/tiles/{index.scene_id}",
-                    digest=f"{index.commit_id[:16]}-{index.config_hash}",
-                    uri=index.sources["pre"].rsplit("/", 1)[0],
-                )
-                for _, index, _ in sets
-            ],
-        )
-
+    tags, params, datasets = _run_inputs(train_config, sets, config.preset.value)
+    name = f"cd-unet-{context.run.run_id[:8]}"
+    with mlflow.tracked_run(
+        context, tracker, lineage, name=name, tags=tags, params=params, datasets=datasets
+    ) as run_id:
         progress = _Progress(context.log, tracker, run_id, train_config.epochs)
-        try:
+        with failure_on(TrainingError, label="training failed: "):
             result = train_change_model(
-                tile_refs([(d, i) for d, i, _ in sets]),
-                train_config,
-                progress.epoch,
-                progress.batch,
+                tile_refs(sets), train_config, progress.epoch, progress.batch
             )
-        except TrainingError as exc:
-            raise dg.Failure(description=f"training failed: {exc}") from exc
-        best = {f"val_{k}": getattr(result.best, k) for k in _METRICS}
         progress.finished(result, train_config.patience)
-        tracker.log_metrics(run_id, {**best, "best_epoch": result.best.epoch}, step=0)
-        _log_split(tracker, run_id, train_config.split, result)
-        for name, image in result.overlays:
-            tracker.log_image(run_id, image, f"validation/{name}.png")
-        tracker.log_dict(run_id, [dataclasses.asdict(h) for h in result.history], "history.json")
+        best = _log_result(tracker, run_id, result, train_config)
         model_uri = log_cd_model(tracker, run_id, result, train_config.threshold)
+    record = CDModelRecord(
+        run_id=run_id,
+        model_uri=model_uri,
+        experiment=EXPERIMENT,
+        metrics=best,
+        best_epoch=result.best.epoch,
+        lakefs_commits={index.scene_id: index.commit_id for _, index in sets},
+        lakefs_repository=sets[0][1].repository,
+        git_sha=lineage.code_version(),
+        tiles={index.scene_id: records[index.scene_id].key for _, index in sets},
+        train_scenes=result.train_scenes,
+        val_scenes=result.val_scenes,
+    )
     run_url = tracker.run_url(run_id, mlflow.ui_url)
-    value = {
-        "run_id": run_id,
-        "model_uri": model_uri,
-        "experiment": EXPERIMENT,
-        "metrics": best,
-        "best_epoch": result.best.epoch,
-        "lakefs_commits": commits,
-        "lakefs_repository": sets[0][1].repository,
-        "git_sha": git_sha,
-        "tiles": {index.scene_id: value["key"] for _, index, value in sets},
-        "train_scenes": result.train_scenes,
-        "val_scenes": result.val_scenes,
-    }
-    history = [
-        [h.epoch, f"{h.train_loss:.4f}", f"{h.val_loss:.4f}", f"{h.f1:.4f}", f"{h.iou:.4f}"]
-        for h in result.history
-    ]
     return dg.MaterializeResult(
-        value=value,
+        value=record.to_dict(),
         data_version=dg.DataVersion(run_id),
-        metadata=metadata(
-            {
-                "mlflow_run_id": run_id,
-                "mlflow_run": dg.MetadataValue.url(run_url),
-                "model_uri": model_uri,
-                **{k: round(v, 4) for k, v in best.items()},
-                "best_epoch": result.best.epoch,
-                "epochs_run": len(result.history),
-                "train_tiles": result.train_tiles,
-                "val_tiles": result.val_tiles,
-                "buffer_tiles": result.buffer_tiles,
-                "split": train_config.split,
-                "train_scenes": result.train_scenes,
-                "val_scenes": result.val_scenes,
-                "device": result.device,
-                "lakefs_commits": commits,
-                "git_sha": git_sha,
-                "history": markdown_table(
-                    ["epoch", "train loss", "val loss", "F1", "IoU"], history
-                ),
-                **(
-                    {"validation_overlay": image_md(result.overlays[0][1], "prediction | label")}
-                    if result.overlays
-                    else {}
-                ),
-            }
-        ),
+        metadata=metadata(_model_metadata(record, result, train_config.split, run_url)),
     )
 
 
 @dg.asset(
     key=REGISTERED_KEY,
     ins={"model": dg.AssetIn(key=KEY)},
-    group_name="change_detection",
+    group_name=keys.CD_GROUP,
     kinds={"mlflow"},
     io_manager_key="json_io_manager",
     check_specs=[
@@ -261,53 +256,37 @@ def cd_registered_model(
     mlflow: MLflowResource,
 ):  # Dagster derives the outputs (value + checks) from the decorator
     """Gate the trained model against the threshold and the champion; register and alias it."""
-    from mlops_assets.core.tracking import TrackingError, gate
+    from mlops_assets.core.tracking import gate
 
+    trained = CDModelRecord.from_dict(model)
     gate_config = config.to_core()
-    tracker = mlflow.tracker(EXPERIMENT)
-    try:
-        tracker.check_reachable()
-    except TrackingError as exc:
-        raise dg.Failure(description=str(exc), allow_retries=True) from exc
+    tracker = mlflow.reachable_tracker(EXPERIMENT)
     name = config.model_name
     champion_version, champion_f1 = champion_score(tracker, name, CHAMPION, "val_f1")
     decision = gate(
-        float(model["metrics"]["val_f1"]),
+        float(trained.metrics["val_f1"]),
         champion_f1,
         gate_config.min_f1,
         gate_config.tolerance,
         champion_version=champion_version,
     )
-    tags = {
-        **{k: f"{v:.6f}" for k, v in model["metrics"].items()},
-        "lakefs.repository": model["lakefs_repository"],
-        "lakefs.commits": json.dumps(model["lakefs_commits"], sort_keys=True),
-        "git_sha": model["git_sha"],
-        "dagster.run_id": context.run.run_id,
-        "mlflow.run_id": model["run_id"],
-    }
+    lineage = {"lakefs_commits": trained.lakefs_commits, "git_sha": trained.git_sha}
     return gated_registration(
         context,
         tracker,
         mlflow,
         name=name,
         decision=decision,
-        model_uri=model["model_uri"],
-        run_id=model["run_id"],
-        tags=tags,
+        model_uri=trained.model_uri,
+        run_id=trained.run_id,
+        tags={**trained.version_tags(), "dagster.run_id": context.run.run_id},
         description=decision.reason,
         aliases=[CHALLENGER, CHAMPION] if gate_config.auto_promote else [CHALLENGER],
-        value={
-            "model_name": name,
-            "run_id": model["run_id"],
-            "gate": decision.reason,
-            "metrics": model["metrics"],
-            "lakefs_commits": model["lakefs_commits"],
-            "git_sha": model["git_sha"],
-        },
+        value={"model_name": name, "run_id": trained.run_id, "gate": decision.reason}
+        | {"metrics": trained.metrics, **lineage},
         extra_metadata={
             "val_f1": round(decision.candidate, 4),
-            "lakefs_commits": model["lakefs_commits"],
+            "lakefs_commits": trained.lakefs_commits,
         },
         check_name=GATE_CHECK,
         check_metadata={

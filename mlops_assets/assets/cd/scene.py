@@ -2,19 +2,20 @@
 
 import dagster as dg
 
+from mlops_assets import keys
 from mlops_assets.assets.common import SceneRefConfig, check_result, markdown_table, metadata
 from mlops_assets.core.scenes.cd import FILES_CHECK, OVERLAP_CHECK, check_cd_scene, read_cd_scene
 from mlops_assets.partitions import cd_scenes
 from mlops_assets.resources.lineage import LineageResource
 from mlops_assets.resources.scene_store import SceneStoreResource
 
-KEY = dg.AssetKey(["cd", "scene"])
+KEY = keys.CD_SCENE
 
 
 @dg.asset(
     key=KEY,
     partitions_def=cd_scenes,
-    group_name="change_detection",
+    group_name=keys.CD_GROUP,
     kinds={"lakefs", "geotiff"},
     io_manager_key="json_io_manager",
     check_specs=[

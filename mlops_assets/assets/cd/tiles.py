@@ -8,10 +8,11 @@ from typing import Any
 import dagster as dg
 from PIL import Image
 
+from mlops_assets import keys
 from mlops_assets.assets.cd.config import TilesConfig
-from mlops_assets.assets.cd.scene import KEY as SCENE_KEY
 from mlops_assets.assets.common import image_md, markdown_table, metadata
 from mlops_assets.core.cd.raster import AlignedPair, AlignmentError, open_aligned
+from mlops_assets.core.cd.records import TilesRecord
 from mlops_assets.core.cd.tiles import (
     GRID_PIXEL,
     TileIndex,
@@ -19,46 +20,76 @@ from mlops_assets.core.cd.tiles import (
     tile_key,
     tile_scene,
 )
-from mlops_assets.core.outputs import OutputStore
-from mlops_assets.core.scenes.layout import CDPaths
+from mlops_assets.core.scenes.cd import CDScene
 from mlops_assets.core.store.base import VersionedStore
 from mlops_assets.partitions import cd_scenes
+from mlops_assets.resources.failures import failure_on
 from mlops_assets.resources.outputs import OutputStoreResource
 from mlops_assets.resources.scene_store import SceneStoreResource
 
-KEY = dg.AssetKey(["cd", "tiles"])
+KEY = keys.CD_TILES
 NONEMPTY_CHECK = "tiles_nonempty"
 BALANCE_CHECK = "label_balance"
 RESIDUAL_CHECK = "alignment_residual"
 
 
 def open_scene(
-    scene: dict[str, Any], store: VersionedStore, resampling: str
+    scene: CDScene, store: VersionedStore, resampling: str
 ) -> contextlib.AbstractContextManager[AlignedPair]:
-    """The ``cd/scene`` manifest's rasters at its commit, post on pre's grid (errors name files)."""
-    commit, paths = scene["commit_id"], CDPaths(scene["scene_id"])
-    prefix = f"{scene['scene_id']}/"
+    """The ``cd/scene`` rasters at its commit, post on pre's grid (errors name the files)."""
+    commit, paths = scene.commit_id, scene.paths
+    prefix = f"{scene.scene_id}/"
     return open_aligned(
         store.raster_location(commit, paths.pre),
         store.raster_location(commit, paths.post),
-        store.raster_location(commit, paths.label) if scene.get("label") else None,
+        store.raster_location(commit, paths.label) if scene.label else None,
         resampling=resampling,
         names=(prefix + "pre.tif", prefix + "post.tif", prefix + "label.tif"),
-        pixel_grid=scene.get("grid") == GRID_PIXEL,
+        pixel_grid=scene.grid == GRID_PIXEL,
     )
 
 
 def _tile(
-    scene: dict[str, Any], store_resource: SceneStoreResource, config: TilesConfig, work: Path
+    scene: CDScene, store_resource: SceneStoreResource, config: TilesConfig, work: Path
 ) -> TileIndex:
     store = store_resource.get_store()
-    commit, paths = scene["commit_id"], CDPaths(scene["scene_id"])
+    commit, paths = scene.commit_id, scene.paths
     sources = {"pre": store.uri(commit, paths.pre), "post": store.uri(commit, paths.post)}
-    if scene.get("label"):
+    if scene.label:
         sources["label"] = store.uri(commit, paths.label)
     core = config.to_core()
     with open_scene(scene, store, core.resampling) as pair:
-        return tile_scene(pair, work, core, scene["scene_id"], scene["repository"], commit, sources)
+        return tile_scene(pair, work, core, scene.scene_id, scene.repository, commit, sources)
+
+
+def _tile_or_reuse(
+    context: dg.AssetExecutionContext,
+    scene: CDScene,
+    key: str,
+    config: TilesConfig,
+    scene_store: SceneStoreResource,
+    output_store: OutputStoreResource,
+) -> tuple[TileIndex, Image.Image, bool]:
+    """The scene's tile index and preview: the published set under ``key``, or a new one.
+
+    A new set is published only when it holds a tile (later assets never find an empty one).
+    Returns ``(index, preview, reused)``.
+    """
+    store = output_store.get_output_store()
+    if store.is_published(key):
+        directory = output_store.fetch(key)
+        context.log.info(f"Tiles for this commit and config already published at {store.uri(key)}")
+        return TileIndex.load(directory), Image.open(directory / "preview.png"), True
+    Path(output_store.cache_dir).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="tiles-", dir=output_store.cache_dir) as tmp:
+        label = f"cd/{scene.scene_id} at {scene.commit_id[:12]}: "
+        with failure_on(AlignmentError, label=label, allow_retries=False):
+            index = _tile(scene, scene_store, config, Path(tmp))
+        preview = Image.open(Path(tmp) / "preview.png")
+        preview.load()
+        if index.tiles:
+            store.publish(Path(tmp), key)
+    return index, preview, False
 
 
 def _checks(index: TileIndex, config: TilesConfig) -> list[dg.AssetCheckResult]:
@@ -134,9 +165,9 @@ def _stats_table(index: TileIndex) -> dg.MetadataValue[Any]:
 
 @dg.asset(
     key=KEY,
-    ins={"scene": dg.AssetIn(key=SCENE_KEY)},
+    ins={"scene": dg.AssetIn(key=keys.CD_SCENE)},
     partitions_def=cd_scenes,
-    group_name="change_detection",
+    group_name=keys.CD_GROUP,
     kinds={"numpy", "rasterio"},
     io_manager_key="json_io_manager",
     check_specs=[
@@ -170,59 +201,38 @@ def cd_tiles(
     output_store: OutputStoreResource,
 ):  # Dagster derives the outputs (value + checks) from the decorator
     """Tile one scene (or reuse the identical published tile set) and describe it."""
-    core = config.to_core()
-    key = tile_key(scene["scene_id"], scene["commit_id"], core)
-    store: OutputStore = output_store.get_output_store()
-    reused = store.is_published(key)
-    preview: Image.Image | None = None
-    if reused:
-        directory = output_store.fetch(key)
-        index = TileIndex.load(directory)
-        preview = Image.open(directory / "preview.png")
-        context.log.info(f"Tiles for this commit and config already published at {store.uri(key)}")
-    else:
-        Path(output_store.cache_dir).mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix="tiles-", dir=output_store.cache_dir) as tmp:
-            try:
-                index = _tile(scene, scene_store, config, Path(tmp))
-            except AlignmentError as exc:
-                raise dg.Failure(
-                    description=f"cd/{scene['scene_id']} at {scene['commit_id'][:12]}: {exc}",
-                    allow_retries=False,
-                ) from exc
-            preview = Image.open(Path(tmp) / "preview.png")
-            preview.load()
-            if index.tiles:  # an empty set is never published: later assets find nothing
-                store.publish(Path(tmp), key)
-    published = bool(index.tiles)
-    value = {
-        "scene_id": index.scene_id,
-        "repository": index.repository,
-        "commit_id": index.commit_id,
-        "key": key,
-        "uri": store.uri(key),
-        "published": published,
-        "tile_count": len(index.tiles),
-        "labelled_tiles": sum(1 for t in index.tiles if t.labelled_pixels),
-        "has_label": index.has_label,
-        "config_hash": index.config_hash,
-        "sources": index.sources,
-    }
+    record = CDScene.from_dict(scene)
+    key = tile_key(record.scene_id, record.commit_id, config.to_core())
+    index, preview, reused = _tile_or_reuse(context, record, key, config, scene_store, output_store)
+    uri = output_store.get_output_store().uri(key)
+    tiles = TilesRecord(
+        scene_id=index.scene_id,
+        repository=index.repository,
+        commit_id=index.commit_id,
+        key=key,
+        uri=uri,
+        published=bool(index.tiles),
+        tile_count=len(index.tiles),
+        labelled_tiles=sum(1 for t in index.tiles if t.labelled_pixels),
+        has_label=index.has_label,
+        config_hash=index.config_hash,
+        sources=index.sources,
+    )
     return dg.MaterializeResult(
-        value=value,
-        data_version=dg.DataVersion(f"{index.commit_id[:16]}-{index.config_hash}"),
+        value=tiles.to_dict(),
+        data_version=dg.DataVersion(tiles.data_version),
         metadata=metadata(
             {
-                "tile_count": len(index.tiles),
+                "tile_count": tiles.tile_count,
                 "windows_total": index.windows_total,
                 "dropped": index.dropped,
                 "label_fraction": index.label_fraction,
-                "labelled_tiles": value["labelled_tiles"],
+                "labelled_tiles": tiles.labelled_tiles,
                 "alignment_residual_px": index.alignment_residual_px,
                 "alignment_confident_windows": index.alignment_samples,
                 "padded_tiles": index.padded_tiles,
                 "constant_bands": index.constant_bands,
-                "tiles_uri": dg.MetadataValue.url(store.uri(key)) if published else "not published",
+                "tiles_uri": dg.MetadataValue.url(uri) if tiles.published else "not published",
                 "output_store": output_store.kind,
                 "reused": reused,
                 "lakefs_commit": index.commit_id,

@@ -10,7 +10,7 @@ import dagster as dg
 from pydantic import Field
 
 from mlops_assets.core.aliases import CHAMPION
-from mlops_assets.core.nvs.config import NVSTrainConfig, nvs_preset
+from mlops_assets.core.nvs.config import NVSTrainConfig, nvs_preset, scaled
 
 DEFAULT_MODEL_NAME = "gaussian-splats"
 EXPERIMENT = "novel-view-synthesis"
@@ -57,9 +57,16 @@ class SplatsConfig(dg.Config):
         default=None, description="PyTorch CPU threads while training (0: one per core)."
     )
 
+    scale: float = Field(
+        default=1.0,
+        gt=0,
+        description="Multiplies every step count (after the preset and steps), as gsplat's "
+        "steps_scaler does: 0.5 trains half as long.",
+    )
+
     def to_core(self) -> NVSTrainConfig:
-        """The core training configuration."""
-        return nvs_preset(
+        """The core training configuration (every step count times ``scale``)."""
+        config = nvs_preset(
             self.preset.value,
             steps=self.steps,
             sh_degree=self.sh_degree,
@@ -70,6 +77,7 @@ class SplatsConfig(dg.Config):
             seed=self.seed,
             num_threads=self.num_threads,
         )
+        return config if self.scale == 1.0 else scaled(config, self.scale)
 
 
 class SplatsRegistrationConfig(dg.Config):

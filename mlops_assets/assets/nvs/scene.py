@@ -11,6 +11,7 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
+from mlops_assets import keys
 from mlops_assets.assets.common import (
     SceneRefConfig,
     check_result,
@@ -18,20 +19,19 @@ from mlops_assets.assets.common import (
     markdown_table,
     metadata,
 )
+from mlops_assets.core.nvs.recover import SfMSettings, recover_model_with_sfm
 from mlops_assets.core.scenes.nvs import (
     FILES_CHECK,
     MODEL_CHECK,
     NVSScene,
-    SfMSettings,
     check_nvs_scene,
     read_nvs_scene,
-    recover_model_with_sfm,
 )
 from mlops_assets.partitions import nvs_scenes
 from mlops_assets.resources.lineage import LineageResource
 from mlops_assets.resources.scene_store import SceneStoreResource
 
-KEY = dg.AssetKey(["nvs", "scene"])
+KEY = keys.NVS_SCENE
 
 
 class NVSSceneConfig(SceneRefConfig):
@@ -87,10 +87,27 @@ def _model_metadata(scene: NVSScene) -> dict[str, Any]:
     return values
 
 
+def _model_table(scene: NVSScene) -> dg.MetadataValue[Any] | str:
+    """The model's format, cameras and sizes as a one-row table."""
+    model = scene.model
+    if model is None:
+        return "no readable model"
+    header = ["format", "cameras", "registered images", "points", "observations", "reproj. px"]
+    row = [
+        model.format,
+        ", ".join(model.camera_models),
+        model.registered_images,
+        model.points,
+        model.observations,
+        model.mean_reprojection_error_px,
+    ]
+    return markdown_table(header, [row])
+
+
 @dg.asset(
     key=KEY,
     partitions_def=nvs_scenes,
-    group_name="novel_view_synthesis",
+    group_name=keys.NVS_GROUP,
     kinds={"lakefs", "colmap"},
     io_manager_key="json_io_manager",
     check_specs=[
@@ -138,7 +155,6 @@ def nvs_scene(
                     **lakefs_links({"Dagster": lineage.run_url(context.run.run_id)}),
                 },
             )
-    model = scene.model
     return dg.MaterializeResult(
         value=scene.to_dict(),
         data_version=dg.DataVersion(scene.content_hash),
@@ -157,28 +173,7 @@ def nvs_scene(
                     for o in scene.model_files
                 ],
                 **_model_metadata(scene),
-                "model": markdown_table(
-                    [
-                        "format",
-                        "cameras",
-                        "registered images",
-                        "points",
-                        "observations",
-                        "reproj. px",
-                    ],
-                    [
-                        [
-                            model.format,
-                            ", ".join(model.camera_models),
-                            model.registered_images,
-                            model.points,
-                            model.observations,
-                            model.mean_reprojection_error_px,
-                        ]
-                    ],
-                )
-                if model
-                else "no readable model",
+                "model": _model_table(scene),
                 "missing_images": scene.missing_images,
                 "problems": scene.problems,
             }

@@ -13,28 +13,31 @@ from typing import TYPE_CHECKING, Any
 import dagster as dg
 from PIL import Image
 
+from mlops_assets import keys
 from mlops_assets.assets.common import ProgressLog, image_md, markdown_table, metadata
 from mlops_assets.assets.nvs.config import (
     EXPERIMENT,
     SplatsConfig,
     SplatsRegistrationConfig,
 )
-from mlops_assets.assets.nvs.scene import KEY as SCENE_KEY
 from mlops_assets.assets.registration import champion_score, gated_registration
 from mlops_assets.core.aliases import CHALLENGER, CHAMPION
+from mlops_assets.core.nvs.records import SplatsRecord
 from mlops_assets.core.scenes.colmap import read_model
-from mlops_assets.core.scenes.nvs import materialize_nvs_scene
+from mlops_assets.core.scenes.nvs import NVSScene, materialize_nvs_scene
 from mlops_assets.partitions import nvs_scenes
+from mlops_assets.resources.failures import failure_on
 from mlops_assets.resources.lineage import LineageResource
 from mlops_assets.resources.mlflow import MLflowResource
 from mlops_assets.resources.scene_store import SceneStoreResource
 
 if TYPE_CHECKING:
-    from mlops_assets.core.nvs.train import SplatsOutOfMemoryError
-    from mlops_assets.core.tracking import Tracker
+    from mlops_assets.core.nvs.data import NVSDataset
+    from mlops_assets.core.nvs.train import SplatsOutOfMemoryError, TrainResult
+    from mlops_assets.core.tracking import DatasetRef, Tracker
 
-KEY = dg.AssetKey(["nvs", "splats"])
-REGISTERED_KEY = dg.AssetKey(["nvs", "registered_splats"])
+KEY = keys.NVS_SPLATS
+REGISTERED_KEY = keys.NVS_REGISTERED_SPLATS
 GATE_CHECK = "psnr_gate"
 
 
@@ -66,22 +69,162 @@ def _out_of_memory(
     )
 
 
-def _reachable(mlflow: MLflowResource, scene_id: str) -> Any:
-    from mlops_assets.core.tracking import TrackingError
+def _run_inputs(
+    source: NVSScene, dataset: "NVSDataset", train_config: Any, preset: str
+) -> tuple[dict[str, str], dict[str, Any], list["DatasetRef"]]:
+    """The training run's tags, params and dataset input (the scene at its commit)."""
+    from mlops_assets.core.tracking import DatasetRef
 
-    tracker = mlflow.tracker(EXPERIMENT)
+    scene_id, commit = source.scene_id, source.commit_id
+    tags = {"scene_id": scene_id, "lakefs.repository": source.repository}
+    tags |= {"lakefs.commit": commit, "preset": preset}
+    width, height = dataset.image_size
+    location = source.model_location
+    params = {
+        **train_config.to_dict(),
+        "scene_id": scene_id,
+        "train_views": len(dataset.train),
+        "test_views": len(dataset.test),
+        "image_size": f"{width}x{height}",
+        "init_points": len(dataset.points),
+        "model_source": "" if location is None else location.source,
+    }
+    uri = f"lakefs://{source.repository}/{commit}/nvs/{scene_id}/"
+    return tags, params, [DatasetRef(name=f"nvs/{scene_id}", digest=commit[:16], uri=uri)]
+
+
+class _Progress:
+    """Training losses and held-out evaluations to MLflow and as progress lines."""
+
+    def __init__(self, log: Any, tracker: "Tracker", run_id: str, steps: int) -> None:
+        self.line = ProgressLog(log)
+        self.tracker = tracker
+        self.run_id = run_id
+        self.steps = steps
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        """A training step's values (a line at most every 20 s)."""
+        self.tracker.log_metrics(self.run_id, values, step=step)
+        self.line(
+            f"step {step}/{self.steps}: loss {values['loss']:.4f}, "
+            f"{values['num_gaussians']:.0f} Gaussians",
+            milestone=False,
+        )
+
+    def eval(self, step: int, values: dict[str, float], renders: list[Any]) -> None:
+        """A held-out evaluation: its metrics and renders."""
+        metrics = {f"test_{k}": v for k, v in values.items()}
+        self.tracker.log_metrics(self.run_id, metrics, step)
+        for name, image in renders:
+            path = f"heldout/step{step:06d}/{name}.png"
+            self.tracker.log_image(self.run_id, Image.fromarray(image), path)
+        self.line(
+            f"step {step}/{self.steps}: held-out PSNR {values['psnr']:.2f} dB, "
+            f"SSIM {values['ssim']:.3f}, {values['num_gaussians']:.0f} Gaussians"
+        )
+
+
+def _train(
+    context: dg.AssetExecutionContext,
+    tracker: "Tracker",
+    run_id: str,
+    dataset: "NVSDataset",
+    train_config: Any,
+    scene_id: str,
+    preset: str,
+    work: Path,
+) -> "TrainResult":
+    """Train the splats, each training error as the step's one-line failure."""
+    from mlops_assets.core.nvs.train import (
+        DivergenceError,
+        NVSTrainingError,
+        SplatsOutOfMemoryError,
+        train_splats,
+    )
+
+    progress = _Progress(context.log, tracker, run_id, train_config.steps)
     try:
-        tracker.check_reachable()
-    except TrackingError as exc:
-        raise dg.Failure(description=f"nvs/{scene_id}: {exc}", allow_retries=True) from exc
-    return tracker
+        return train_splats(
+            dataset,
+            train_config,
+            on_log=progress.log,
+            on_eval=progress.eval,
+            checkpoint_dir=work / "checkpoints",
+        )
+    except SplatsOutOfMemoryError as exc:
+        raise _out_of_memory(tracker, run_id, scene_id, preset, exc) from exc
+    except DivergenceError as exc:
+        raise dg.Failure(
+            description=f"nvs/{scene_id}: training diverged at step {exc.step}: {exc}",
+            metadata={"step": exc.step},
+        ) from exc
+    except NVSTrainingError as exc:
+        raise dg.Failure(description=f"nvs/{scene_id}: {exc}") from exc
+
+
+def _log_model(
+    tracker: "Tracker",
+    run_id: str,
+    result: "TrainResult",
+    train_config: Any,
+    dataset: "NVSDataset",
+    source: NVSScene,
+) -> str:
+    """The summary metrics, device tags and the splat model in the run; the model's URI."""
+    from mlops_assets.core.nvs.gaussians import to_numpy
+    from mlops_assets.core.nvs.registry import log_splat_model
+
+    tracker.log_metrics(run_id, result.metrics(), step=result.steps_done)
+    tracker.set_tags(run_id, {"device": result.device, "rasterizer": result.rasterizer})
+    width, height = dataset.image_size
+    spec = {
+        "sh_degree": train_config.sh_degree,
+        "background": list(result.background),
+        "width": width,
+        "height": height,
+        "scene_id": source.scene_id,
+        "lakefs_commit": source.commit_id,
+    }
+    return log_splat_model(tracker, run_id, to_numpy(dict(result.splats.items())), spec)
+
+
+def _splats_metadata(
+    record: SplatsRecord, result: "TrainResult", dataset: "NVSDataset", config: Any, run_url: str
+) -> dict[str, Any]:
+    """What the asset page shows of a training: quality, cost, and the held-out evaluations."""
+    evals = [[e.step, f"{e.psnr:.2f}", f"{e.ssim:.4f}", e.num_gaussians] for e in result.evals]
+    return {
+        "mlflow_run_id": record.run_id,
+        "mlflow_run": dg.MetadataValue.url(run_url),
+        "model_uri": record.model_uri,
+        "psnr": None if result.psnr is None else round(result.psnr, 3),
+        "ssim": None if result.ssim is None else round(result.ssim, 4),
+        "num_gaussians": result.num_gaussians,
+        "steps": result.steps_done,
+        "seconds_per_step": round(result.seconds_per_step, 4),
+        "peak_rss_mb": round(result.peak_rss_mb, 1),
+        "peak_vram_mb": result.peak_vram_mb,
+        "device": result.device,
+        "rasterizer": result.rasterizer,
+        "train_views": len(dataset.train),
+        "test_views": len(dataset.test),
+        "lakefs_commit": record.lakefs_commit,
+        "git_sha": record.git_sha,
+        "config": dataclasses.asdict(config),
+        "evaluations": markdown_table(["step", "PSNR", "SSIM", "Gaussians"], evals),
+        **(
+            {"heldout": image_md(Image.fromarray(result.renders[0][1]), "truth | render")}
+            if result.renders
+            else {}
+        ),
+    }
 
 
 @dg.asset(
     key=KEY,
-    ins={"scene": dg.AssetIn(key=SCENE_KEY)},
+    ins={"scene": dg.AssetIn(key=keys.NVS_SCENE)},
     partitions_def=nvs_scenes,
-    group_name="novel_view_synthesis",
+    group_name=keys.NVS_GROUP,
     kinds={"pytorch", "gsplat", "mlflow"},
     io_manager_key="json_io_manager",
     pool="gpu",
@@ -101,160 +244,40 @@ def nvs_splats(
     """Train one scene's Gaussians and log the run and the model to MLflow."""
     # PyTorch, gsplat and MLflow load here, when the step runs, not with the code location.
     from mlops_assets.core.nvs.data import NVSDataError, dataset_from_config
-    from mlops_assets.core.nvs.gaussians import to_numpy
-    from mlops_assets.core.nvs.registry import log_splat_model
-    from mlops_assets.core.nvs.train import (
-        DivergenceError,
-        NVSTrainingError,
-        SplatsOutOfMemoryError,
-        train_splats,
-    )
-    from mlops_assets.core.tracking import DatasetRef
 
-    scene_id, commit = scene["scene_id"], scene["commit_id"]
-    train_config = config.to_core()
-    tracker = _reachable(mlflow, scene_id)
-    git_sha = lineage.code_version()
-    store = scene_store.get_store()
+    source = NVSScene.from_dict(scene)
+    scene_id, commit = source.scene_id, source.commit_id
+    train_config, preset = config.to_core(), config.preset.value
+    tracker = mlflow.reachable_tracker(EXPERIMENT, f"nvs/{scene_id}: ")
     with tempfile.TemporaryDirectory(prefix=f"nvs-{scene_id}-") as tmp:
-        model_dir, images_dir = materialize_nvs_scene(store, scene, Path(tmp))
-        colmap = read_model(model_dir)
-        try:
-            dataset = dataset_from_config(colmap, images_dir, train_config)
-        except NVSDataError as exc:
-            raise dg.Failure(description=f"nvs/{scene_id} at {commit[:12]}: {exc}") from exc
+        model_dir, images_dir = materialize_nvs_scene(scene_store.get_store(), source, Path(tmp))
+        with failure_on(NVSDataError, label=f"nvs/{scene_id} at {commit[:12]}: "):
+            dataset = dataset_from_config(read_model(model_dir), images_dir, train_config)
         for note in dataset.notes:
             context.log.warning(f"nvs/{scene_id}: {note}")
-        tags = {
-            "dagster.run_id": context.run.run_id,
-            "dagster.run_url": lineage.run_url(context.run.run_id),
-            "git_sha": git_sha,
-            "scene_id": scene_id,
-            "lakefs.repository": scene["repository"],
-            "lakefs.commit": commit,
-            "preset": config.preset.value,
-        }
-        with tracker.run(f"splats-{scene_id}-{context.run.run_id[:8]}", tags) as run_id:
-            context.log.info(f"MLflow run {run_id} in {mlflow.display_uri}")
-            width, height = dataset.image_size
-            tracker.log_params(
-                run_id,
-                {
-                    **train_config.to_dict(),
-                    "scene_id": scene_id,
-                    "train_views": len(dataset.train),
-                    "test_views": len(dataset.test),
-                    "image_size": f"{width}x{height}",
-                    "init_points": len(dataset.points),
-                    "model_source": str((scene.get("model_location") or {}).get("source", "")),
-                },
-            )
-            tracker.log_datasets(
-                run_id,
-                [
-                    DatasetRef(
-                        name=f"nvs/{scene_id}",
-                        digest=commit[:16],
-                        uri=f"lakefs://{scene['repository']}/{commit}/nvs/{scene_id}/",
-                    )
-                ],
-            )
-
-            progress = ProgressLog(context.log)
-            steps = train_config.steps
-
-            def on_log(step: int, values: dict[str, float]) -> None:
-                tracker.log_metrics(run_id, values, step=step)
-                progress(
-                    f"step {step}/{steps}: loss {values['loss']:.4f}, "
-                    f"{values['num_gaussians']:.0f} Gaussians",
-                    milestone=False,
-                )
-
-            def on_eval(step: int, values: dict[str, float], renders: list[Any]) -> None:
-                tracker.log_metrics(run_id, {f"test_{k}": v for k, v in values.items()}, step)
-                for name, image in renders:
-                    tracker.log_image(
-                        run_id, Image.fromarray(image), f"heldout/step{step:06d}/{name}.png"
-                    )
-                progress(
-                    f"step {step}/{steps}: held-out PSNR {values['psnr']:.2f} dB, "
-                    f"SSIM {values['ssim']:.3f}, {values['num_gaussians']:.0f} Gaussians"
-                )
-
-            try:
-                result = train_splats(
-                    dataset,
-                    train_config,
-                    on_log=on_log,
-                    on_eval=on_eval,
-                    checkpoint_dir=Path(tmp) / "checkpoints",
-                )
-            except SplatsOutOfMemoryError as exc:
-                raise _out_of_memory(tracker, run_id, scene_id, config.preset.value, exc) from exc
-            except DivergenceError as exc:
-                raise dg.Failure(
-                    description=f"nvs/{scene_id}: training diverged at step {exc.step}: {exc}",
-                    metadata={"step": exc.step},
-                ) from exc
-            except NVSTrainingError as exc:
-                raise dg.Failure(description=f"nvs/{scene_id}: {exc}") from exc
-            summary = result.metrics()
-            tracker.log_metrics(run_id, summary, step=result.steps_done)
-            tracker.set_tags(run_id, {"device": result.device, "rasterizer": result.rasterizer})
-            spec = {
-                "sh_degree": train_config.sh_degree,
-                "background": list(result.background),
-                "width": width,
-                "height": height,
-                "scene_id": scene_id,
-                "lakefs_commit": commit,
-            }
-            model_uri = log_splat_model(
-                tracker, run_id, to_numpy(dict(result.splats.items())), spec
-            )
+        tags, params, datasets = _run_inputs(source, dataset, train_config, preset)
+        name = f"splats-{scene_id}-{context.run.run_id[:8]}"
+        with mlflow.tracked_run(
+            context, tracker, lineage, name=name, tags=tags, params=params, datasets=datasets
+        ) as run_id:
+            args = (train_config, scene_id, preset, Path(tmp))
+            result = _train(context, tracker, run_id, dataset, *args)
+            model_uri = _log_model(tracker, run_id, result, train_config, dataset, source)
+    record = SplatsRecord(
+        scene_id=scene_id,
+        run_id=run_id,
+        model_uri=model_uri,
+        experiment=EXPERIMENT,
+        metrics=result.metrics(),
+        lakefs_commit=commit,
+        lakefs_repository=source.repository,
+        git_sha=lineage.code_version(),
+    )
     run_url = tracker.run_url(run_id, mlflow.ui_url)
-    value = {
-        "scene_id": scene_id,
-        "run_id": run_id,
-        "model_uri": model_uri,
-        "experiment": EXPERIMENT,
-        "metrics": summary,
-        "lakefs_commit": commit,
-        "lakefs_repository": scene["repository"],
-        "git_sha": git_sha,
-    }
-    evals = [[e.step, f"{e.psnr:.2f}", f"{e.ssim:.4f}", e.num_gaussians] for e in result.evals]
     return dg.MaterializeResult(
-        value=value,
+        value=record.to_dict(),
         data_version=dg.DataVersion(run_id),
-        metadata=metadata(
-            {
-                "mlflow_run_id": run_id,
-                "mlflow_run": dg.MetadataValue.url(run_url),
-                "model_uri": model_uri,
-                "psnr": None if result.psnr is None else round(result.psnr, 3),
-                "ssim": None if result.ssim is None else round(result.ssim, 4),
-                "num_gaussians": result.num_gaussians,
-                "steps": result.steps_done,
-                "seconds_per_step": round(result.seconds_per_step, 4),
-                "peak_rss_mb": round(result.peak_rss_mb, 1),
-                "peak_vram_mb": result.peak_vram_mb,
-                "device": result.device,
-                "rasterizer": result.rasterizer,
-                "train_views": len(dataset.train),
-                "test_views": len(dataset.test),
-                "lakefs_commit": commit,
-                "git_sha": git_sha,
-                "config": dataclasses.asdict(train_config),
-                "evaluations": markdown_table(["step", "PSNR", "SSIM", "Gaussians"], evals),
-                **(
-                    {"heldout": image_md(Image.fromarray(result.renders[0][1]), "truth | render")}
-                    if result.renders
-                    else {}
-                ),
-            }
-        ),
+        metadata=metadata(_splats_metadata(record, result, dataset, train_config, run_url)),
     )
 
 
@@ -262,7 +285,7 @@ def nvs_splats(
     key=REGISTERED_KEY,
     ins={"splats": dg.AssetIn(key=KEY)},
     partitions_def=nvs_scenes,
-    group_name="novel_view_synthesis",
+    group_name=keys.NVS_GROUP,
     kinds={"mlflow"},
     io_manager_key="json_io_manager",
     check_specs=[
@@ -289,12 +312,12 @@ def nvs_registered_splats(
     from mlops_assets.core.nvs.registry import scene_alias
     from mlops_assets.core.tracking import gate
 
-    scene_id = splats["scene_id"]
-    tracker = _reachable(mlflow, scene_id)
-    name = config.model_name
+    trained = SplatsRecord.from_dict(splats)
+    scene_id, name = trained.scene_id, config.model_name
+    tracker = mlflow.reachable_tracker(EXPERIMENT, f"nvs/{scene_id}: ")
     champion_alias = scene_alias(CHAMPION, scene_id)
     champion_version, champion_psnr = champion_score(tracker, name, champion_alias, "psnr")
-    psnr = splats["metrics"].get("psnr")
+    psnr = trained.metrics.get("psnr")
     decision = gate(
         float("nan") if psnr is None else float(psnr),
         champion_psnr,
@@ -303,15 +326,7 @@ def nvs_registered_splats(
         metric="held-out PSNR",
         champion_version=champion_version,
     )
-    tags = {
-        **{k: f"{v:.6f}" for k, v in splats["metrics"].items()},
-        "scene_id": scene_id,
-        "lakefs.repository": splats["lakefs_repository"],
-        "lakefs.commit": splats["lakefs_commit"],
-        "git_sha": splats["git_sha"],
-        "dagster.run_id": context.run.run_id,
-        "mlflow.run_id": splats["run_id"],
-    }
+    lineage = {"lakefs_commit": trained.lakefs_commit, "git_sha": trained.git_sha}
     challenger_alias = scene_alias(CHALLENGER, scene_id)
     return gated_registration(
         context,
@@ -319,23 +334,16 @@ def nvs_registered_splats(
         mlflow,
         name=name,
         decision=decision,
-        model_uri=splats["model_uri"],
-        run_id=splats["run_id"],
-        tags=tags,
+        model_uri=trained.model_uri,
+        run_id=trained.run_id,
+        tags={**trained.version_tags(), "dagster.run_id": context.run.run_id},
         description=f"nvs/{scene_id}: {decision.reason}",
         aliases=[challenger_alias, champion_alias] if config.auto_promote else [challenger_alias],
-        value={
-            "scene_id": scene_id,
-            "model_name": name,
-            "run_id": splats["run_id"],
-            "gate": decision.reason,
-            "metrics": splats["metrics"],
-            "lakefs_commit": splats["lakefs_commit"],
-            "git_sha": splats["git_sha"],
-        },
+        value={"scene_id": scene_id, "model_name": name, "run_id": trained.run_id}
+        | {"gate": decision.reason, "metrics": trained.metrics, **lineage},
         extra_metadata={
             "psnr": round(decision.candidate, 3),
-            "lakefs_commit": splats["lakefs_commit"],
+            "lakefs_commit": trained.lakefs_commit,
         },
         check_name=GATE_CHECK,
         check_metadata={

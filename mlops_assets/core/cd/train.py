@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import math
-import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -43,7 +42,7 @@ from mlops_assets.core.cd.dataset import (
 )
 from mlops_assets.core.cd.model import BceDiceLoss, build_unet, model_spec
 from mlops_assets.core.cd.raster import label_image, overlay_image, rgb_image, side_by_side
-from mlops_assets.core.compute import torch_threads
+from mlops_assets.core.compute import seed_everything, select_device, torch_threads
 
 
 class TrainingError(RuntimeError):
@@ -89,15 +88,6 @@ class TrainResult:
     )
 
 
-def select_device(preference: str) -> torch.device:
-    """``cuda`` when asked or available (``auto``), else ``cpu``."""
-    if preference == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("device='cuda' was requested but CUDA is not available")
-    if preference in ("cuda", "auto") and torch.cuda.is_available():
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
 class EarlyStopping:
     """Counts epochs since validation F1 last beat the best by more than ``min_delta``.
 
@@ -121,16 +111,6 @@ class EarlyStopping:
         elif self.epochs > self.min_epochs:
             self.stale += 1
         return self.patience > 0 and self.stale >= self.patience
-
-
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed Python, NumPy and PyTorch; return a generator for data loading."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.backends.cudnn.deterministic = True
-    torch.backends.cudnn.benchmark = False
-    return torch.Generator().manual_seed(seed)
 
 
 def warmup_cosine(
@@ -242,8 +222,8 @@ def _train(
 ) -> TrainResult:
     if not refs:
         raise TrainingError("no tiles to train on")
-    generator = seed_everything(config.seed)
-    device = select_device(config.device)
+    generator = seed_everything(config.seed, deterministic=True)
+    device = select_device(config.device, TrainingError)
     split = make_split(refs, config)
     if not split.train or not split.val:
         raise TrainingError(

@@ -15,7 +15,6 @@ step, the phase, the Gaussian count and the same checkpoint, with the device mem
 from __future__ import annotations
 
 import math
-import random
 import re
 import resource
 import sys
@@ -36,7 +35,7 @@ from torchmetrics.functional.image import (
     structural_similarity_index_measure,
 )
 
-from mlops_assets.core.compute import torch_threads
+from mlops_assets.core.compute import seed_everything, select_device, torch_threads
 from mlops_assets.core.nvs import raster_cpu
 from mlops_assets.core.nvs.config import NVSTrainConfig
 from mlops_assets.core.nvs.data import NVSDataset, NVSView
@@ -177,24 +176,7 @@ class TrainResult:
         return out
 
 
-# Devices, seeds and rasterisers ---------------------------------------------------------------
-
-
-def select_device(preference: str) -> torch.device:
-    """``cuda`` when asked for or available (``auto``), else ``cpu``."""
-    if preference == "cuda" and not torch.cuda.is_available():
-        raise NVSTrainingError("device='cuda' was requested but CUDA is not available")
-    if preference in ("cuda", "auto") and torch.cuda.is_available():
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed Python, NumPy and PyTorch; return a generator for the view order."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
+# Rasterisers ---------------------------------------------------------------------------------
 
 
 def gsplat_rasterizer(
@@ -443,7 +425,9 @@ def train_splats(
         with torch_threads(config.num_threads):
             return _train(dataset, config, init, on_log, on_eval, checkpoint_dir, progress)
     except torch.OutOfMemoryError as exc:
-        raise _out_of_memory(exc, select_device(config.device), config, progress) from exc
+        raise _out_of_memory(
+            exc, select_device(config.device, NVSTrainingError), config, progress
+        ) from exc
 
 
 def _train(
@@ -458,7 +442,7 @@ def _train(
     """`train_splats`' loop; ``progress`` says where it is when memory runs out."""
     if not dataset.train:
         raise NVSTrainingError("the dataset has no training views")
-    device = select_device(config.device)
+    device = select_device(config.device, NVSTrainingError)
     if config.strategy == "mcmc" and device.type != "cuda":
         raise NVSTrainingError(
             "strategy 'mcmc' needs CUDA (gsplat's relocation kernel has no CPU implementation); "

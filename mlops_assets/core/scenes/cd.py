@@ -12,8 +12,8 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,15 @@ class RasterInfo:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable description."""
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RasterInfo:
+        """The description `to_dict` wrote (JSON turned its tuples into lists)."""
+        values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
+        for name in ("bounds", "resolution", "block_shape", "notes"):
+            if name in values:
+                values[name] = tuple(values[name])
+        return cls(**values)
 
 
 @dataclass
@@ -365,6 +374,27 @@ class CDScene:
             "grid": self.grid,
             "manifest": None if self.manifest is None else self.manifest.to_dict(),
         }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CDScene:
+        """The scene `to_dict` wrote (the ``cd/scene`` asset's value)."""
+
+        def raster(role: str) -> RasterInfo | None:
+            value = data.get(role)
+            return None if not value else RasterInfo.from_dict(value)
+
+        manifest = data.get("manifest")
+        return cls(
+            scene_id=data["scene_id"],
+            repository=data["repository"],
+            ref=data.get("ref", ""),
+            commit_id=data["commit_id"],
+            pre=raster("pre"),
+            post=raster("post"),
+            label=raster("label"),
+            problems=dict(data.get("problems") or {}),
+            manifest=None if manifest is None else SceneManifest(**manifest),
+        )
 
 
 def read_cd_scene(

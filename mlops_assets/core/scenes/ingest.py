@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from mlops_assets.core.changes import MERGE_SOURCE_KEY
 from mlops_assets.core.scenes.cd import validate_local_cd
 from mlops_assets.core.scenes.checks import CheckLimits
 from mlops_assets.core.scenes.layout import (
@@ -34,7 +33,7 @@ from mlops_assets.core.scenes.layout import (
 )
 from mlops_assets.core.scenes.nvs import local_nvs_files, validate_local_nvs
 from mlops_assets.core.store.base import VersionedStore
-from mlops_assets.core.store.branches import WRITE_PREFIX, work_branch_name
+from mlops_assets.core.store.branches import MERGE_SOURCE_KEY, WRITE_PREFIX, work_branch_name
 from mlops_assets.core.store.types import (
     Change,
     Commit,

@@ -4,7 +4,7 @@
 model (a few small files) and reads it with pycolmap; photos are streamed one at a time to prove
 they decode. Problems are recorded, not raised, so `check_nvs_scene` reports all of them.
 
-A scene with photos and no ``sparse/`` at all is valid input: `recover_model_with_sfm` poses the
+A scene with photos and no ``sparse/`` at all is valid input: `core.nvs.recover` poses the
 photos with structure-from-motion and publishes the model to the outputs branch (never to the
 branch the sensors watch). Either way the scene records a `ModelLocation`, the commit and prefix
 the model is read from, and `materialize_nvs_scene` downloads photos and model from there.
@@ -15,15 +15,13 @@ from __future__ import annotations
 import math
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from mlops_assets.core.nvs.sfm import SfMError, run_sfm
-from mlops_assets.core.publish import publish_files
 from mlops_assets.core.scenes.checks import CheckLimits, CheckOutcome, content_hash
 from mlops_assets.core.scenes.colmap import (
     PINHOLE_MODELS,
@@ -91,17 +89,6 @@ class SfMSummary:
     mean_reprojection_error_px: float | None
     seconds: float | None  # None when an earlier run's model was reused
     reused: bool = False
-
-
-@dataclass(frozen=True)
-class SfMSettings:
-    """The structure-from-motion knobs `recover_model_with_sfm` passes to `run_sfm`."""
-
-    min_registered: int = 3
-    max_image_size: int | None = 1600
-    num_threads: int | None = None
-    reuse: bool = True  # reuse a model an earlier run published for the same photos and settings
-    enabled: bool = True  # False: a scene without a model fails instead
 
 
 @dataclass(frozen=True)
@@ -178,6 +165,32 @@ class NVSScene:
             "sfm": None if self.sfm is None else vars(self.sfm),
         }
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> NVSScene:
+        """The scene `to_dict` wrote (the ``nvs/scene`` asset's value)."""
+        location, model, sfm = data.get("model_location"), data.get("model"), data.get("sfm")
+        return cls(
+            scene_id=data["scene_id"],
+            repository=data["repository"],
+            ref=data.get("ref", ""),
+            commit_id=data["commit_id"],
+            images=[ObjectRef(**o) for o in data.get("images") or []],
+            model_files=[ObjectRef(**o) for o in data.get("model_files") or []],
+            model=None if not model else ModelSummary(**model),
+            missing_images=list(data.get("missing_images") or []),
+            problems=dict(data.get("problems") or {}),
+            model_location=None
+            if not location
+            else ModelLocation(
+                source=location["source"],
+                branch=location["branch"],
+                commit_id=location["commit_id"],
+                prefix=location["prefix"],
+                files=[ObjectRef(**o) for o in location.get("files") or []],
+            ),
+            sfm=None if not sfm else SfMSummary(**sfm),
+        )
+
 
 def image_problem(path: Path, limits: CheckLimits | None = None) -> str | None:
     """Why the photo at ``path`` cannot be trained on, or None: it must decode completely.
@@ -231,7 +244,7 @@ def _camera_problem(camera: Camera) -> str | None:
     return None
 
 
-def _model_problems(model: ColmapModel) -> list[str]:
+def model_problems(model: ColmapModel) -> list[str]:
     """What makes a readable model unusable for training.
 
     Zero registered images, an unsupported camera model, intrinsics that are not positive and
@@ -317,7 +330,7 @@ def read_nvs_scene(
                 f".txt); found {found}"
             )
         elif fmt is None:
-            pass  # photos only: structure-from-motion can pose them (`recover_model_with_sfm`)
+            pass  # photos only: structure-from-motion can pose them (`core.nvs.recover`)
         elif paths.sparse in problems:
             pass  # a model file is damaged in the store: reading it would read what is left
         else:
@@ -327,9 +340,9 @@ def read_nvs_scene(
                 problems[paths.sparse] = str(exc).removeprefix(f"{model_dir}: ")
             else:
                 summary = summarise_model(model, fmt)
-                model_problems = _model_problems(model)
-                if model_problems:
-                    problems[paths.sparse] = "; ".join(model_problems)
+                found = model_problems(model)
+                if found:
+                    problems[paths.sparse] = "; ".join(found)
                 else:
                     location = ModelLocation("scene", ref, commit_id, paths.sparse, model_files)
                 present = {i.path[len(paths.images) :] for i in images}
@@ -352,7 +365,7 @@ def check_nvs_scene(scene: NVSScene) -> list[CheckOutcome]:
     """The raw-scene checks: files present and readable; model readable, every image present.
 
     A scene with photos and no model at all passes the model check before structure-from-motion
-    has run (`NVSScene.needs_sfm`: the photos are valid input); once `recover_model_with_sfm` has
+    has run (`NVSScene.needs_sfm`: the photos are valid input); once `core.nvs.recover` has
     run, the check says what it recovered, or fails with its error.
     """
     paths = scene.paths
@@ -418,167 +431,31 @@ def check_nvs_scene(scene: NVSScene) -> list[CheckOutcome]:
     return [files, model]
 
 
-def recover_model_with_sfm(
-    store: VersionedStore,
-    scene: NVSScene,
-    work_dir: Path,
-    *,
-    outputs_branch: str,
-    base_branch: str,
-    settings: SfMSettings | None = None,
-    message: str | None = None,
-    metadata: Mapping[str, str] | None = None,
-) -> NVSScene:
-    """Pose a photos-only scene with structure-from-motion and publish the model to outputs.
-
-    The photos are read at the scene's commit; the model is written under the scene's
-    ``sparse/0/`` on ``outputs_branch`` (created from ``base_branch`` if missing) through
-    `publish_files`, with ``metadata`` plus the SfM figures on the commit. With
-    ``settings.reuse``, a model an earlier run published for the same scene commit and settings
-    is read back instead of running SfM again. Returns the scene with its `ModelLocation`,
-    model summary and `SfMSummary`; when SfM poses too few photos, the scene carries the error as
-    its model problem and nothing is written.
-    """
-    settings = settings or SfMSettings()
-    if not scene.needs_sfm:
-        raise ValueError(f"nvs/{scene.scene_id} does not need structure-from-motion")
-    paths = scene.paths
-    if not settings.enabled:
-        problem = "no COLMAP model, and structure-from-motion is disabled"
-        return replace(scene, problems={**scene.problems, paths.sparse: problem})
-    tag = _sfm_tag(scene, settings)
-    if settings.reuse:
-        reused = _published_sfm_model(store, scene, outputs_branch, tag, work_dir / "reused")
-        if reused is not None:
-            return reused
-    images_dir = work_dir / "images"
-    for image in scene.images:
-        store.download(scene.commit_id, image.path, images_dir / image.path[len(paths.images) :])
-    try:
-        result = run_sfm(
-            images_dir,
-            work_dir / "sfm",
-            min_registered=settings.min_registered,
-            max_image_size=settings.max_image_size,
-            num_threads=settings.num_threads,
-        )
-    except SfMError as exc:
-        problem = str(exc).replace(str(images_dir), f"{paths.images} at {scene.commit_id[:12]}")
-        return replace(scene, problems={**scene.problems, paths.sparse: problem})
-    model = result.model
-    model_problems = _model_problems(model)
-    if model_problems:  # SfM fits the camera model asked for; refuse it all the same if odd
-        return replace(scene, problems={**scene.problems, paths.sparse: "; ".join(model_problems)})
-    error = model.mean_reprojection_error
-    sfm = SfMSummary(
-        images=result.num_images,
-        registered_images=result.registered,
-        unregistered=result.unregistered,
-        mean_reprojection_error_px=None if error is None else round(error, 4),
-        seconds=round(result.seconds, 2),
-    )
-    files = {p.name: p for p in sorted(result.model_dir.iterdir()) if p.is_file()}
-    publication = publish_files(
-        store,
-        outputs_branch,
-        base_branch,
-        paths.sparse,
-        files,
-        message
-        or (
-            f"SfM model of nvs/{scene.scene_id} at {scene.commit_id[:12]}: "
-            f"{sfm.registered_images} of {sfm.images} photos registered"
-        ),
-        {
-            **(metadata or {}),
-            "source_commit": scene.commit_id,
-            "source_repository": scene.repository,
-            "scene": f"nvs/{scene.scene_id}",
-            "model_source": "sfm",
-            _SFM_TAG_KEY: tag,
-            "sfm_images": str(sfm.images),
-            "sfm_registered_images": str(sfm.registered_images),
-            "sfm_mean_reprojection_error_px": str(sfm.mean_reprojection_error_px),
-        },
-    )
-    refs = [
-        ObjectRef(o.path, o.checksum, o.size)
-        for o in store.list(publication.commit_id, paths.sparse)
-    ]
-    location = ModelLocation("sfm", outputs_branch, publication.commit_id, paths.sparse, refs)
-    return replace(scene, model=summarise_model(model, "bin"), model_location=location, sfm=sfm)
-
-
-_SFM_TAG_KEY = "sfm_settings"
-
-
-def _sfm_tag(scene: NVSScene, settings: SfMSettings) -> str:
-    """What makes two SfM runs interchangeable: the photos and the settings that shape the model."""
-    return (
-        f"{scene.content_hash}:min_registered={settings.min_registered}:"
-        f"max_image_size={settings.max_image_size}"
-    )
-
-
-def _published_sfm_model(
-    store: VersionedStore, scene: NVSScene, outputs_branch: str, tag: str, work_dir: Path
-) -> NVSScene | None:
-    """The scene with the SfM model an earlier run published for ``tag``, if outputs has it."""
-    paths = scene.paths
-    if outputs_branch not in store.list_branches():
-        return None
-    latest = next(iter(store.log(outputs_branch, prefixes=[paths.sparse], limit=1)), None)
-    if latest is None or latest.metadata.get(_SFM_TAG_KEY) != tag:
-        return None
-    objects = list(store.list(latest.id, paths.sparse))
-    for obj in objects:
-        store.download(latest.id, obj.path, work_dir / obj.path[len(paths.sparse) :])
-    try:
-        model = read_model(work_dir)
-    except ValueError:
-        return None  # not a model after all: run SfM again
-    error = model.mean_reprojection_error
-    posed = {image.name for image in model.images}
-    names = [image.path[len(paths.images) :] for image in scene.images]
-    sfm = SfMSummary(
-        images=len(names),
-        registered_images=len(model.images),
-        unregistered=[name for name in names if name not in posed],
-        mean_reprojection_error_px=None if error is None else round(error, 4),
-        seconds=None,
-        reused=True,
-    )
-    refs = [ObjectRef(o.path, o.checksum, o.size) for o in objects]
-    location = ModelLocation("sfm", outputs_branch, latest.id, paths.sparse, refs)
-    return replace(scene, model=summarise_model(model, "bin"), model_location=location, sfm=sfm)
-
-
 def materialize_nvs_scene(
-    store: VersionedStore, scene_record: Mapping[str, Any], dest: Path
+    store: VersionedStore, scene: NVSScene | Mapping[str, Any], dest: Path
 ) -> tuple[Path, Path]:
     """Download a scene's photos and model, each at its pinned commit, into ``dest``.
 
-    ``scene_record`` is the ``nvs/scene`` asset's value (`NVSScene.to_dict`). Photos come from
-    the scene's commit; the model from its ``model_location`` (the same commit, or the outputs
-    commit SfM published it in). Returns ``(dest / "sparse" / "0", dest / "images")``; raises
-    `SceneError` when the record has no usable model.
+    ``scene`` is the ``nvs/scene`` asset's value (or its `NVSScene.to_dict` form). Photos come
+    from the scene's commit; the model from its ``model_location`` (the same commit, or the
+    outputs commit SfM published it in). Returns ``(dest / "sparse" / "0", dest / "images")``;
+    raises `SceneError` when the record has no usable model.
     """
-    location = scene_record.get("model_location")
-    scene = f"nvs/{scene_record.get('scene_id')}"
-    if not location:
-        problems = scene_record.get("problems") or {}
-        raise SceneError(f"{scene}: no usable COLMAP model recorded ({problems or 'none found'})")
+    if not isinstance(scene, NVSScene):
+        scene = NVSScene.from_dict(scene)
+    location = scene.model_location
+    if location is None:
+        problems = scene.problems or "none found"
+        raise SceneError(f"nvs/{scene.scene_id}: no usable COLMAP model recorded ({problems})")
     model_dir, images_dir = dest / "sparse" / "0", dest / "images"
-    for image in scene_record["images"]:
-        path = str(image["path"])
-        store.download(scene_record["commit_id"], path, images_dir / path.rsplit("/", 1)[-1])
-    prefix = str(location["prefix"])
-    files = location.get("files") or [
-        {"path": o.path} for o in store.list(location["commit_id"], prefix)
+    for image in scene.images:
+        store.download(scene.commit_id, image.path, images_dir / image.path.rsplit("/", 1)[-1])
+    prefix = location.prefix
+    files = [o.path for o in location.files] or [
+        o.path for o in store.list(location.commit_id, prefix)
     ]
-    for obj in files:
-        path = str(obj["path"])
-        store.download(location["commit_id"], path, model_dir / path[len(prefix) :])
+    for path in files:
+        store.download(location.commit_id, path, model_dir / path[len(prefix) :])
     return model_dir, images_dir
 
 
@@ -621,7 +498,7 @@ def validate_local_nvs(src: Path, limits: CheckLimits | None = None) -> list[str
     except ValueError as exc:
         problems.append(str(exc))
         return problems
-    problems += [f"{sparse}: {problem}" for problem in _model_problems(model)]
+    problems += [f"{sparse}: {problem}" for problem in model_problems(model)]
     missing = sorted(i.name for i in model.images if i.name not in names)
     if missing:
         problems.append(

@@ -24,6 +24,11 @@ from dataclasses import dataclass
 from mlops_assets.core.store.base import VersionedStore
 from mlops_assets.core.store.types import NotFoundError
 
+#: Commit metadata naming the branch a merge came from: written by every merge the pipeline makes
+#: (ingest, write-audit-publish), read by `mlops_assets.core.changes` to tell where a commit came
+#: from.
+MERGE_SOURCE_KEY = "merge_source"
+
 WRITE_PREFIX = "write-"
 PUBLISH_PREFIX = "publish-"
 INGEST_PREFIX = "ingest-"

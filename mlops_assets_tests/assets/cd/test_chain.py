@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from mlops_assets.assets.cd.scene import cd_scene
 from mlops_assets.assets.cd.tiles import cd_tiles
 from mlops_assets.core.cd.config import TrainConfig
 from mlops_assets.core.store.embedded import EmbeddedStore
-from mlops_assets_tests.conftest import commit_folder
+from mlops_assets_tests.conftest import DEPLOYMENT_VARIABLES, commit_folder, embedded_resources
 
 pytestmark = pytest.mark.slow
 
@@ -64,23 +64,54 @@ def failure_message(result: dg.ExecuteInJobResult) -> str:
     raise AssertionError("no step failed")
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def chain(
-    store: EmbeddedStore,
-    instance: dg.DagsterInstance,
-    resources: dict[str, Any],
-    demo_cd_dir: Path,
-    demo_cd_warped_dir: Path,
-) -> dict[str, Any]:
-    """Two labelled scenes tiled, a model trained and registered."""
-    commit_folder(store, demo_cd_dir, "cd/farm/")
-    commit = commit_folder(store, demo_cd_warped_dir, "cd/river/")
-    for scene in ("farm", "river"):
-        result = materialize([cd_scene, cd_tiles], instance, resources, scene)
-        assert result.success, scene
-    model = materialize([cd_model, cd_registered_model], instance, resources)
-    assert model.success
-    return {"commit": commit, "model": model}
+    tmp_path_factory: pytest.TempPathFactory, demo_cd_dir: Path, demo_cd_warped_dir: Path
+) -> Iterator[dict[str, Any]]:
+    """Two labelled scenes tiled, a model trained and registered: once for the whole module.
+
+    The tests read this chain and add to it (a reused tile set, a refused registration, a
+    change map) without undoing what the others check.
+    """
+    root = tmp_path_factory.mktemp("cd-chain")
+    with pytest.MonkeyPatch.context() as env, dg.instance_for_test() as instance:
+        for name in DEPLOYMENT_VARIABLES:
+            env.delenv(name, raising=False)
+        store = EmbeddedStore(root / "store", "scenes")
+        store.ensure_repository()
+        resources = embedded_resources(store, root)
+        commit_folder(store, demo_cd_dir, "cd/farm/")
+        commit = commit_folder(store, demo_cd_warped_dir, "cd/river/")
+        for scene in ("farm", "river"):
+            result = materialize([cd_scene, cd_tiles], instance, resources, scene)
+            assert result.success, scene
+        model = materialize([cd_model, cd_registered_model], instance, resources)
+        assert model.success
+        yield {
+            "commit": commit,
+            "model": model,
+            "store": store,
+            "instance": instance,
+            "resources": resources,
+        }
+
+
+@pytest.fixture
+def store(chain: dict[str, Any]) -> EmbeddedStore:
+    """The chain's store."""
+    return chain["store"]
+
+
+@pytest.fixture
+def instance(chain: dict[str, Any]) -> dg.DagsterInstance:
+    """The chain's Dagster instance."""
+    return chain["instance"]
+
+
+@pytest.fixture
+def resources(chain: dict[str, Any]) -> dict[str, Any]:
+    """The chain's resources."""
+    return chain["resources"]
 
 
 def test_tiles_are_published_once_under_a_commit_and_config_key(
@@ -141,7 +172,9 @@ def test_registered_version_carries_lineage_and_aliases(
     assert champion.current_stage in (None, "None")  # aliases only, never stages
     assert json.loads(champion.tags["lakefs.commits"])["river"] == chain["commit"]
     assert champion.tags["git_sha"] == "0123abc"
-    assert float(champion.tags["val_f1"]) >= 0.0
+    (trained,) = chain["model"].asset_materializations_for_node("cd__model")
+    val_f1 = float(str(trained.metadata["val_f1"].value))  # rounded to 4 places
+    assert float(champion.tags["val_f1"]) == pytest.approx(val_f1, abs=1e-4)
     (check,) = chain["model"].get_asset_check_evaluations()
     assert check.passed and "no champion yet" in (check.description or "")
 

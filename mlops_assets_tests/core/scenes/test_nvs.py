@@ -9,17 +9,16 @@ from typing import Any
 import numpy as np
 import pytest
 
+from mlops_assets.core.nvs.recover import SfMSettings, recover_model_with_sfm
 from mlops_assets.core.scenes.checks import CheckLimits
 from mlops_assets.core.scenes.colmap import read_model, write_model
 from mlops_assets.core.scenes.layout import SceneError
 from mlops_assets.core.scenes.nvs import (
     FILES_CHECK,
     MODEL_CHECK,
-    SfMSettings,
     check_nvs_scene,
     materialize_nvs_scene,
     read_nvs_scene,
-    recover_model_with_sfm,
     validate_local_nvs,
 )
 from mlops_assets.core.store.embedded import EmbeddedStore

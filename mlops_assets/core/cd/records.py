@@ -1,0 +1,77 @@
+"""What the change-detection assets hand each other (``cd/tiles``, ``cd/model``, ``cd/change_map``).
+
+``cd/scene`` hands on a `mlops_assets.core.scenes.cd.CDScene`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from mlops_assets.core.records import ModelOutputRecord, Record, TrainingRecord
+
+
+@dataclasses.dataclass(frozen=True)
+class TilesRecord(Record):
+    """``cd/tiles``: where a scene's tile set is published, and what it holds."""
+
+    scene_id: str
+    repository: str
+    commit_id: str
+    key: str  # the output store key of the tile set
+    uri: str
+    published: bool  # False: every window was dropped and nothing was published
+    tile_count: int
+    labelled_tiles: int
+    has_label: bool
+    config_hash: str
+    sources: dict[str, str] = dataclasses.field(default_factory=lambda: dict[str, str]())
+
+    @property
+    def data_version(self) -> str:
+        """The tile set's version: the scene commit and the tiling config."""
+        return f"{self.commit_id[:16]}-{self.config_hash}"
+
+
+def tiles_by_scene(loaded: Mapping[str, Any] | None) -> dict[str, TilesRecord]:
+    """``cd/model``'s ``tiles`` input, whatever shape Dagster loaded it in, by scene.
+
+    Several partitions load as a dict of values by partition, a single one as its value alone,
+    and no partition at all as None.
+    """
+    if not loaded:
+        return {}
+    if isinstance(loaded.get("scene_id"), str):
+        record = TilesRecord.from_dict(loaded)
+        return {record.scene_id: record}
+    return {scene: TilesRecord.from_dict(value) for scene, value in sorted(loaded.items())}
+
+
+@dataclasses.dataclass(frozen=True)
+class CDModelRecord(TrainingRecord):
+    """``cd/model``: the training on every labelled scene's tiles."""
+
+    best_epoch: int
+    lakefs_commits: dict[str, str]  # scene -> commit trained on
+    tiles: dict[str, str]  # scene -> output store key of its tile set
+    train_scenes: list[str]
+    val_scenes: list[str]
+
+    def lineage_tags(self) -> dict[str, str]:
+        """The repository and the commit of every scene trained on."""
+        commits = json.dumps(self.lakefs_commits, sort_keys=True)
+        return {**super().lineage_tags(), "lakefs.commits": commits}
+
+
+@dataclasses.dataclass(frozen=True)
+class ChangeMapRecord(ModelOutputRecord):
+    """``cd/change_map``: the published map and overlay (commit-pinned URIs) and its figures."""
+
+    change_map: str
+    overlay: str
+    changed_area_m2: float | None
+    changed_pixels: int
+    changed_percent: float
+    f1: float | None

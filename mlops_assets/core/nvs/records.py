@@ -1,0 +1,36 @@
+"""What the novel-view-synthesis assets hand each other (``nvs/splats``, ``nvs/render``).
+
+``nvs/scene`` hands on a `mlops_assets.core.scenes.nvs.NVSScene`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from mlops_assets.core.records import ModelOutputRecord, TrainingRecord
+
+
+@dataclasses.dataclass(frozen=True)
+class SplatsRecord(TrainingRecord):
+    """``nvs/splats``: one scene's training."""
+
+    scene_id: str
+    lakefs_commit: str
+
+    def lineage_tags(self) -> dict[str, str]:
+        """The scene, its repository and the commit trained on."""
+        return {
+            "scene_id": self.scene_id,
+            **super().lineage_tags(),
+            "lakefs.commit": self.lakefs_commit,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class RenderRecord(ModelOutputRecord):
+    """``nvs/render``: the published .ply, orbit video and preview (commit-pinned URIs)."""
+
+    ply: str
+    video: str
+    preview: str
+    num_gaussians: int
