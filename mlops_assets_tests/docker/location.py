@@ -13,7 +13,6 @@ from mlops_assets.assets.cd.model import cd_model
 from mlops_assets.assets.cd.scene import cd_scene
 from mlops_assets.assets.cd.tiles import cd_tiles
 from mlops_assets.definitions import build_resources
-from mlops_assets.resources.io_managers import JsonIOManager
 from mlops_assets.settings import Settings
 
 cd_scene_tiles = dg.define_asset_job(
@@ -26,12 +25,8 @@ cd_scene_tiles = dg.define_asset_job(
 @dg.definitions
 def defs() -> dg.Definitions:
     """Read the environment when the daemon or the run worker loads the location."""
-    settings = Settings.from_env()
-    resources = build_resources(settings)
-    # Asset values in S3 when an output bucket is set (until definitions.py binds this itself).
-    resources["json_io_manager"] = JsonIOManager(
-        base_dir=settings.assets_url, endpoint_url=settings.s3_endpoint_url
-    )
     return dg.Definitions(
-        assets=[cd_scene, cd_tiles, cd_model], jobs=[cd_scene_tiles], resources=resources
+        assets=[cd_scene, cd_tiles, cd_model],
+        jobs=[cd_scene_tiles],
+        resources=build_resources(Settings.from_env()),
     )

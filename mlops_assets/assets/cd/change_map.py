@@ -29,6 +29,8 @@ from mlops_assets.resources.lineage import LineageResource
 from mlops_assets.resources.mlflow import MLflowResource
 from mlops_assets.resources.outputs import OutputStoreResource
 from mlops_assets.resources.scene_store import SceneStoreResource
+from mlops_assets.retries import EXTERNAL_RETRY
+from mlops_assets.scale import gpu_op_tags
 
 KEY = keys.CD_CHANGE_MAP
 MAP_FILE = "change_map.tif"
@@ -129,6 +131,8 @@ def _predict_and_publish(
     group_name=keys.CD_GROUP,
     kinds={"pytorch", "geotiff", "lakefs"},
     io_manager_key="json_io_manager",
+    retry_policy=EXTERNAL_RETRY,
+    op_tags=gpu_op_tags(),  # on Kubernetes: a GPU node (mlops_assets.scale)
     pool="gpu",
     description=(
         "Change probability and mask over the whole scene (pre's grid, nodata kept) from the "

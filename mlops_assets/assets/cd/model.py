@@ -21,6 +21,8 @@ from mlops_assets.resources.failures import failure_on
 from mlops_assets.resources.lineage import LineageResource
 from mlops_assets.resources.mlflow import MLflowResource
 from mlops_assets.resources.outputs import OutputStoreResource
+from mlops_assets.retries import EXTERNAL_RETRY, TRAINING_RETRY
+from mlops_assets.scale import gpu_op_tags
 
 KEY = keys.CD_MODEL
 REGISTERED_KEY = keys.CD_REGISTERED_MODEL
@@ -166,6 +168,8 @@ class _Progress:
     group_name=keys.CD_GROUP,
     kinds={"pytorch", "mlflow"},
     io_manager_key="json_io_manager",
+    retry_policy=TRAINING_RETRY,
+    op_tags=gpu_op_tags(),  # on Kubernetes: a GPU node (mlops_assets.scale)
     pool="gpu",
     description=(
         "An early-fusion U-Net (segmentation-models-pytorch) trained on the tiles of every "
@@ -235,6 +239,7 @@ def cd_model(
     group_name=keys.CD_GROUP,
     kinds={"mlflow"},
     io_manager_key="json_io_manager",
+    retry_policy=EXTERNAL_RETRY,
     check_specs=[
         dg.AssetCheckSpec(
             GATE_CHECK,

@@ -29,6 +29,7 @@ from mlops_assets.resources.failures import failure_on
 from mlops_assets.resources.lineage import LineageResource
 from mlops_assets.resources.mlflow import MLflowResource
 from mlops_assets.resources.scene_store import SceneStoreResource
+from mlops_assets.retries import EXTERNAL_RETRY
 
 KEY = keys.NVS_RENDER
 PLY_FILE = "splats.ply"
@@ -121,6 +122,7 @@ def _render_and_publish(
     group_name=keys.NVS_GROUP,
     kinds={"gsplat", "ply", "lakefs"},
     io_manager_key="json_io_manager",
+    retry_policy=EXTERNAL_RETRY,
     description=(
         "The scene's registered splats (by alias) as an INRIA-layout .ply and an orbit .mp4, "
         "committed to the outputs branch with the model version and source commit."

@@ -30,6 +30,8 @@ from mlops_assets.resources.failures import failure_on
 from mlops_assets.resources.lineage import LineageResource
 from mlops_assets.resources.mlflow import MLflowResource
 from mlops_assets.resources.scene_store import SceneStoreResource
+from mlops_assets.retries import EXTERNAL_RETRY, TRAINING_RETRY
+from mlops_assets.scale import gpu_op_tags
 
 if TYPE_CHECKING:
     from mlops_assets.core.nvs.data import NVSDataset
@@ -227,6 +229,8 @@ def _splats_metadata(
     group_name=keys.NVS_GROUP,
     kinds={"pytorch", "gsplat", "mlflow"},
     io_manager_key="json_io_manager",
+    retry_policy=TRAINING_RETRY,
+    op_tags=gpu_op_tags(),  # on Kubernetes: a GPU node (mlops_assets.scale)
     pool="gpu",
     description=(
         "3D Gaussian Splatting trained on one capture from its sparse points (gsplat on CUDA, "
@@ -288,6 +292,7 @@ def nvs_splats(
     group_name=keys.NVS_GROUP,
     kinds={"mlflow"},
     io_manager_key="json_io_manager",
+    retry_policy=EXTERNAL_RETRY,
     check_specs=[
         dg.AssetCheckSpec(
             GATE_CHECK,

@@ -9,6 +9,9 @@ it, before anything is written to the store.
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
@@ -109,3 +112,17 @@ def fetch_s3_folder(
         target.parent.mkdir(parents=True, exist_ok=True)
         client.download_file(folder.bucket, key, str(target))
     return dest
+
+
+@contextlib.contextmanager
+def local_scene_folder(source: str, client: Callable[[], S3Client]) -> Generator[Path]:
+    """``source`` as a local folder: itself, or an ``s3://`` folder copied to a temporary one.
+
+    ``client`` builds the S3 client, only when the source is in S3. The copy is deleted when the
+    block ends, whatever happened in it.
+    """
+    if not is_s3_source(source):
+        yield Path(source)
+        return
+    with tempfile.TemporaryDirectory(prefix="mlops-s3-scene-") as staging:
+        yield fetch_s3_folder(client(), source, Path(staging) / "scene")
