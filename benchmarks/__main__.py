@@ -41,6 +41,7 @@ def _benches() -> list[Bench]:
     from benchmarks.ingest import bench_ingest_throughput
     from benchmarks.nvs import bench_nvs_gpu, bench_nvs_psnr
     from benchmarks.parallel_partitions import bench_parallel_partitions
+    from benchmarks.retry_cost import bench_retry_cost
     from benchmarks.sensor_latency import bench_sensor_latency
     from benchmarks.tiling import bench_tiling_rss, bench_tiling_throughput
     from benchmarks.training import bench_heldout_f1, bench_training_throughput
@@ -81,6 +82,12 @@ def _benches() -> list[Bench]:
             "4 CD scene runs through the queued coordinator + daemon, 1 vs 2 at once (quick: 2)",
             lambda: bench_parallel_partitions(scenes=4),
             lambda: bench_parallel_partitions(scenes=2, scene_px=128),
+        ),
+        Bench(
+            "retry-cost",
+            "MLflow killed mid-registration: restart + the retried step (3 rounds; quick 1)",
+            lambda: bench_retry_cost(rounds=3),
+            lambda: bench_retry_cost(rounds=1),
         ),
         Bench(
             "sensor-latency",
