@@ -80,7 +80,7 @@ def _predict_and_publish(
         out, overlay_path = Path(tmp) / MAP_FILE, Path(tmp) / OVERLAY_FILE
         label = f"cd/{scene_id} at {commit[:12]}: "
         with (
-            failure_on(AlignmentError, ModelMismatchError, label=label),
+            failure_on(AlignmentError, ModelMismatchError, label=label, allow_retries=False),
             open_scene(source, scene_store.get_store(), resampling) as pair,
         ):
             summary = predict_scene(
@@ -160,7 +160,9 @@ def cd_change_map(
     with failure_on(TrackingError, label=label):
         model = load_cd_model(tracker, config.model_name, config.alias)
     if not tile_set.published:
-        raise dg.Failure(description=f"cd/{scene_id}: its tiles were not published")
+        raise dg.Failure(
+            description=f"cd/{scene_id}: its tiles were not published", allow_retries=False
+        )
     index = TileIndex.load(output_store.fetch(tile_set.key))
     record, summary, overlay = _predict_and_publish(
         context, source, index, model, config, scene_store, output_store, lineage, mlflow

@@ -197,7 +197,8 @@ def cd_model(
     if not sets:
         raise dg.Failure(
             description="no labelled, published tiles: materialise cd/tiles for labelled scenes "
-            f"first (partitions seen: {', '.join(sorted(records)) or 'none'})"
+            f"first (partitions seen: {', '.join(sorted(records)) or 'none'})",
+            allow_retries=False,
         )
     tags, params, datasets = _run_inputs(train_config, sets, config.preset.value)
     name = f"cd-unet-{context.run.run_id[:8]}"
@@ -205,7 +206,7 @@ def cd_model(
         context, tracker, lineage, name=name, tags=tags, params=params, datasets=datasets
     ) as run_id:
         progress = _Progress(context.log, tracker, run_id, train_config.epochs)
-        with failure_on(TrainingError, label="training failed: "):
+        with failure_on(TrainingError, label="training failed: ", allow_retries=False):
             result = train_change_model(
                 tile_refs(sets), train_config, progress.epoch, progress.batch
             )

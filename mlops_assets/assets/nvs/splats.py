@@ -65,8 +65,9 @@ def _out_of_memory(
         else:
             kept = f"last good checkpoint (step {exc.checkpoint_step}) kept in MLflow: {uri}"
             info |= {"checkpoint_step": exc.checkpoint_step, "checkpoint_uri": uri}
-    return dg.Failure(
+    return dg.Failure(  # the same preset runs out of memory again: no retry
         description=f"nvs/{scene_id}: preset '{preset}': {exc.reason}; {kept}",
+        allow_retries=False,
         metadata=metadata(info),
     )
 
@@ -156,12 +157,13 @@ def _train(
     except SplatsOutOfMemoryError as exc:
         raise _out_of_memory(tracker, run_id, scene_id, preset, exc) from exc
     except DivergenceError as exc:
-        raise dg.Failure(
+        raise dg.Failure(  # seeded: a retry diverges the same way
             description=f"nvs/{scene_id}: training diverged at step {exc.step}: {exc}",
             metadata={"step": exc.step},
+            allow_retries=False,
         ) from exc
     except NVSTrainingError as exc:
-        raise dg.Failure(description=f"nvs/{scene_id}: {exc}") from exc
+        raise dg.Failure(description=f"nvs/{scene_id}: {exc}", allow_retries=False) from exc
 
 
 def _log_model(
