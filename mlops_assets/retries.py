@@ -25,7 +25,7 @@ EXTERNAL_RETRY = dg.RetryPolicy(
 #: Training steps: a retry repeats minutes of work, so fewer and later.
 TRAINING_RETRY = dg.RetryPolicy(
     max_retries=2,
-    delay=10.0,
+    delay=5.0,  # 5, 10 (+/- jitter)
     backoff=dg.Backoff.EXPONENTIAL,
     jitter=dg.Jitter.PLUS_MINUS,
 )

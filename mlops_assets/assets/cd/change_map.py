@@ -152,12 +152,15 @@ def cd_change_map(
     """Predict one scene with the aliased model and publish the GeoTIFF and overlay."""
     # PyTorch and MLflow load here, when the step runs, not with the code location.
     from mlops_assets.core.cd.registry import load_cd_model
-    from mlops_assets.core.tracking import TrackingError
+    from mlops_assets.core.tracking import AliasNotFoundError, TrackingError
 
     source, tile_set = CDScene.from_dict(scene), TilesRecord.from_dict(tiles)
     scene_id, commit, label = source.scene_id, source.commit_id, f"cd/{source.scene_id}: "
     tracker = mlflow.reachable_tracker(EXPERIMENT, label)
-    with failure_on(TrackingError, label=label):
+    with (  # a missing alias stays missing: no retry; an unreachable server may come back
+        failure_on(TrackingError, label=label),
+        failure_on(AliasNotFoundError, label=label, allow_retries=False),
+    ):
         model = load_cd_model(tracker, config.model_name, config.alias)
     if not tile_set.published:
         raise dg.Failure(
