@@ -43,6 +43,7 @@ def _benches() -> list[Bench]:
     from benchmarks.parallel_partitions import bench_parallel_partitions
     from benchmarks.retry_cost import bench_retry_cost
     from benchmarks.sensor_latency import bench_sensor_latency
+    from benchmarks.sweep import bench_sweep
     from benchmarks.tiling import bench_tiling_rss, bench_tiling_throughput
     from benchmarks.training import bench_heldout_f1, bench_training_throughput
 
@@ -144,6 +145,20 @@ def _benches() -> list[Bench]:
             "held-out F1, default preset, demo scenes at 768 px (quick: 3 epochs)",
             lambda: bench_heldout_f1(),
             lambda: bench_heldout_f1(epochs=3),
+        ),
+        Bench(
+            "sweep",
+            "Optuna study on the demo scenes: held-out F1 best vs trial 0 (20 min study), "
+            "cd/model time / trial time, trials/hour 2 workers vs 1 (quick: 256 px, minutes)",
+            lambda: bench_sweep(),
+            lambda: bench_sweep(
+                size=256,
+                epochs=2,
+                minutes=2,
+                overhead_rounds=1,
+                scaling_epochs=1,
+                scaling_minutes=1,
+            ),
         ),
     ]
 

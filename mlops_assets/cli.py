@@ -836,5 +836,76 @@ def import_dataset(
         click.echo(line)
 
 
+@main.command()
+@click.option(
+    "--preset",
+    type=click.Choice(["tiny", "default", "quality"]),
+    default=None,
+    help="Each trial's epochs and model size, and the space around them (default: default).",
+)
+@click.option("--trials", type=click.IntRange(min=1), default=None, help="Trials to add (20).")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Seconds after which no trial starts (default: none).",
+)
+@click.option("--workers", type=click.IntRange(1, 64), default=None, help="Processes at once (1).")
+@click.option("--study", default=None, help="Study to create or resume (cd-unet-<preset>).")
+@_fail_cleanly
+def sweep(
+    preset: str | None,
+    trials: int | None,
+    timeout: float | None,
+    workers: int | None,
+    study: str | None,
+) -> None:
+    """Run the cd_sweep job now: an Optuna study of the CD U-Net on every labelled scene.
+
+    Like `retrain`, the run executes in this process against the Dagster instance in
+    DAGSTER_HOME, tagged mlops/trigger=cli; each trial is an MLflow child run of the sweep's run.
+    A study of the same name resumes (refused if its tiles or search space changed). Then
+    `cd/model` with params_from: sweep trains with the best params. From the UI: Jobs, cd_sweep,
+    Launchpad (every knob, the search space included).
+    """
+    import dagster as dg
+
+    from mlops_assets.definitions import build_defs
+    from mlops_assets.jobs.sweep import SWEEP_OP, cd_sweep_job
+
+    settings = _settings()
+    _use_dagster_home(settings)
+    job = build_defs(settings).resolve_job_def(cd_sweep_job.name)
+    given = {"preset": preset, "n_trials": trials, "timeout_s": timeout, "n_workers": workers}
+    config = {k: v for k, v in (given | {"study_name": study}).items() if v is not None}
+    run_config: dict[str, Any] = {
+        "loggers": {"console": {"config": {"log_level": "INFO"}}},
+        "ops": {SWEEP_OP: {"config": config}},
+    }
+    with dg.DagsterInstance.get() as instance:
+        result = job.execute_in_process(
+            run_config=run_config,
+            instance=instance,
+            tags={"mlops/trigger": "cli"},
+            raise_on_error=False,
+        )
+    if not result.success:
+        reasons = [
+            (data.user_failure_data.description if data.user_failure_data else None)
+            or (data.error.message.strip() if data.error else "failed")
+            for data in (e.step_failure_data for e in result.all_events if e.is_step_failure)
+        ]
+        why = "; ".join(reasons) or "see the run in the UI"
+        click.echo(f"error: cd_sweep run {result.run_id} failed: {why}", err=True)
+        sys.exit(1)
+    record = result.output_for_node(SWEEP_OP)
+    best = ", ".join(f"{k}={v}" for k, v in sorted(record["best_params"].items()))
+    click.echo(
+        f"cd_sweep run {result.run_id} succeeded: study {record['study_name']!r}, best trial "
+        f"{record['best_trial']} F1 {record['best_value']:.4f} ({best}); MLflow run "
+        f"{record['run_id']}; storage {record['storage']}"
+    )
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

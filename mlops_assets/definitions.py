@@ -14,11 +14,13 @@ import dagster as dg
 from mlops_assets.assets.cd.change_map import cd_change_map, cd_change_map_f1
 from mlops_assets.assets.cd.model import cd_model, cd_registered_model
 from mlops_assets.assets.cd.scene import cd_scene
+from mlops_assets.assets.cd.sweep import cd_sweep
 from mlops_assets.assets.cd.tiles import cd_tiles
 from mlops_assets.assets.nvs.render import nvs_render
 from mlops_assets.assets.nvs.scene import nvs_scene
 from mlops_assets.assets.nvs.splats import nvs_registered_splats, nvs_splats
 from mlops_assets.jobs.ingest import ingest_scene_job
+from mlops_assets.jobs.sweep import cd_sweep_job
 from mlops_assets.resources.io_managers import JsonIOManager
 from mlops_assets.resources.lineage import LineageResource
 from mlops_assets.resources.mlflow import MLflowResource
@@ -28,6 +30,7 @@ from mlops_assets.resources.outputs import (
     S3OutputStoreResource,
 )
 from mlops_assets.resources.scene_store import SceneStoreResource, scene_store_resource
+from mlops_assets.resources.sweeps import OptunaStorageResource
 from mlops_assets.scale import build_executor, check_pools
 from mlops_assets.schedules import build_cd_retrain_schedule
 from mlops_assets.sensors.lakefs import build_lakefs_commit_sensor
@@ -66,6 +69,13 @@ def build_mlflow(settings: Settings) -> MLflowResource:
     return MLflowResource(tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI"), ui_url=settings.mlflow_url)
 
 
+def build_optuna_storage(settings: Settings) -> OptunaStorageResource:
+    """A journal file under MLOPS_HOME, or the database in MLOPS_OPTUNA_STORAGE (an `EnvVar`)."""
+    if settings.optuna_storage is None:
+        return OptunaStorageResource(storage=settings.sweep_storage)
+    return OptunaStorageResource(storage=dg.EnvVar("MLOPS_OPTUNA_STORAGE"))
+
+
 def build_resources(settings: Settings) -> dict[str, Any]:
     """Every resource the assets use."""
     return {
@@ -78,6 +88,7 @@ def build_resources(settings: Settings) -> dict[str, Any]:
             base_dir=settings.assets_url, endpoint_url=settings.s3_endpoint_url
         ),
         "lineage": LineageResource(git_sha=settings.git_sha, dagster_url=settings.dagster_url),
+        "optuna_storage": build_optuna_storage(settings),
     }
 
 
@@ -98,13 +109,14 @@ def build_defs(settings: Settings) -> dg.Definitions:
             cd_model,
             cd_registered_model,
             cd_change_map,
+            cd_sweep,
             nvs_scene,
             nvs_splats,
             nvs_registered_splats,
             nvs_render,
         ],
         asset_checks=[cd_change_map_f1],
-        jobs=[ingest_scene_job],
+        jobs=[ingest_scene_job, cd_sweep_job],
         sensors=[
             build_lakefs_commit_sensor(
                 minimum_interval_seconds=interval, batch_over=settings.sensor_batch_over

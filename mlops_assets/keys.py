@@ -18,6 +18,7 @@ CD_TILES = dg.AssetKey(["cd", "tiles"])
 CD_MODEL = dg.AssetKey(["cd", "model"])
 CD_REGISTERED_MODEL = dg.AssetKey(["cd", "registered_model"])
 CD_CHANGE_MAP = dg.AssetKey(["cd", "change_map"])
+CD_SWEEP = dg.AssetKey(["cd", "sweep"])
 NVS_SCENE = dg.AssetKey(["nvs", "scene"])
 NVS_SPLATS = dg.AssetKey(["nvs", "splats"])
 NVS_REGISTERED_SPLATS = dg.AssetKey(["nvs", "registered_splats"])
@@ -27,6 +28,7 @@ NVS_RENDER = dg.AssetKey(["nvs", "render"])
 CD_SCENE_OP = "cd__scene"
 NVS_SCENE_OP = "nvs__scene"
 CD_CHANGE_MAP_OP = "cd__change_map"
+CD_SWEEP_OP = "cd__sweep"
 
 #: Where Dagster keeps a materialisation's data version among its tags.
 DATA_VERSION_TAG = "dagster/data_version"

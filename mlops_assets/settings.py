@@ -5,7 +5,8 @@ Dagster loads the code location and by the CLI when it starts; everything else r
 `Settings` (or the resources built from it). The embedded default needs no variable at all:
 scenes, Dagster and MLflow state live under ``MLOPS_HOME`` (``./.mlops``). Setting
 ``LAKEFS_ENDPOINT`` switches the scene store to a lakeFS server, ``MLFLOW_TRACKING_URI`` MLflow to a
-tracking server, ``MLOPS_OUTPUT_BUCKET`` the tile store to S3; nothing else changes.
+tracking server, ``MLOPS_OUTPUT_BUCKET`` the tile store to S3, ``MLOPS_OPTUNA_STORAGE`` the sweeps'
+study storage to a database; nothing else changes.
 """
 
 from __future__ import annotations
@@ -62,6 +63,9 @@ class Settings:
     retrain_cron: str = "0 3 * * 1"  # Mondays 03:00
     # ``k8s``: a pod per step (dagster-k8s), GPU steps on GPU nodes; ``default``: one process tree.
     executor: ExecutorKind = "default"
+    # Optuna's study storage for cd/sweep: a database URL (postgresql+psycopg2://...), or None
+    # for a journal file under MLOPS_HOME.
+    optuna_storage: str | None = None
 
     @property
     def store_kind(self) -> StoreKind:
@@ -100,6 +104,11 @@ class Settings:
     def outputs_dir(self) -> Path:
         """Root of the local output store (tiles)."""
         return self.mlops_home / "outputs"
+
+    @property
+    def sweep_storage(self) -> str:
+        """MLOPS_OPTUNA_STORAGE, else a journal file under MLOPS_HOME."""
+        return self.optuna_storage or str(self.mlops_home / "optuna" / "journal.log")
 
     @property
     def cache_dir(self) -> Path:
@@ -145,6 +154,7 @@ class Settings:
             sensor_batch_over=_positive_int(env, "MLOPS_SENSOR_BATCH_SCENES", 20, "scenes"),
             retrain_cron=env.get("MLOPS_RETRAIN_CRON") or "0 3 * * 1",
             executor="k8s" if executor == "k8s" else "default",
+            optuna_storage=env.get("MLOPS_OPTUNA_STORAGE") or None,
         )
 
     def store_spec(self, environ: Mapping[str, str] | None = None) -> StoreSpec:

@@ -11,6 +11,7 @@ from mlops_assets.definitions import build_defs
 from mlops_assets.resources.mlflow import MLflowResource
 from mlops_assets.resources.outputs import LocalOutputStoreResource, S3OutputStoreResource
 from mlops_assets.resources.scene_store import EmbeddedSceneStore, LakeFSSceneStore
+from mlops_assets.resources.sweeps import OptunaStorageResource
 from mlops_assets.settings import Settings
 
 EXPECTED_ASSETS = {
@@ -19,6 +20,7 @@ EXPECTED_ASSETS = {
     dg.AssetKey(["cd", "model"]),
     dg.AssetKey(["cd", "registered_model"]),
     dg.AssetKey(["cd", "change_map"]),
+    dg.AssetKey(["cd", "sweep"]),
     dg.AssetKey(["nvs", "scene"]),
     dg.AssetKey(["nvs", "splats"]),
     dg.AssetKey(["nvs", "registered_splats"]),
@@ -120,6 +122,7 @@ HEAVY = (
     "gsplat",
     "timm",
     "segmentation_models_pytorch",
+    "optuna",
 )
 
 
@@ -194,3 +197,22 @@ def test_the_commit_sensors_batch_size_is_configuration(tmp_path: Path) -> None:
     )
     with pytest.raises(SettingsError, match=r"MLOPS_SENSOR_BATCH_SCENES='0': .* scenes >= 1"):
         Settings.from_env({"MLOPS_SENSOR_BATCH_SCENES": "0"}, cwd=tmp_path)
+
+
+def test_sweeps_use_a_journal_file_or_the_database_variable(tmp_path: Path) -> None:
+    defs = build_defs(Settings.from_env({}, cwd=tmp_path))
+    assert defs.resources is not None
+    storage = defs.resources["optuna_storage"]
+    assert isinstance(storage, OptunaStorageResource)
+    assert storage.storage == str(tmp_path / ".mlops" / "optuna" / "journal.log")
+    job = defs.resolve_job_def("cd_sweep")
+    assert set(job.asset_layer.asset_graph.get_all_asset_keys()) >= {dg.AssetKey(["cd", "sweep"])}
+    assert job.asset_layer.executable_asset_keys == {dg.AssetKey(["cd", "sweep"])}
+
+    url = "postgresql+psycopg2://optuna:s3cret@postgres:5432/optuna"
+    production = build_defs(Settings.from_env({"MLOPS_OPTUNA_STORAGE": url}, cwd=tmp_path))
+    assert production.resources is not None
+    spec = production.resources["optuna_storage"]
+    assert isinstance(spec, OptunaStorageResource)
+    # The password stays an EnvVar: read when a step runs, never in the definitions' config.
+    assert "s3cret" not in repr(spec.model_dump()) and "MLOPS_OPTUNA_STORAGE" in repr(spec)

@@ -51,3 +51,10 @@ def test_missing_credentials_are_named(tmp_path: Path) -> None:
 def test_bad_raster_access_is_refused(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match="LAKEFS_RASTER_ACCESS"):
         Settings.from_env({"LAKEFS_RASTER_ACCESS": "ftp"}, cwd=tmp_path)
+
+
+def test_sweep_studies_live_in_a_journal_file_unless_a_database_is_named(tmp_path: Path) -> None:
+    settings = Settings.from_env({}, cwd=tmp_path)
+    assert settings.sweep_storage == str(tmp_path / ".mlops" / "optuna" / "journal.log")
+    url = "postgresql+psycopg2://optuna:pw@postgres:5432/optuna"
+    assert Settings.from_env({"MLOPS_OPTUNA_STORAGE": url}, cwd=tmp_path).sweep_storage == url

@@ -17,3 +17,4 @@ SQL
 create_database dagster "${DAGSTER_DB_USER:?}" "${DAGSTER_DB_PASSWORD:?}"
 create_database mlflow "${MLFLOW_DB_USER:?}" "${MLFLOW_DB_PASSWORD:?}"
 create_database lakefs "${LAKEFS_DB_USER:?}" "${LAKEFS_DB_PASSWORD:?}"
+create_database optuna "${OPTUNA_DB_USER:?}" "${OPTUNA_DB_PASSWORD:?}"  # cd/sweep studies

@@ -50,6 +50,8 @@ class AliasNotFoundError(TrackingError):
 
 
 _SUPPRESS_URL_PRINTING = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
+#: The tag MLflow nests a run under its parent by.
+PARENT_RUN_TAG = "mlflow.parentRunId"
 
 
 @contextlib.contextmanager
@@ -197,9 +199,15 @@ class Tracker:
         return self._experiment_id
 
     @contextlib.contextmanager
-    def run(self, name: str, tags: Mapping[str, str]) -> Generator[str]:
-        """A run that ends FINISHED when the block completes and FAILED when it raises."""
-        run = self.client.create_run(self.experiment_id(), run_name=name, tags=dict(tags))
+    def run(
+        self, name: str, tags: Mapping[str, str], parent_run_id: str | None = None
+    ) -> Generator[str]:
+        """A run that ends FINISHED when the block completes and FAILED when it raises.
+
+        With ``parent_run_id`` it is nested under that run (MLflow's UI shows it as a child).
+        """
+        tags = dict(tags) | ({PARENT_RUN_TAG: parent_run_id} if parent_run_id else {})
+        run = self.client.create_run(self.experiment_id(), run_name=name, tags=tags)
         run_id = run.info.run_id
         try:
             yield run_id

@@ -6,6 +6,8 @@ unset override (None) keeps the preset's value.
 """
 
 import enum
+from collections.abc import Mapping
+from typing import Any
 
 import dagster as dg
 from pydantic import Field
@@ -87,10 +89,26 @@ class Split(enum.StrEnum):
     scene = "scene"
 
 
+class ParamsFrom(enum.StrEnum):
+    """Where cd/model's settings come from: the preset, or the newest cd/sweep's best trial."""
+
+    preset = "preset"
+    sweep = "sweep"
+
+
 class ModelConfig(dg.Config):
     """How ``cd/model`` trains."""
 
     preset: Preset = PRESET_FIELD
+    params_from: ParamsFrom = Field(
+        default=ParamsFrom.preset,
+        description=f"{ParamsFrom.__doc__} With sweep, the sweep's best params replace the "
+        "preset's; the overrides below still win; the version is tagged with the sweep run.",
+    )
+    sweep_study: str | None = Field(
+        default=None,
+        description="With params_from=sweep: the study to read (default: the newest sweep).",
+    )
     epochs: int | None = Field(default=None, description="Training epochs.")
     batch_size: int | None = Field(default=None, description="Tiles per batch.")
     learning_rate: float | None = Field(default=None, description="AdamW learning rate.")
@@ -120,22 +138,26 @@ class ModelConfig(dg.Config):
         "as long, for a quick look at real data.",
     )
 
-    def to_core(self) -> TrainConfig:
-        """The core training config (epoch counts times ``scale``)."""
-        config = preset(
-            TrainConfig,
-            self.preset.value,
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            learning_rate=self.learning_rate,
-            seed=self.seed,
-            device=None if self.device is None else self.device.value,
-            split=None if self.split is None else self.split.value,
-            val_scenes=None if self.val_scenes is None else tuple(self.val_scenes),
-            val_fraction=self.val_fraction,
-            patience=self.patience,
-            num_threads=self.num_threads,
-        )
+    def to_core(self, tuned: Mapping[str, Any] | None = None) -> TrainConfig:
+        """The core training config (epoch counts times ``scale``).
+
+        ``tuned`` (a sweep's best params, `TrainConfig` fields) replaces the preset's values; the
+        overrides set here win over both.
+        """
+        explicit = {
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "learning_rate": self.learning_rate,
+            "seed": self.seed,
+            "device": None if self.device is None else self.device.value,
+            "split": None if self.split is None else self.split.value,
+            "val_scenes": None if self.val_scenes is None else tuple(self.val_scenes),
+            "val_fraction": self.val_fraction,
+            "patience": self.patience,
+            "num_threads": self.num_threads,
+        }
+        given = {k: v for k, v in explicit.items() if v is not None}
+        config = preset(TrainConfig, self.preset.value, **{**(tuned or {}), **given})
         return config if self.scale == 1.0 else scaled(config, self.scale)
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import dagster as dg
 
 from mlops_assets import keys
-from mlops_assets.assets.cd.config import EXPERIMENT, ModelConfig, RegistrationConfig
+from mlops_assets.assets.cd.config import EXPERIMENT, ModelConfig, ParamsFrom, RegistrationConfig
 from mlops_assets.assets.common import ProgressLog, image_md, markdown_table, metadata
 from mlops_assets.assets.registration import champion_score, gated_registration
 from mlops_assets.core.aliases import CHALLENGER, CHAMPION
@@ -30,7 +30,7 @@ GATE_CHECK = "promotion_gate"
 _METRICS = ("f1", "iou", "precision", "recall")
 
 
-def _training_sets(
+def training_sets(
     tiles: dict[str, TilesRecord], output_store: OutputStoreResource, log: Any
 ) -> list[tuple[Any, TileIndex]]:
     """The published, labelled tile sets, fetched locally; the rest are logged and skipped."""
@@ -126,6 +126,20 @@ def _model_metadata(record: CDModelRecord, result: Any, split: str, run_url: str
     }
 
 
+def _tuned(config: ModelConfig, tracker: Any) -> Any:
+    """The newest sweep's best params (a `SweepChoice`) with ``params_from: sweep``, else None.
+
+    No finished sweep is a `dagster.Failure` saying so, before any run is opened.
+    """
+    if config.params_from != ParamsFrom.sweep:
+        return None
+    from mlops_assets.core.cd.sweep import SweepError
+    from mlops_assets.core.cd.sweep_tracking import latest_sweep
+
+    with failure_on(SweepError, allow_retries=False):
+        return latest_sweep(tracker, config.sweep_study)
+
+
 class _Progress:
     """Each epoch to MLflow and as a progress line; a batch line when an epoch runs long."""
 
@@ -191,9 +205,10 @@ def cd_model(
     from mlops_assets.core.cd.train import TrainingError, train_change_model
 
     records = tiles_by_scene(tiles)  # one partition loads as its value, none as None
-    train_config = config.to_core()
     tracker = mlflow.reachable_tracker(EXPERIMENT)
-    sets = _training_sets(records, output_store, context.log)
+    tuned = _tuned(config, tracker)
+    train_config = config.to_core(None if tuned is None else tuned.config_fields())
+    sets = training_sets(records, output_store, context.log)
     if not sets:
         raise dg.Failure(
             description="no labelled, published tiles: materialise cd/tiles for labelled scenes "
@@ -201,6 +216,7 @@ def cd_model(
             allow_retries=False,
         )
     tags, params, datasets = _run_inputs(train_config, sets, config.preset.value)
+    tags |= {} if tuned is None else tuned.tags()
     name = f"cd-unet-{context.run.run_id[:8]}"
     with mlflow.tracked_run(
         context, tracker, lineage, name=name, tags=tags, params=params, datasets=datasets
@@ -225,6 +241,8 @@ def cd_model(
         tiles={index.scene_id: records[index.scene_id].key for _, index in sets},
         train_scenes=result.train_scenes,
         val_scenes=result.val_scenes,
+        sweep_run_id="" if tuned is None else tuned.run_id,
+        sweep_study="" if tuned is None else tuned.study_name,
     )
     run_url = tracker.run_url(run_id, mlflow.ui_url)
     return dg.MaterializeResult(

@@ -12,6 +12,10 @@ from typing import Any
 
 from mlops_assets.core.records import ModelOutputRecord, Record, TrainingRecord
 
+#: Tags of a model run and version trained from a sweep's best params.
+SWEEP_RUN_TAG = "sweep.run_id"
+SWEEP_STUDY_TAG = "sweep.study"
+
 
 @dataclasses.dataclass(frozen=True)
 class TilesRecord(Record):
@@ -58,11 +62,17 @@ class CDModelRecord(TrainingRecord):
     tiles: dict[str, str]  # scene -> output store key of its tile set
     train_scenes: list[str]
     val_scenes: list[str]
+    # Trained with a sweep's best params (cd/model params_from: sweep): its MLflow run and study.
+    sweep_run_id: str = ""
+    sweep_study: str = ""
 
     def lineage_tags(self) -> dict[str, str]:
-        """The repository and the commit of every scene trained on."""
+        """The repository and the commit of every scene trained on (and the sweep, if any)."""
         commits = json.dumps(self.lakefs_commits, sort_keys=True)
-        return {**super().lineage_tags(), "lakefs.commits": commits}
+        tags = {**super().lineage_tags(), "lakefs.commits": commits}
+        if self.sweep_run_id:
+            tags |= {SWEEP_RUN_TAG: self.sweep_run_id, SWEEP_STUDY_TAG: self.sweep_study}
+        return tags
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,3 +85,18 @@ class ChangeMapRecord(ModelOutputRecord):
     changed_pixels: int
     changed_percent: float
     f1: float | None
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepRecord(Record):
+    """``cd/sweep``: the study, its parent MLflow run and its best trial."""
+
+    study_name: str
+    run_id: str
+    storage: str  # without credentials
+    best_value: float
+    best_trial: int
+    best_params: dict[str, Any]
+    best_overrides: dict[str, Any]  # TrainConfig fields
+    lakefs_commits: dict[str, str]
+    git_sha: str

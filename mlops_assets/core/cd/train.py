@@ -49,6 +49,10 @@ class TrainingError(RuntimeError):
     """Training cannot start or diverged."""
 
 
+class DivergedError(TrainingError):
+    """The loss stopped being finite: these settings diverge (a sweep records the trial failed)."""
+
+
 @dataclass(frozen=True)
 class EpochMetrics:
     """What one epoch achieved."""
@@ -279,8 +283,8 @@ def _train(
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(model(image), mask)
             if not torch.isfinite(loss):
-                raise TrainingError(
-                    f"loss became {float(loss)} at epoch {epoch}: training diverged"
+                raise DivergedError(
+                    f"loss became {float(loss.detach())} at epoch {epoch}: training diverged"
                 )
             loss.backward()
             optimizer.step()

@@ -1,0 +1,177 @@
+"""``cd/sweep`` through Dagster: tiles of two scenes, a 2-trial study, what the asset page shows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pytest
+
+from mlops_assets.assets.cd.model import cd_model, cd_registered_model
+from mlops_assets.assets.cd.scene import cd_scene
+from mlops_assets.assets.cd.sweep import cd_sweep
+from mlops_assets.assets.cd.tiles import cd_tiles
+from mlops_assets.core.cd.records import SweepRecord
+from mlops_assets.core.cd.sweep_tracking import latest_sweep
+from mlops_assets.core.store.embedded import EmbeddedStore
+from mlops_assets.resources.sweeps import OptunaStorageResource
+from mlops_assets_tests.assets.cd.test_chain import failure_message
+from mlops_assets_tests.conftest import commit_folder
+
+pytestmark = pytest.mark.slow
+
+ALL = [cd_scene, cd_tiles, cd_sweep, cd_model, cd_registered_model]
+SPACE = {"learning_rate": {"low": 1e-3, "high": 3e-2, "log": True}, "augment": {"choices": [1, 0]}}
+
+
+def _sweep(
+    instance: dg.DagsterInstance, resources: dict[str, Any], **config: Any
+) -> dg.ExecuteInJobResult:
+    return dg.materialize(
+        ALL,
+        selection=[cd_sweep],
+        instance=instance,
+        resources=resources,
+        run_config={"ops": {"cd__sweep": {"config": {"preset": "tiny", **config}}}},
+        raise_on_error=False,
+    )
+
+
+@pytest.fixture
+def tiled(
+    store: EmbeddedStore,
+    instance: dg.DagsterInstance,
+    resources: dict[str, Any],
+    demo_cd_dir: Path,
+    demo_cd_warped_dir: Path,
+    tmp_path: Path,
+) -> dict[str, Any]:
+    storage = OptunaStorageResource(storage=str(tmp_path / "optuna" / "journal.log"))
+    resources = resources | {"optuna_storage": storage}
+    commit_folder(store, demo_cd_dir, "cd/farm/")
+    commit_folder(store, demo_cd_warped_dir, "cd/river/")
+    for scene in ("farm", "river"):
+        instance.add_dynamic_partitions("cd_scenes", [scene])
+        result = dg.materialize(
+            ALL,
+            selection=[cd_scene, cd_tiles],
+            partition_key=scene,
+            instance=instance,
+            resources=resources,
+            run_config={"ops": {"cd__tiles": {"config": {"preset": "tiny"}}}},
+        )
+        assert result.success
+    return resources
+
+
+def test_a_sweep_shows_its_best_trials_and_hands_on_its_run(
+    instance: dg.DagsterInstance, tiled: dict[str, Any]
+) -> None:
+    result = _sweep(instance, tiled, n_trials=2, epochs=1, search_space=SPACE)
+    assert result.success, failure_message(result)
+    meta = result.asset_materializations_for_node("cd__sweep")[0].metadata
+    assert meta["study_name"].value == "cd-unet-tiny"
+    assert meta["trials_complete"].value == 2 and meta["trials_in_study"].value == 2
+    assert set(meta["best_params"].value) == {"learning_rate", "augment"}  # type: ignore[arg-type]
+    table = str(meta["top_trials"].value).splitlines()
+    assert table[0] == "| trial | F1 | epochs | s | params |" and len(table) == 4
+    assert "![optimisation history](data:image/png;base64," in str(meta["history"].value)
+    assert set(meta["lakefs_commits"].value) == {"farm", "river"}  # type: ignore[arg-type]
+
+    record = SweepRecord.from_dict(result.output_for_node("cd__sweep"))
+    assert record.run_id == meta["mlflow_run_id"].value and record.git_sha == "0123abc"
+    tracker = tiled["mlflow"].tracker("change-detection")
+    choice = latest_sweep(tracker, "cd-unet-tiny")
+    assert choice.run_id == record.run_id and choice.overrides == record.best_overrides
+
+    again = _sweep(instance, tiled, n_trials=1, epochs=1, search_space=SPACE)
+    assert again.success, failure_message(again)
+    meta = again.asset_materializations_for_node("cd__sweep")[0].metadata
+    assert meta["trials_in_study"].value == 3
+    parent = tracker.client.get_run(str(meta["mlflow_run_id"].value))
+    assert parent.data.tags["dagster.run_id"] == again.run_id  # the tracked-run helper's tags
+    assert parent.data.tags["optuna.study_name"] == "cd-unet-tiny"
+
+
+def _train(
+    instance: dg.DagsterInstance, resources: dict[str, Any], **config: Any
+) -> dg.ExecuteInJobResult:
+    ops = {"cd__model": {"config": {"preset": "tiny", "epochs": 1, **config}}}
+    ops["cd__registered_model"] = {"config": {"preset": "tiny"}}
+    return dg.materialize(
+        ALL,
+        selection=[cd_model, cd_registered_model],
+        instance=instance,
+        resources=resources,
+        run_config={"ops": ops},
+        raise_on_error=False,
+    )
+
+
+def test_the_model_trained_from_the_best_params_names_the_sweep(
+    instance: dg.DagsterInstance, tiled: dict[str, Any]
+) -> None:
+    missing = _train(instance, tiled, params_from="sweep")
+    assert not missing.success
+    assert "no finished sweep in MLflow experiment 'change-detection'" in (failure_message(missing))
+    space = {"learning_rate": {"low": 1e-3, "high": 3e-2, "log": True}}
+    swept = _sweep(instance, tiled, n_trials=2, epochs=1, search_space=space)
+    assert swept.success, failure_message(swept)
+    record = SweepRecord.from_dict(swept.output_for_node("cd__sweep"))
+
+    trained = _train(instance, tiled, params_from="sweep")
+    assert trained.success, failure_message(trained)
+    model = trained.output_for_node("cd__model")
+    assert (model["sweep_run_id"], model["sweep_study"]) == (record.run_id, "cd-unet-tiny")
+    client = tiled["mlflow"].tracker("change-detection").client
+    run = client.get_run(model["run_id"])
+    assert run.data.tags["sweep.run_id"] == record.run_id
+    assert float(run.data.params["learning_rate"]) == record.best_params["learning_rate"]
+    (version,) = client.search_model_versions("name = 'change-detection-unet'")
+    assert version.tags["sweep.run_id"] == record.run_id
+    assert version.tags["sweep.study"] == "cd-unet-tiny"
+
+    plain = _train(instance, tiled, learning_rate=0.004)
+    assert plain.success, failure_message(plain)
+    assert plain.output_for_node("cd__model")["sweep_run_id"] == ""
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (
+            {"search_space": {"learning_rate": {"low": 0.1, "high": 0.01}}},
+            "search_space.learning_rate: low 0.1 > high 0.01",
+        ),
+        ({"search_space": {}}, "search_space is empty: give at least one of learning_rate"),
+        ({"search_space": {"lr": {"low": 0.1, "high": 1}}}, "unknown parameter 'lr'"),
+        ({"n_trials": 0}, "n_trials 0 must be >= 1"),
+    ],
+)
+def test_bad_settings_fail_with_one_line_and_log_no_run(
+    instance: dg.DagsterInstance,
+    resources: dict[str, Any],
+    tmp_path: Path,
+    config: dict[str, Any],
+    message: str,
+) -> None:
+    storage = OptunaStorageResource(storage=str(tmp_path / "journal.log"))
+    result = _sweep(instance, resources | {"optuna_storage": storage}, **config)
+    assert not result.success
+    text = failure_message(result)
+    assert message in text and "Traceback" not in text
+    assert not (tmp_path / "journal.log").exists()  # no study was created
+
+
+def test_leaving_every_scene_out_is_refused_before_any_run(
+    instance: dg.DagsterInstance, tiled: dict[str, Any]
+) -> None:
+    result = _sweep(instance, tiled, exclude_scenes=["*"])
+    assert not result.success
+    assert "no tiles left to sweep on once exclude_scenes ['*'] are left out" in (
+        failure_message(result)
+    )
+    client = tiled["mlflow"].tracker("change-detection").client
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    assert client.search_runs(experiments) == []
