@@ -18,7 +18,7 @@ INSTANCE := $(DAGSTER_HOME)/dagster.yaml
 COMPOSE ?= docker-compose
 COMPOSE_FILE := docker/compose.yaml
 
-.PHONY: install demo dev test lint format bench lock up down config clean
+.PHONY: install demo dev test lint format bench lock up down config check-env clean
 
 install: $(STAMP) $(INSTANCE) ## Create .venv and the local Dagster instance.
 
@@ -82,11 +82,27 @@ lock: $(STAMP) ## Re-pin requirements/lock.txt from the current .venv.
 	  | grep -v '^antlr4-python3-runtime'; echo 'antlr4-python3-runtime==4.9.3'; } > requirements/lock.new
 	mv requirements/lock.new requirements/lock.txt
 
-config: ## Validate the production compose file (no Docker engine needed).
-	$(COMPOSE) -f $(COMPOSE_FILE) --env-file docker/.env.example config --quiet
+# The compose file sets `make config` validates: the GPU stack, the CPU stack, and the scale-out
+# stack (a container per run). `make up` starts COMPOSE_FILE (the first set by default).
+COMPOSE_SETS := docker/compose.yaml|docker/compose.yaml:docker/compose.cpu.yaml|docker/compose.yaml:docker/compose.scale.yaml
+ENV_FILE ?= docker/.env
 
-up: ## Start the production stack (needs Docker).
-	$(COMPOSE) -f $(COMPOSE_FILE) up -d --build
+config: ## Validate every production compose file set against docker/.env.example (no engine).
+	@set -e; for set in $(subst |, ,$(COMPOSE_SETS)); do \
+	  files=$$(echo "$$set" | sed 's/^/-f /; s/:/ -f /g'); \
+	  echo "$(COMPOSE) $$files config"; \
+	  $(COMPOSE) $$files --env-file docker/.env.example config --quiet; \
+	done
+
+check-env: ## Refuse a docker/.env that is missing or still holds a `change-me` value.
+	@test -f $(ENV_FILE) || { echo "$(ENV_FILE) is missing: cp docker/.env.example $(ENV_FILE) and set every secret" >&2; exit 1; }
+	@bad=$$(grep -E '^[A-Za-z_][A-Za-z0-9_]*=.*change-me' $(ENV_FILE) | cut -d= -f1 | tr '\n' ' '); \
+	if [ -n "$$bad" ]; then \
+	  echo "$(ENV_FILE): still the example value (change-me) for: $$bad- set real secrets first" >&2; exit 1; \
+	fi
+
+up: check-env ## Start the production stack (needs Docker); refuses example secrets.
+	$(COMPOSE) -f $(COMPOSE_FILE) --env-file $(ENV_FILE) up -d --build
 
 down: ## Stop the production stack.
 	$(COMPOSE) -f $(COMPOSE_FILE) down

@@ -40,6 +40,8 @@ def _benches() -> list[Bench]:
     from benchmarks.inference import bench_inference_rss, bench_inference_throughput
     from benchmarks.ingest import bench_ingest_throughput
     from benchmarks.nvs import bench_nvs_gpu, bench_nvs_psnr
+    from benchmarks.parallel_partitions import bench_parallel_partitions
+    from benchmarks.retry_cost import bench_retry_cost
     from benchmarks.sensor_latency import bench_sensor_latency
     from benchmarks.serving import bench_serving
     from benchmarks.sweep import bench_sweep
@@ -76,6 +78,18 @@ def _benches() -> list[Bench]:
             "peak RSS of predict_scene 4096 px vs 1024 px (quick 1024 vs 256)",
             lambda: bench_inference_rss(1024, 4096),
             lambda: bench_inference_rss(256, 1024),
+        ),
+        Bench(
+            "parallel-partitions",
+            "4 CD scene runs through the queued coordinator + daemon, 1 vs 2 at once (quick: 2)",
+            lambda: bench_parallel_partitions(scenes=4),
+            lambda: bench_parallel_partitions(scenes=2, scene_px=128),
+        ),
+        Bench(
+            "retry-cost",
+            "MLflow killed mid-registration: restart + the retried step (3 rounds; quick 1)",
+            lambda: bench_retry_cost(rounds=3),
+            lambda: bench_retry_cost(rounds=1),
         ),
         Bench(
             "sensor-latency",

@@ -1,7 +1,7 @@
 # The MLflow tracking server: backend store in PostgreSQL, artifacts proxied to MinIO (s3://mlflow).
 # Build context: the repository root, so the same lock file pins mlflow's dependencies here as in
 # the project's own environment.
-FROM python:3.11-slim-bookworm
+FROM python:3.11.13-slim-bookworm
 
 # Same pin as pyproject.toml: the server and the clients in the trainer speak the same MLflow.
 ARG MLFLOW_VERSION=3.17.2

@@ -308,9 +308,37 @@ def demo_data(size: int, image_size: int, branch: str | None, out: Path | None) 
         )
 
 
+_SOURCE_URL = "mlops_assets.source_url"
+
+
+class _SceneSource(click.ParamType[Path, Any]):
+    """A local scene folder, or ``s3://bucket/prefix/`` copied into a temporary folder first."""
+
+    name = "folder or s3://bucket/prefix"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Path:
+        from mlops_assets.core.scenes.remote import fetch_s3_folder, is_s3_source
+
+        text = str(value)
+        if not is_s3_source(text):
+            local = click.Path(exists=True, file_okay=False, path_type=Path)
+            return local.convert(value, param, ctx)
+        import boto3
+
+        assert ctx is not None
+        staging = Path(ctx.with_resource(tempfile.TemporaryDirectory(prefix="mlops-s3-scene-")))
+        client: Any = boto3.client("s3", endpoint_url=_settings().s3_endpoint_url)
+        try:
+            fetched = fetch_s3_folder(client, text, staging / "scene")
+        except SceneError as error:
+            self.fail(str(error), param, ctx)
+        ctx.meta[_SOURCE_URL] = text
+        return fetched
+
+
 @main.command()
 @click.argument("kind", type=click.Choice([k.value for k in SceneKind]))
-@click.argument("src", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("src", type=_SceneSource())
 @click.option("--scene", "scene_id", required=True, help="Scene id: [a-z0-9][a-z0-9_-]{0,62}.")
 @click.option(
     "--branch",
@@ -360,6 +388,8 @@ def ingest(
     \b
     cd:  SRC holds pre.tif, post.tif and optionally label.tif
     nvs: SRC holds images/*.png|jpg and sparse/0/ (a COLMAP model)
+    SRC may be s3://bucket/prefix/ (AWS_ENDPOINT_URL and AWS_* credentials): it is copied to a
+    temporary folder first.
 
     Without --publish the folder is checked first; nothing is uploaded if it is not valid. The
     upload goes to a short-lived branch write-<scene>-..., is committed there and merged into
@@ -390,7 +420,8 @@ def ingest(
         )
     for ignored in plan.ignored:
         click.echo(f"note: not uploading {ignored} (not part of the {kind} layout)", err=True)
-    metadata = {"source": str(src.resolve()), "ingested_at": dt.datetime.now(dt.UTC).isoformat()}
+    source = click.get_current_context().meta.get(_SOURCE_URL) or str(src.resolve())
+    metadata = {"source": source, "ingested_at": dt.datetime.now(dt.UTC).isoformat()}
     if publish:
         _publish(store, target, plan, message, metadata, limits)
         return

@@ -32,6 +32,7 @@ from mlops_assets.resources.outputs import (
 )
 from mlops_assets.resources.scene_store import SceneStoreResource, scene_store_resource
 from mlops_assets.resources.sweeps import OptunaStorageResource
+from mlops_assets.scale import build_executor, check_pools
 from mlops_assets.schedules import build_cd_retrain_schedule
 from mlops_assets.sensors.lakefs import build_lakefs_commit_sensor
 from mlops_assets.sensors.mlflow_alias import build_mlflow_alias_sensor
@@ -82,7 +83,11 @@ def build_resources(settings: Settings) -> dict[str, Any]:
         "scene_store": build_scene_store(settings),
         "output_store": build_output_store(settings),
         "mlflow": build_mlflow(settings),
-        "json_io_manager": JsonIOManager(base_dir=str(settings.assets_dir)),
+        # Asset values under MLOPS_HOME, or in s3://<bucket>/<prefix>/assets with an S3 output
+        # store: then no run state stays on a worker's disk.
+        "json_io_manager": JsonIOManager(
+            base_dir=settings.assets_url, endpoint_url=settings.s3_endpoint_url
+        ),
         "lineage": LineageResource(git_sha=settings.git_sha, dagster_url=settings.dagster_url),
         "optuna_storage": build_optuna_storage(settings),
     }
@@ -91,12 +96,14 @@ def build_resources(settings: Settings) -> dict[str, Any]:
 def build_defs(settings: Settings) -> dg.Definitions:
     """The code location: assets, checks, jobs, sensors, schedules and resources for ``settings``.
 
-    Every sensor starts RUNNING (so ``make dev`` reacts to commits at once) and reacts within
+    ``MLOPS_EXECUTOR=k8s`` runs each step in a pod of its own (dagster-k8s, the ``[scale]``
+    extra); a step in a pool no deployment configures is refused here. Every sensor starts
+    RUNNING (so ``make dev`` reacts to commits at once) and reacts within
     ``MLOPS_SENSOR_INTERVAL_S`` seconds (it ticks a little more often: see
     `mlops_assets.sensors.timing`); the weekly schedule starts STOPPED.
     """
     interval = tick_interval_s(settings.sensor_interval_s)
-    return dg.Definitions(
+    defs = dg.Definitions(
         assets=[
             cd_scene,
             cd_tiles,
@@ -121,7 +128,10 @@ def build_defs(settings: Settings) -> dg.Definitions:
         ],
         schedules=[build_cd_retrain_schedule(cron_schedule=settings.retrain_cron)],
         resources=build_resources(settings),
+        executor=build_executor(settings.executor),  # MLOPS_EXECUTOR=k8s: a pod per step
     )
+    check_pools(defs)  # a step in a pool no deployment limits fails the load, naming it
+    return defs
 
 
 @dg.definitions

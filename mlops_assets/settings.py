@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # the stores load where one is opened, not with the code loca
     from mlops_assets.core.store.factory import StoreSpec
 
 StoreKind = Literal["embedded", "lakefs"]
+ExecutorKind = Literal["default", "k8s"]  # mlops_assets.scale.build_executor
 
 
 class SettingsError(ValueError):
@@ -60,6 +61,8 @@ class Settings:
     # A tick with more changed scenes of one kind than this launches one backfill, not a run each.
     sensor_batch_over: int = 20
     retrain_cron: str = "0 3 * * 1"  # Mondays 03:00
+    # ``k8s``: a pod per step (dagster-k8s), GPU steps on GPU nodes; ``default``: one process tree.
+    executor: ExecutorKind = "default"
     # Optuna's study storage for cd/sweep: a database URL (postgresql+psycopg2://...), or None
     # for a journal file under MLOPS_HOME.
     optuna_storage: str | None = None
@@ -78,6 +81,14 @@ class Settings:
     def assets_dir(self) -> Path:
         """Where small asset values (JSON manifests) are stored."""
         return self.mlops_home / "assets"
+
+    @property
+    def assets_url(self) -> str:
+        """Where asset values live: ``s3://<bucket>/<prefix>/assets`` with an S3 output store."""
+        if self.output_bucket is None:
+            return str(self.assets_dir)
+        prefix = "/".join(p for p in self.output_prefix.split("/") if p)
+        return f"s3://{self.output_bucket}/{prefix + '/' if prefix else ''}assets"
 
     @property
     def tracking_uri(self) -> str:
@@ -120,6 +131,9 @@ class Settings:
             raise SettingsError(
                 f"LAKEFS_RASTER_ACCESS={raster_access!r}: expected 'cache' or 's3_gateway'"
             )
+        executor = env.get("MLOPS_EXECUTOR") or "default"
+        if executor not in ("default", "k8s"):
+            raise SettingsError(f"MLOPS_EXECUTOR={executor!r}: expected 'default' or 'k8s'")
         return cls(
             mlops_home=home,
             dagster_home=dagster_home,
@@ -139,6 +153,7 @@ class Settings:
             sensor_interval_s=_positive_int(env, "MLOPS_SENSOR_INTERVAL_S", 30),
             sensor_batch_over=_positive_int(env, "MLOPS_SENSOR_BATCH_SCENES", 20, "scenes"),
             retrain_cron=env.get("MLOPS_RETRAIN_CRON") or "0 3 * * 1",
+            executor="k8s" if executor == "k8s" else "default",
             optuna_storage=env.get("MLOPS_OPTUNA_STORAGE") or None,
         )
 

@@ -217,3 +217,17 @@ def test_sweeps_use_a_journal_file_or_the_database_variable(tmp_path: Path) -> N
     assert isinstance(spec, OptunaStorageResource)
     # The password stays an EnvVar: read when a step runs, never in the definitions' config.
     assert "s3cret" not in repr(spec.model_dump()) and "MLOPS_OPTUNA_STORAGE" in repr(spec)
+
+
+def test_gpu_steps_ask_kubernetes_for_a_gpu_and_external_steps_retry(tmp_path: Path) -> None:
+    defs = build_defs(Settings.from_env({}, cwd=tmp_path))
+    gpu_ops: list[str] = []
+    for asset in defs.resolve_all_asset_specs():
+        node = defs.resolve_assets_def(asset.key).node_def
+        assert isinstance(node, dg.OpDefinition)
+        if node.pool == "gpu":
+            gpu_ops.append(node.name)
+            assert "dagster-k8s/config" in node.tags, node.name
+        if node.name != "cd__sweep":  # a retried sweep would add its trials twice
+            assert node.retry_policy is not None, node.name
+    assert {"cd__model", "cd__evaluation", "cd__sweep", "nvs__splats"} <= set(gpu_ops)

@@ -3,10 +3,14 @@
 Userinfo tokens, passwords and query-string credentials in the MLflow tracking URI, the MLflow UI
 URL and the Dagster URL must not reach the Dagster event log, the compute logs, asset metadata,
 MLflow params and tags, or lakeFS commit metadata. Other work extends this test with its URIs.
+Every secret the production stack hands the app (each secret-bearing variable named in
+docker/.env.example or set in a compose file's environment) is set to a unique value for the
+materialisation too, and must not show up anywhere either.
 """
 
 from __future__ import annotations
 
+import re
 import uuid
 from pathlib import Path
 from typing import Any
@@ -26,6 +30,29 @@ from mlops_assets_tests.assets.cd.test_chain import materialize
 from mlops_assets_tests.conftest import commit_folder
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+DOCKER = Path(__file__).parents[1] / "docker"
+_SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|ACCESS_KEY")
+
+
+def deployment_secret_names() -> set[str]:
+    """Secret-bearing variables of docker/.env.example and of every compose environment."""
+    names = set(
+        re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", (DOCKER / ".env.example").read_text(), re.M)
+    )
+    for path in DOCKER.glob("compose*.yaml"):
+        names |= set(re.findall(r"^\s+([A-Z][A-Z0-9_]+):", path.read_text(), re.M))
+    return {name for name in names if _SECRET_NAME.search(name)}
+
+
+def test_the_secret_names_cover_the_stack() -> None:
+    assert {
+        "DAGSTER_POSTGRES_PASSWORD",
+        "LAKEFS_SECRET_ACCESS_KEY",
+        "AWS_SECRET_ACCESS_KEY",
+        "MINIO_APP_SECRET_KEY",
+        "LAKEFS_AUTH_ENCRYPT_SECRET_KEY",
+    } <= deployment_secret_names()
 
 
 def _files_holding(root: Path, secrets: list[str]) -> dict[str, list[str]]:
@@ -48,12 +75,16 @@ def test_no_secret_reaches_logs_metadata_or_mlflow(
     demo_cd_dir: Path,
     demo_cd_warped_dir: Path,
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     token, query_secret, password = (f"s3cr3t-{uuid.uuid4().hex[:12]}" for _ in range(3))
+    deployment = {name: f"s3cr3t-{uuid.uuid4().hex[:12]}" for name in deployment_secret_names()}
+    for name, value in deployment.items():
+        monkeypatch.setenv(name, value)
     tracking = mlflow_server.replace("http://", f"http://{token}@")
     ui_url = f"{mlflow_server}/?access_token={query_secret}"
     dagster_url = f"http://admin:{password}@dagster.example:3000/?token={query_secret}"
-    secrets = [token, query_secret, password]
+    secrets = [token, query_secret, password, *deployment.values()]
     leaky = {
         **resources,
         "mlflow": MLflowResource(tracking_uri=tracking, ui_url=ui_url),

@@ -309,28 +309,57 @@ class Tracker:
     def register(
         self, name: str, model_uri: str, run_id: str, tags: Mapping[str, str], description: str
     ) -> ModelVersion:
-        """A new version of ``name`` (created if needed) from a logged model."""
-        try:
-            self.client.get_registered_model(name)
-        except MlflowException:
-            with contextlib.suppress(MlflowException):  # created concurrently
-                self.client.create_registered_model(name)
-        # Resolve the logged model here: the registry store would look a ``models:/m-...`` URI up
-        # through the process-global tracking URI, not this client's.
+        """The version of ``name`` made from a logged model: found if it exists, else created.
+
+        Idempotent: a retried registration (the step failed after MLflow created the version,
+        e.g. the server went away before the answer or before the aliases were set) finds the
+        version its run already produced instead of creating a second one. A server that does
+        not answer fails fast with its (redacted) address, before anything is created.
+        """
+        self.check_reachable()
         model_id = model_uri.removeprefix("models:/")
-        source = self.client.get_logged_model(model_id).artifact_location
-        return self.client.create_model_version(
-            name=name,
-            source=source,
-            run_id=run_id,
-            model_id=model_id,
-            tags={k: str(v) for k, v in tags.items()},
-            description=description,
-        )
+        try:
+            try:
+                self.client.get_registered_model(name)
+            except MlflowException:
+                with contextlib.suppress(MlflowException):  # created concurrently
+                    self.client.create_registered_model(name)
+            existing = self.version_of_run(name, run_id, model_id)
+            if existing is not None:
+                return existing
+            # Resolve the logged model here: the registry store would look a ``models:/m-...``
+            # URI up through the process-global tracking URI, not this client's.
+            source = self.client.get_logged_model(model_id).artifact_location
+            return self.client.create_model_version(
+                name=name,
+                source=source,
+                run_id=run_id,
+                model_id=model_id,
+                tags={k: str(v) for k, v in tags.items()},
+                description=description,
+            )
+        except MlflowException as exc:
+            raise TrackingError(
+                f"registering {name!r} on MLflow tracking server "
+                f"{redact_uri(self.tracking_uri)} failed: {redact_text(str(exc))}"
+            ) from exc
+
+    def version_of_run(self, name: str, run_id: str, model_id: str) -> ModelVersion | None:
+        """The (first) version of ``name`` registered from this run's logged model, if any."""
+        quoted = name.replace("'", "\\'")
+        found = self.client.search_model_versions(f"name = '{quoted}' and run_id = '{run_id}'")
+        same = [v for v in found if getattr(v, "model_id", None) in (None, model_id)]
+        return min(same, key=lambda v: int(v.version)) if same else None
 
     def set_alias(self, name: str, alias: str, version: str) -> None:
-        """Point ``alias`` at ``version``."""
-        self.client.set_registered_model_alias(name, alias, version)
+        """Point ``alias`` at ``version`` (idempotent: setting it again changes nothing)."""
+        try:
+            self.client.set_registered_model_alias(name, alias, version)
+        except MlflowException as exc:
+            raise TrackingError(
+                f"setting alias {alias!r} of {name!r} v{version} on MLflow tracking server "
+                f"{redact_uri(self.tracking_uri)} failed: {redact_text(str(exc))}"
+            ) from exc
 
     def run_metric(self, run_id: str, key: str) -> float | None:
         """The last logged value of ``key`` in a run."""

@@ -8,13 +8,16 @@ Dagster run id and a lakeFS link button back to the run. A scene that fails its 
 run with their names and messages; main is untouched and the branch is kept for inspection. The
 merge is an ordinary commit on main, so ``lakefs_commit_sensor`` then materialises the scene.
 
-``source_path`` is read by the process that runs the job (the code location's machine), as
-``mlops-assets ingest`` reads a local folder.
+``source_path`` is a folder on the machine that runs the job (the code location's), as
+``mlops-assets ingest`` reads one, or ``s3://bucket/prefix/`` (copied to a temporary folder
+first; ``AWS_ENDPOINT_URL`` and the ``AWS_*`` credentials). A source that does not exist or a
+scene that fails its checks fails once (no retry can fix it); a store that is briefly
+unreachable costs a retry (`mlops_assets.retries.EXTERNAL_RETRY`).
 """
 
 import datetime as dt
 import enum
-from pathlib import Path
+from typing import Any
 
 import dagster as dg
 from pydantic import Field
@@ -22,10 +25,12 @@ from pydantic import Field
 from mlops_assets.core.publish import link_metadata
 from mlops_assets.core.scenes.ingest import plan_upload
 from mlops_assets.core.scenes.layout import SceneError, SceneKind
+from mlops_assets.core.scenes.remote import local_scene_folder
 from mlops_assets.core.store.types import StoreError
 from mlops_assets.core.wap import describe_checks, write_audit_publish
 from mlops_assets.resources.lineage import LineageResource
 from mlops_assets.resources.scene_store import SceneStoreResource
+from mlops_assets.retries import EXTERNAL_RETRY
 
 JOB_NAME = "ingest_scene"
 OP_NAME = "write_audit_publish"
@@ -44,11 +49,17 @@ class IngestConfig(dg.Config):
 
     kind: Kind = Field(description=Kind.__doc__)
     source_path: str = Field(
-        description="Scene folder on the machine that runs the job (cd: pre.tif, post.tif, "
-        "label.tif; nvs: images/ and sparse/0/)."
+        description="Scene folder on the machine that runs the job, or s3://bucket/prefix/ "
+        "(cd: pre.tif, post.tif, label.tif; nvs: images/ and sparse/0/)."
     )
     scene_id: str = Field(description="Scene id: [a-z0-9][a-z0-9_-]{0,62}.")
     message: str | None = Field(default=None, description="Message of the ingest commit.")
+
+
+def _s3_client() -> Any:
+    import boto3  # only for an s3:// source; AWS_ENDPOINT_URL and AWS_* from the environment
+
+    return boto3.client("s3")
 
 
 @dg.op(
@@ -56,6 +67,7 @@ class IngestConfig(dg.Config):
     description="Upload a scene folder to a fresh ingest branch, run the raw-scene checks on "
     "that commit, and merge it into main only if every check passes.",
     out=dg.Out(dg.Nothing),
+    retry_policy=EXTERNAL_RETRY,
 )
 def write_audit_publish_op(
     context: dg.OpExecutionContext,
@@ -69,20 +81,23 @@ def write_audit_publish_op(
     run_id = context.run.run_id
     store = scene_store.get_store()
     try:
-        plan = plan_upload(kind, Path(config.source_path), config.scene_id, validate=False)
-        result = write_audit_publish(
-            store,
-            scene_store.branch,
-            plan,
-            when=dt.datetime.now(dt.UTC),
-            message=config.message,
-            metadata={"source": config.source_path, "ingested_by": f"dagster job {JOB_NAME}"},
-            lineage={
-                "dagster_run_id": run_id,
-                **link_metadata({"Dagster": lineage.run_url(run_id)}),
-            },
-        )
-    except (SceneError, StoreError) as exc:
+        with local_scene_folder(config.source_path, _s3_client) as folder:
+            plan = plan_upload(kind, folder, config.scene_id, validate=False)
+            result = write_audit_publish(
+                store,
+                scene_store.branch,
+                plan,
+                when=dt.datetime.now(dt.UTC),
+                message=config.message,
+                metadata={"source": config.source_path, "ingested_by": f"dagster job {JOB_NAME}"},
+                lineage={
+                    "dagster_run_id": run_id,
+                    **link_metadata({"Dagster": lineage.run_url(run_id)}),
+                },
+            )
+    except SceneError as exc:  # bad input: the same on every attempt
+        raise dg.Failure(description=f"{scene}: {exc}", allow_retries=False) from exc
+    except StoreError as exc:
         raise dg.Failure(description=f"{scene}: {exc}") from exc
     facts = {
         "scene": scene,
@@ -99,6 +114,7 @@ def write_audit_publish_op(
                 + "; ".join(result.failure_lines())
             ),
             metadata={**facts, "failed_checks": [o.name for o in result.failed]},
+            allow_retries=False,
         )
     context.log.info(f"{scene} merged into {scene_store.branch} as {result.merge_commit_id}")
     return dg.Output(None, metadata={**facts, "merge_commit": result.merge_commit_id or ""})

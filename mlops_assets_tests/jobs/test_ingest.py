@@ -14,7 +14,7 @@ from mlops_assets_tests.conftest import DATA
 
 
 def run(
-    resources: dict[str, Any], instance: dg.DagsterInstance, folder: Path, scene: str
+    resources: dict[str, Any], instance: dg.DagsterInstance, folder: Path | str, scene: str
 ) -> dg.ExecuteInProcessResult:
     config = {"kind": "cd", "source_path": str(folder), "scene_id": scene}
     return ingest_scene_job.execute_in_process(
@@ -84,3 +84,57 @@ def test_a_failing_scene_fails_the_run_with_its_checks_and_leaves_main(
     assert store.resolve("main") == before
     (branch,) = [b for b in store.list_branches() if b.startswith("ingest-bad-")]
     assert store.exists(branch, "cd/bad/pre.tif")
+
+
+# An s3:// source (a real moto server) and the retry policy. --------------------------------------
+
+
+@pytest.fixture
+def s3_folder(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, demo_cd_dir: Path) -> str:
+    """``s3://raw-scenes/farm/`` holding the demo CD scene (AWS_ENDPOINT_URL points at moto)."""
+    import boto3
+
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": moto_endpoint,
+    }.items():
+        monkeypatch.setenv(name, value)
+    client = boto3.client("s3")
+    bucket = "raw-scenes-ingest-job"
+    if bucket not in [b["Name"] for b in client.list_buckets()["Buckets"]]:
+        client.create_bucket(Bucket=bucket)
+    for path in demo_cd_dir.iterdir():
+        client.upload_file(str(path), bucket, f"farm/{path.name}")
+    return f"s3://{bucket}/farm/"
+
+
+def _attempts(result: dg.ExecuteInProcessResult) -> int:
+    """Attempts of the (one) step: its start, then a restart per retry."""
+    starts = ("STEP_START", "STEP_RESTARTED")
+    return len([e for e in result.all_events if e.event_type_value in starts])
+
+
+def test_an_s3_source_is_ingested(
+    store: EmbeddedStore, resources: dict[str, Any], instance: dg.DagsterInstance, s3_folder: str
+) -> None:
+    result = run(resources, instance, s3_folder, "farm")
+    assert result.success
+    assert store.exists("main", "cd/farm/pre.tif")
+    ingest = store.get_commit(store.get_commit("main").parents[1])
+    assert ingest.metadata["source"] == s3_folder
+
+
+def test_a_missing_s3_source_fails_once_naming_it(
+    store: EmbeddedStore, resources: dict[str, Any], instance: dg.DagsterInstance, s3_folder: str
+) -> None:
+    before = store.resolve("main")
+    missing = s3_folder.replace("/farm/", "/nowhere/")
+    result = run(resources, instance, missing, "farm")
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.is_step_failure]
+    assert failure.step_failure_data.error is not None
+    assert f"cd/farm: {missing}: no such folder" in failure.step_failure_data.error.message
+    assert _attempts(result) == 1  # bad input is not retried
+    assert store.resolve("main") == before

@@ -29,6 +29,8 @@ from mlops_assets.resources.lineage import LineageResource
 from mlops_assets.resources.mlflow import MLflowResource
 from mlops_assets.resources.outputs import OutputStoreResource
 from mlops_assets.resources.scene_store import SceneStoreResource
+from mlops_assets.retries import EXTERNAL_RETRY
+from mlops_assets.scale import gpu_op_tags
 
 KEY = keys.CD_CHANGE_MAP
 MAP_FILE = "change_map.tif"
@@ -78,7 +80,7 @@ def _predict_and_publish(
         out, overlay_path = Path(tmp) / MAP_FILE, Path(tmp) / OVERLAY_FILE
         label = f"cd/{scene_id} at {commit[:12]}: "
         with (
-            failure_on(AlignmentError, ModelMismatchError, label=label),
+            failure_on(AlignmentError, ModelMismatchError, label=label, allow_retries=False),
             open_scene(source, scene_store.get_store(), resampling) as pair,
         ):
             summary = predict_scene(
@@ -129,6 +131,8 @@ def _predict_and_publish(
     group_name=keys.CD_GROUP,
     kinds={"pytorch", "geotiff", "lakefs"},
     io_manager_key="json_io_manager",
+    retry_policy=EXTERNAL_RETRY,
+    op_tags=gpu_op_tags(),  # on Kubernetes: a GPU node (mlops_assets.scale)
     pool="gpu",
     description=(
         "Change probability and mask over the whole scene (pre's grid, nodata kept) from the "
@@ -148,15 +152,20 @@ def cd_change_map(
     """Predict one scene with the aliased model and publish the GeoTIFF and overlay."""
     # PyTorch and MLflow load here, when the step runs, not with the code location.
     from mlops_assets.core.cd.registry import load_cd_model
-    from mlops_assets.core.tracking import TrackingError
+    from mlops_assets.core.tracking import AliasNotFoundError, TrackingError
 
     source, tile_set = CDScene.from_dict(scene), TilesRecord.from_dict(tiles)
     scene_id, commit, label = source.scene_id, source.commit_id, f"cd/{source.scene_id}: "
     tracker = mlflow.reachable_tracker(EXPERIMENT, label)
-    with failure_on(TrackingError, label=label):
+    with (  # a missing alias stays missing: no retry; an unreachable server may come back
+        failure_on(TrackingError, label=label),
+        failure_on(AliasNotFoundError, label=label, allow_retries=False),
+    ):
         model = load_cd_model(tracker, config.model_name, config.alias)
     if not tile_set.published:
-        raise dg.Failure(description=f"cd/{scene_id}: its tiles were not published")
+        raise dg.Failure(
+            description=f"cd/{scene_id}: its tiles were not published", allow_retries=False
+        )
     index = TileIndex.load(output_store.fetch(tile_set.key))
     record, summary, overlay = _predict_and_publish(
         context, source, index, model, config, scene_store, output_store, lineage, mlflow

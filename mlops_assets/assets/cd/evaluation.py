@@ -26,6 +26,8 @@ from mlops_assets.resources.failures import failure_on
 from mlops_assets.resources.mlflow import MLflowResource
 from mlops_assets.resources.outputs import OutputStoreResource
 from mlops_assets.resources.scene_store import SceneStoreResource
+from mlops_assets.retries import EXTERNAL_RETRY
+from mlops_assets.scale import gpu_op_tags
 
 KEY = keys.CD_EVALUATION
 
@@ -51,6 +53,8 @@ class EvaluationConfig(dg.Config):
     kinds={"pytorch", "mlflow"},
     io_manager_key="json_io_manager",
     pool="gpu",
+    retry_policy=EXTERNAL_RETRY,
+    op_tags=gpu_op_tags(),  # on Kubernetes: a GPU node (mlops_assets.scale)
     description=(
         "The trained model (challenger) and the champion on every evaluation scene "
         "(eval/scenes.json on main, one commit), with cd/change_map's inference: per-scene and "

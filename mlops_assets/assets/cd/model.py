@@ -22,6 +22,8 @@ from mlops_assets.resources.lineage import LineageResource
 from mlops_assets.resources.mlflow import MLflowResource
 from mlops_assets.resources.outputs import OutputStoreResource
 from mlops_assets.resources.scene_store import SceneStoreResource
+from mlops_assets.retries import EXTERNAL_RETRY, TRAINING_RETRY
+from mlops_assets.scale import gpu_op_tags
 
 KEY = keys.CD_MODEL
 REGISTERED_KEY = keys.CD_REGISTERED_MODEL
@@ -220,6 +222,8 @@ class _Progress:
     group_name=keys.CD_GROUP,
     kinds={"pytorch", "mlflow"},
     io_manager_key="json_io_manager",
+    retry_policy=TRAINING_RETRY,
+    op_tags=gpu_op_tags(),  # on Kubernetes: a GPU node (mlops_assets.scale)
     pool="gpu",
     description=(
         "An early-fusion U-Net (segmentation-models-pytorch) trained on the tiles of every "
@@ -251,7 +255,8 @@ def cd_model(
     if not sets:
         raise dg.Failure(
             description="no labelled, published tiles: materialise cd/tiles for labelled scenes "
-            f"first (partitions seen: {', '.join(sorted(records)) or 'none'})"
+            f"first (partitions seen: {', '.join(sorted(records)) or 'none'})",
+            allow_retries=False,
         )
     tags, params, datasets = _run_inputs(train_config, sets, config.preset.value, held_out)
     tags |= {} if tuned is None else tuned.tags()
@@ -260,7 +265,7 @@ def cd_model(
         context, tracker, lineage, name=name, tags=tags, params=params, datasets=datasets
     ) as run_id:
         progress = _Progress(context.log, tracker, run_id, train_config.epochs)
-        with failure_on(TrainingError, label="training failed: "):
+        with failure_on(TrainingError, label="training failed: ", allow_retries=False):
             result = train_change_model(
                 tile_refs(sets), train_config, progress.epoch, progress.batch
             )
@@ -328,6 +333,7 @@ def _decide(
     group_name=keys.CD_GROUP,
     kinds={"mlflow"},
     io_manager_key="json_io_manager",
+    retry_policy=EXTERNAL_RETRY,
     check_specs=[
         dg.AssetCheckSpec(
             GATE_CHECK,

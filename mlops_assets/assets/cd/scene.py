@@ -8,6 +8,7 @@ from mlops_assets.core.scenes.cd import FILES_CHECK, OVERLAP_CHECK, check_cd_sce
 from mlops_assets.partitions import cd_scenes
 from mlops_assets.resources.lineage import LineageResource
 from mlops_assets.resources.scene_store import SceneStoreResource
+from mlops_assets.retries import EXTERNAL_RETRY
 
 KEY = keys.CD_SCENE
 
@@ -18,6 +19,7 @@ KEY = keys.CD_SCENE
     group_name=keys.CD_GROUP,
     kinds={"lakefs", "geotiff"},
     io_manager_key="json_io_manager",
+    retry_policy=EXTERNAL_RETRY,
     check_specs=[
         dg.AssetCheckSpec(
             FILES_CHECK,

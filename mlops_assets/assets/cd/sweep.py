@@ -22,6 +22,7 @@ from mlops_assets.resources.mlflow import MLflowResource
 from mlops_assets.resources.outputs import OutputStoreResource
 from mlops_assets.resources.scene_store import SceneStoreResource
 from mlops_assets.resources.sweeps import OptunaStorageResource
+from mlops_assets.scale import gpu_op_tags
 
 KEY = keys.CD_SWEEP
 
@@ -118,6 +119,8 @@ class _Trials:
     kinds={"optuna", "mlflow"},
     io_manager_key="json_io_manager",
     pool="gpu",
+    # No retry policy: a retried run would add its n_trials again to the study it resumes.
+    op_tags=gpu_op_tags(),  # on Kubernetes: a GPU node (mlops_assets.scale)
     description=(
         "An Optuna study (TPE, pruned on validation F1) of the U-Net's settings on every labelled "
         "scene's tiles; each trial an MLflow child run of the sweep's run. cd/model trains with "

@@ -26,6 +26,7 @@ from mlops_assets.partitions import cd_scenes
 from mlops_assets.resources.failures import failure_on
 from mlops_assets.resources.outputs import OutputStoreResource
 from mlops_assets.resources.scene_store import SceneStoreResource
+from mlops_assets.retries import EXTERNAL_RETRY
 
 KEY = keys.CD_TILES
 NONEMPTY_CHECK = "tiles_nonempty"
@@ -170,6 +171,7 @@ def _stats_table(index: TileIndex) -> dg.MetadataValue[Any]:
     group_name=keys.CD_GROUP,
     kinds={"numpy", "rasterio"},
     io_manager_key="json_io_manager",
+    retry_policy=EXTERNAL_RETRY,
     check_specs=[
         dg.AssetCheckSpec(
             NONEMPTY_CHECK, asset=KEY, blocking=True, description="At least one window is kept."

@@ -29,6 +29,7 @@ from mlops_assets.resources.failures import failure_on
 from mlops_assets.resources.lineage import LineageResource
 from mlops_assets.resources.mlflow import MLflowResource
 from mlops_assets.resources.scene_store import SceneStoreResource
+from mlops_assets.retries import EXTERNAL_RETRY
 
 KEY = keys.NVS_RENDER
 PLY_FILE = "splats.ply"
@@ -121,6 +122,7 @@ def _render_and_publish(
     group_name=keys.NVS_GROUP,
     kinds={"gsplat", "ply", "lakefs"},
     io_manager_key="json_io_manager",
+    retry_policy=EXTERNAL_RETRY,
     description=(
         "The scene's registered splats (by alias) as an INRIA-layout .ply and an orbit .mp4, "
         "committed to the outputs branch with the model version and source commit."
@@ -137,13 +139,16 @@ def nvs_render(
     """Export and render the scene's aliased splats and publish them."""
     # PyTorch and MLflow load here, when the step runs, not with the code location.
     from mlops_assets.core.nvs.registry import load_splat_model, scene_alias
-    from mlops_assets.core.tracking import TrackingError
+    from mlops_assets.core.tracking import AliasNotFoundError, TrackingError
 
     source = NVSScene.from_dict(scene)
     scene_id, commit, label = source.scene_id, source.commit_id, f"nvs/{source.scene_id}: "
     alias = scene_alias(config.alias, scene_id)
     tracker = mlflow.reachable_tracker(EXPERIMENT, label)
-    with failure_on(TrackingError, label=label):
+    with (  # a missing alias stays missing: no retry; an unreachable server may come back
+        failure_on(TrackingError, label=label),
+        failure_on(AliasNotFoundError, label=label, allow_retries=False),
+    ):
         model = load_splat_model(tracker, config.model_name, alias, "nvs/registered_splats")
     record, orbit = _render_and_publish(
         context, source, model, alias, config, scene_store, lineage, mlflow

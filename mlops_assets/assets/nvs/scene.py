@@ -30,6 +30,7 @@ from mlops_assets.core.scenes.nvs import (
 from mlops_assets.partitions import nvs_scenes
 from mlops_assets.resources.lineage import LineageResource
 from mlops_assets.resources.scene_store import SceneStoreResource
+from mlops_assets.retries import EXTERNAL_RETRY
 
 KEY = keys.NVS_SCENE
 
@@ -110,6 +111,7 @@ def _model_table(scene: NVSScene) -> dg.MetadataValue[Any] | str:
     group_name=keys.NVS_GROUP,
     kinds={"lakefs", "colmap"},
     io_manager_key="json_io_manager",
+    retry_policy=EXTERNAL_RETRY,
     check_specs=[
         dg.AssetCheckSpec(
             FILES_CHECK,

@@ -31,6 +31,8 @@ from mlops_assets.resources.failures import failure_on
 from mlops_assets.resources.lineage import LineageResource
 from mlops_assets.resources.mlflow import MLflowResource
 from mlops_assets.resources.scene_store import SceneStoreResource
+from mlops_assets.retries import EXTERNAL_RETRY, TRAINING_RETRY
+from mlops_assets.scale import gpu_op_tags
 
 if TYPE_CHECKING:
     from mlops_assets.core.nvs.data import NVSDataset
@@ -64,8 +66,9 @@ def _out_of_memory(
         else:
             kept = f"last good checkpoint (step {exc.checkpoint_step}) kept in MLflow: {uri}"
             info |= {"checkpoint_step": exc.checkpoint_step, "checkpoint_uri": uri}
-    return dg.Failure(
+    return dg.Failure(  # the same preset runs out of memory again: no retry
         description=f"nvs/{scene_id}: preset '{preset}': {exc.reason}; {kept}",
+        allow_retries=False,
         metadata=metadata(info),
     )
 
@@ -155,12 +158,13 @@ def _train(
     except SplatsOutOfMemoryError as exc:
         raise _out_of_memory(tracker, run_id, scene_id, preset, exc) from exc
     except DivergenceError as exc:
-        raise dg.Failure(
+        raise dg.Failure(  # seeded: a retry diverges the same way
             description=f"nvs/{scene_id}: training diverged at step {exc.step}: {exc}",
             metadata={"step": exc.step},
+            allow_retries=False,
         ) from exc
     except NVSTrainingError as exc:
-        raise dg.Failure(description=f"nvs/{scene_id}: {exc}") from exc
+        raise dg.Failure(description=f"nvs/{scene_id}: {exc}", allow_retries=False) from exc
 
 
 def _log_model(
@@ -291,6 +295,8 @@ def _splats_metadata(
     group_name=keys.NVS_GROUP,
     kinds={"pytorch", "gsplat", "mlflow"},
     io_manager_key="json_io_manager",
+    retry_policy=TRAINING_RETRY,
+    op_tags=gpu_op_tags(),  # on Kubernetes: a GPU node (mlops_assets.scale)
     pool="gpu",
     description=(
         "3D Gaussian Splatting trained on one capture from its sparse points (gsplat on CUDA, "
@@ -353,6 +359,7 @@ def nvs_splats(
     group_name=keys.NVS_GROUP,
     kinds={"mlflow"},
     io_manager_key="json_io_manager",
+    retry_policy=EXTERNAL_RETRY,
     check_specs=[
         dg.AssetCheckSpec(
             GATE_CHECK,

@@ -59,6 +59,7 @@ from mlops_assets.core.store.types import (
     NoChangesError,
     NotFoundError,
     ObjectStat,
+    ProtectedBranchError,
     StoreError,
     StoreUnavailableError,
     validate_branch_name,
@@ -86,6 +87,11 @@ def _raise_for_status(status: int, message: str, what: str) -> None:
     """Turn a lakeFS error status into the store's error type."""
     text = f"{what}: {message}"
     lowered = message.lower()
+    if status == 403 and "protected branch" in lowered:
+        raise ProtectedBranchError(
+            f"{text}: the branch is protected (only merges may change it); write to another "
+            "branch and merge it, or change the repository's branch protection rules"
+        )
     if status == 404:
         raise NotFoundError(text)
     if status == 409:
@@ -99,6 +105,45 @@ def _raise_for_status(status: int, message: str, what: str) -> None:
     if status in (401, 403):
         raise StoreError(f"{text} (check LAKEFS_ACCESS_KEY_ID / LAKEFS_SECRET_ACCESS_KEY)")
     raise StoreError(f"{text} (HTTP {status})")
+
+
+#: Statuses worth retrying: throttling (429) and a server or proxy that is restarting or overloaded.
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+#: Statuses that say the request was not processed, so any method may be retried (a POST commit or
+#: merge that got a 500 or a 504 may have happened: those are retried for idempotent methods only).
+_NOT_PROCESSED = frozenset({429, 502, 503})
+
+
+class _LakeFSRetry(urllib3.Retry):
+    """urllib3's retry with exponential backoff and jitter, and a per-method status rule."""
+
+    @override
+    def is_retry(self, method: str, status_code: int, has_retry_after: bool = False) -> bool:
+        if status_code in _NOT_PROCESSED:
+            return True  # the counts (status, total) still bound the attempts
+        return super().is_retry(method, status_code, has_retry_after)
+
+
+def lakefs_retry(attempts: int = 4, backoff_s: float = 0.25, max_backoff_s: float = 8.0) -> Any:
+    """The client's retry policy: ``attempts`` retries on 429/5xx and dropped connections.
+
+    The waits grow as ``backoff_s * 2**n`` (capped at ``max_backoff_s``) plus up to ``backoff_s``
+    of random jitter, and a ``Retry-After`` header is honoured. Reads (a response cut short) are
+    retried for idempotent methods only; bodies are never resent (see ``LakeFSStore._raw``).
+    """
+    return _LakeFSRetry(
+        total=attempts,
+        connect=min(attempts, 2),
+        read=min(attempts, 2),
+        status=attempts,
+        other=0,
+        backoff_factor=backoff_s,
+        backoff_max=max_backoff_s,
+        backoff_jitter=backoff_s,
+        status_forcelist=RETRY_STATUSES,
+        respect_retry_after_header=True,
+        raise_on_status=False,  # the last answer reaches _raise_for_status, which names it
+    )
 
 
 class _Body:
@@ -125,6 +170,7 @@ class LakeFSStore(VersionedStore):
         cache_dir: str | Path | None = None,
         timeout_s: float = 60.0,
         verify_etags: bool = True,
+        retry_attempts: int = 4,
     ) -> None:
         super().__init__(validate_repository_name(repository))
         endpoint = endpoint.rstrip("/")
@@ -144,6 +190,8 @@ class LakeFSStore(VersionedStore):
         config = Configuration(
             host=f"{self.endpoint}/api/v1", username=access_key_id, password=secret_access_key
         )
+        # lakefs_sdk passes `retries` to urllib3's PoolManager (typed None, used as Retry | bool).
+        config.retries = lakefs_retry(retry_attempts) if retry_attempts > 0 else False  # pyright: ignore[reportAttributeAccessIssue]
         self._client = ApiClient(config)
         self._repos = RepositoriesApi(self._client)
         self._branches = BranchesApi(self._client)
@@ -187,6 +235,10 @@ class LakeFSStore(VersionedStore):
         headers = make_headers(basic_auth=f"{self._access_key_id}:{self._secret_access_key}")
         headers.update(kwargs.pop("headers", {}))
         pool = self._client.rest_client.pool_manager
+        if "body" in kwargs:
+            # A streamed body cannot be sent twice: only a refused connection is retried here;
+            # a failed upload fails the step, whose RetryPolicy writes the object again.
+            kwargs.setdefault("retries", urllib3.Retry(total=2, connect=2, read=0, status=0))
         try:
             response = pool.request(
                 method,

@@ -61,6 +61,14 @@ class StoreUnavailableError(StoreError):
     """The store's server cannot be reached."""
 
 
+class ProtectedBranchError(StoreError):
+    """A write or commit to a branch that a lakeFS branch protection rule allows merges into only.
+
+    Retrying cannot help: write to another branch and merge it (the pipeline's writers do), or
+    change the repository's branch protection rules.
+    """
+
+
 class CorruptObjectError(StoreError):
     """An object's bytes no longer match the checksum recorded when it was written."""
 

@@ -117,6 +117,10 @@ class LakeFSDouble:
         self.root = root
         self.credentials = (access_key_id, secret_access_key)
         self.requests: list[str] = []  # "METHOD /path" of every request, for assertions
+        # Faults to inject: [method, path regex, status, times left]; branches protected by a
+        # lakeFS branch protection rule (uploads, deletes, resets and commits refused, merges not).
+        self.faults: list[list[Any]] = []
+        self.protected: set[str] = set()
         self._stores: dict[str, EmbeddedStore] = {}
         self._server: ThreadingHTTPServer | None = None
         self._routes = [
@@ -221,6 +225,21 @@ class LakeFSDouble:
 
     # Server lifecycle ----------------------------------------------------------------------
 
+    def fail_next(self, method: str, path_pattern: str, status: int, times: int = 1) -> None:
+        """Answer the next ``times`` matching requests with ``status`` (body unread, closed)."""
+        self.faults.append([method, re.compile(path_pattern), status, times])
+
+    def _injected_fault(self, method: str, path: str) -> int | None:
+        for fault in self.faults:
+            if fault[0] == method and fault[1].search(path) and fault[3] > 0:
+                fault[3] -= 1
+                return int(fault[2])
+        return None
+
+    def _refuse_protected(self, branch: str, action: str) -> None:
+        if branch in self.protected:
+            raise _message(403, f"cannot {action} protected branch")
+
     @property
     def endpoint(self) -> str:
         assert self._server is not None
@@ -280,6 +299,9 @@ class LakeFSDouble:
         query = parse_qs(url.query, keep_blank_values=True)
         self.requests.append(f"{handler.command} {url.path}")
         try:
+            injected = self._injected_fault(handler.command, url.path)
+            if injected is not None:
+                raise _message(injected, "injected fault: slow down" if injected == 429 else "oops")
             if not self._authorised(handler):
                 raise _message(401, "error authenticating request")
             if not url.path.startswith("/api/v1/"):
@@ -297,6 +319,8 @@ class LakeFSDouble:
                     return
             raise _message(404, f"no route for {handler.command} {path}")
         except _HTTPError as exc:
+            # A request body may be left unread: close the connection rather than misread it.
+            handler.close_connection = True
             self._send(handler, exc.status, "application/json", exc.body.encode())
         except MergeConflictError:
             body = MergeResult(reference="").to_json()
@@ -333,6 +357,8 @@ class LakeFSDouble:
         handler.send_response(status)
         handler.send_header("Content-Type", content_type)
         handler.send_header("Content-Length", str(len(body)))
+        if handler.close_connection:
+            handler.send_header("Connection", "close")
         handler.end_headers()
         if handler.command != "HEAD":
             handler.wfile.write(body)
@@ -471,6 +497,7 @@ class LakeFSDouble:
         self, handler: BaseHTTPRequestHandler, query: dict[str, list[str]], repo: str, b: str
     ) -> Any:
         creation = ResetCreation.from_dict(self._body(handler))
+        self._refuse_protected(b, "write to")
         store = self._store(repo)
         if creation.type == "reset":
             store.reset(b)
@@ -489,6 +516,7 @@ class LakeFSDouble:
         self, handler: BaseHTTPRequestHandler, query: dict[str, list[str]], repo: str, b: str
     ) -> Any:
         creation = CommitCreation.from_dict(self._body(handler))
+        self._refuse_protected(b, "commit to")
         commit = self._store(repo).commit(
             b, creation.message, creation.metadata or {}, allow_empty=bool(creation.allow_empty)
         )
@@ -497,6 +525,7 @@ class LakeFSDouble:
     def _upload(
         self, handler: BaseHTTPRequestHandler, query: dict[str, list[str]], repo: str, b: str
     ) -> Any:
+        self._refuse_protected(b, "write to")
         length = handler.headers.get("Content-Length")
         if "multipart/form-data" in (handler.headers.get("Content-Type") or ""):
             raise _message(400, "this double accepts only raw (application/octet-stream) uploads")
@@ -508,6 +537,7 @@ class LakeFSDouble:
     def _delete_object(
         self, handler: BaseHTTPRequestHandler, query: dict[str, list[str]], repo: str, b: str
     ) -> Any:
+        self._refuse_protected(b, "write to")
         self._store(repo).delete(b, self._q(query, "path"))
         return 204, "application/json", b""
 
