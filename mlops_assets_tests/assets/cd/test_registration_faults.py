@@ -18,6 +18,7 @@ import dagster as dg
 import pytest
 from mlflow.tracking import MlflowClient
 
+from mlops_assets.assets.cd.evaluation import cd_evaluation
 from mlops_assets.assets.cd.model import cd_model, cd_registered_model
 from mlops_assets.assets.cd.scene import cd_scene
 from mlops_assets.assets.cd.tiles import cd_tiles
@@ -36,7 +37,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 def trained(
     tmp_path_factory: pytest.TempPathFactory, demo_cd_dir: Path, demo_cd_warped_dir: Path
 ) -> Iterator[dict[str, Any]]:
-    """Two scenes tiled and a model trained, logged to a real MLflow server (not registered)."""
+    """Two scenes tiled, a model trained and evaluated on a real MLflow server (not registered)."""
     root = tmp_path_factory.mktemp("cd-faults")
     server = MlflowServer(
         mlflow_uri(tmp_path_factory, root / "mlflow"),
@@ -60,7 +61,7 @@ def trained(
             commit_folder(store, demo_cd_warped_dir, "cd/river/")
             for scene in ("farm", "river"):
                 assert materialize([cd_scene, cd_tiles], instance, resources, scene).success
-            assert materialize([cd_model], instance, resources).success
+            assert materialize([cd_model, cd_evaluation], instance, resources).success
             yield {"server": server, "instance": instance, "resources": resources}
     finally:
         server.stop()
