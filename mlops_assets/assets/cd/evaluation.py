@@ -96,32 +96,46 @@ def cd_evaluation(
             select_device(inference.device), work, progress=context.log.info,
         )  # fmt: skip
     ev.log_evaluation(tracker, trained.run_id, report)
-    total, champion_total = report.challenger_total, report.champion_total
     champion_version = None if champion is None else champion.version
+    run_url = tracker.run_url(trained.run_id, mlflow.ui_url)
     return dg.MaterializeResult(
         value=report.to_dict(),
         data_version=dg.DataVersion(
             f"{trained.run_id}-{eval_set.commit_id[:16]}-v{champion_version or 'none'}"
         ),
-        metadata=metadata(
-            {
-                "evaluation_scenes": list(eval_set.scene_ids),
-                "evaluation_commit": eval_set.commit_id,
-                "eval_f1": None if total is None else round(total.f1, 4),
-                "champion_eval_f1": None if champion_total is None else round(champion_total.f1, 4),
-                "champion_version": champion_version,
-                "mlflow_run": dg.MetadataValue.url(tracker.run_url(trained.run_id, mlflow.ui_url)),
-                "evaluation": dg.MetadataValue.md(ev.markdown_report(report))
+        metadata=_metadata(report, eval_set, champion_version, run_url),
+    )
+
+
+def _metadata(
+    report: Any, eval_set: Any, champion_version: str | None, run_url: str
+) -> dict[str, Any]:
+    """The asset page: the scenes, both totals, the side-by-side table and the two images.
+
+    ``report`` is a `mlops_assets.core.cd.evaluation.EvaluationReport`, ``eval_set`` the
+    `mlops_assets.core.scenes.evaluation.EvaluationSet` it was made on.
+    """
+    from mlops_assets.core.cd import evaluation as ev
+
+    total, champion_total = report.challenger_total, report.champion_total
+    return metadata(
+        {
+            "evaluation_scenes": list(eval_set.scene_ids),
+            "evaluation_commit": eval_set.commit_id,
+            "eval_f1": None if total is None else round(total.f1, 4),
+            "champion_eval_f1": None if champion_total is None else round(champion_total.f1, 4),
+            "champion_version": champion_version,
+            "mlflow_run": dg.MetadataValue.url(run_url),
+            "evaluation": dg.MetadataValue.md(ev.markdown_report(report))
+            if eval_set
+            else "no evaluation scenes: list labelled scenes in eval/scenes.json on main",
+            **(
+                {
+                    "confusion_matrix": image_md(ev.confusion_image(report), "confusion"),
+                    "pr_curve": image_md(ev.pr_curve_image(report), "precision-recall"),
+                }
                 if eval_set
-                else "no evaluation scenes: list labelled scenes in eval/scenes.json on main",
-                **(
-                    {
-                        "confusion_matrix": image_md(ev.confusion_image(report), "confusion"),
-                        "pr_curve": image_md(ev.pr_curve_image(report), "precision-recall"),
-                    }
-                    if eval_set
-                    else {}
-                ),
-            }
-        ),
+                else {}
+            ),
+        }
     )

@@ -216,6 +216,32 @@ class _Progress:
             )
 
 
+def _record(
+    result: Any,
+    sets: list[tuple[Any, TileIndex]],
+    records: dict[str, TilesRecord],
+    tuned: Any,
+    **fields: Any,
+) -> CDModelRecord:
+    """What cd/model hands on: ``fields`` plus the kept epoch, and the scenes and tiles it used.
+
+    ``result`` is the `mlops_assets.core.cd.train.TrainResult`, ``tuned`` the sweep's choice or
+    None.
+    """
+    return CDModelRecord(
+        experiment=EXPERIMENT,
+        best_epoch=result.best.epoch,
+        lakefs_commits={index.scene_id: index.commit_id for _, index in sets},
+        lakefs_repository=sets[0][1].repository,
+        tiles={index.scene_id: records[index.scene_id].key for _, index in sets},
+        train_scenes=result.train_scenes,
+        val_scenes=result.val_scenes,
+        sweep_run_id="" if tuned is None else tuned.run_id,
+        sweep_study="" if tuned is None else tuned.study_name,
+        **fields,
+    )
+
+
 @dg.asset(
     key=KEY,
     ins={"tiles": dg.AssetIn(key=keys.CD_TILES, metadata={"allow_missing_partitions": True})},
@@ -272,21 +298,10 @@ def cd_model(
         progress.finished(result, train_config.patience)
         best = _log_result(tracker, run_id, result, train_config)
         model_uri = log_cd_model(tracker, run_id, result, train_config.threshold)
-    record = CDModelRecord(
-        run_id=run_id,
-        model_uri=model_uri,
-        experiment=EXPERIMENT,
-        metrics=best,
-        best_epoch=result.best.epoch,
-        lakefs_commits={index.scene_id: index.commit_id for _, index in sets},
-        lakefs_repository=sets[0][1].repository,
-        git_sha=lineage.code_version(),
-        tiles={index.scene_id: records[index.scene_id].key for _, index in sets},
-        train_scenes=result.train_scenes,
-        val_scenes=result.val_scenes,
-        sweep_run_id="" if tuned is None else tuned.run_id,
-        sweep_study="" if tuned is None else tuned.study_name,
-    )
+    record = _record(
+        result, sets, records, tuned,
+        run_id=run_id, model_uri=model_uri, metrics=best, git_sha=lineage.code_version(),
+    )  # fmt: skip
     run_url = tracker.run_url(run_id, mlflow.ui_url)
     return dg.MaterializeResult(
         value=record.to_dict(),
