@@ -78,14 +78,17 @@ def cd_evaluation(
     from mlops_assets.core.compute import select_device
     from mlops_assets.core.scenes.evaluation import EvaluationSetError, read_evaluation_set
     from mlops_assets.core.scenes.layout import SceneKind
-    from mlops_assets.core.store.types import StoreError
+    from mlops_assets.core.store.types import StoreError, StoreUnavailableError
 
     trained = CDModelRecord.from_dict(model)
     tracker = mlflow.reachable_tracker(EXPERIMENT, label="cd/evaluation: ")
     store = scene_store.get_store()
     inference = config.to_core()
     errors = (EvaluationSetError, AlignmentError, ModelMismatchError, StoreError)
-    with failure_on(*errors, label="cd/evaluation: ", allow_retries=False):
+    with (
+        failure_on(*errors, label="cd/evaluation: ", allow_retries=False),
+        failure_on(StoreUnavailableError, label="cd/evaluation: "),  # an outage is retried
+    ):
         eval_set = read_evaluation_set(store, SceneKind.CD, scene_store.branch)
         challenger = ev.challenger_candidate(tracker, trained.model_uri, trained.run_id)
         champion = ev.champion_candidate(tracker, config.model_name, config.champion_alias)

@@ -66,7 +66,11 @@ def without_evaluation_scenes(
 
     if not records:  # nothing to train on: cd/model says so, the store is not asked
         return records, None
-    with failure_on(EvaluationSetError, StoreError, label=f"{asset}: evaluation set: "):
+    # A bad eval/scenes.json fails once; an unreachable store is retried.
+    with (
+        failure_on(EvaluationSetError, label=f"{asset}: evaluation set: ", allow_retries=False),
+        failure_on(StoreError, label=f"{asset}: evaluation set: "),
+    ):
         held_out = read_evaluation_set(
             scene_store.get_store(), SceneKind.CD, scene_store.branch, check=False
         )
@@ -319,11 +323,20 @@ def _decide(
     evaluation scenes (`promotion_decision`), naming the scenes that got worse. Without any: the
     validation F1 against the champion's, as before, and the reason says so.
     """
-    from mlops_assets.core.cd.evaluation import EvaluationReport, promotion_decision
+    from mlops_assets.core.cd.evaluation import EvaluationReport, promotion_decision, stale_reason
     from mlops_assets.core.tracking import gate as validation_gate
 
     val_f1 = float(trained.metrics["val_f1"])
     report = EvaluationReport.from_dict(evaluation)
+    current = tracker.version_by_alias(name, CHAMPION)
+    now = None if current is None else (str(current.version), str(current.run_id))
+    stale = stale_reason(report, trained.run_id, now)
+    if stale:
+        raise dg.Failure(
+            description=f"cd/registered_model: cd/evaluation is stale: {stale}; materialise "
+            "cd/evaluation again (cd_retrain runs model, evaluation and registration together)",
+            allow_retries=False,
+        )
     if not report.evaluation_set:
         version, champion_f1 = champion_score(tracker, name, CHAMPION, "val_f1")
         decision = validation_gate(

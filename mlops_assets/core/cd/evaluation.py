@@ -294,6 +294,31 @@ class EvaluationReport:
         )
 
 
+def stale_reason(
+    report: EvaluationReport, run_id: str, champion_now: tuple[str, str] | None
+) -> str | None:
+    """Why ``report`` cannot gate the model of run ``run_id`` now, or None when it can.
+
+    ``champion_now`` is the current champion's (version, run id), None without one. The report
+    must be of this run's model and against the champion that is still in place (another
+    retrain may have promoted a version since); a champion that is this very run (an earlier
+    attempt of the same registration promoted it) is not a change.
+    """
+    evaluated_run = str(report.challenger.get("run_id", ""))
+    if evaluated_run != run_id:
+        return f"it evaluated run {evaluated_run or '?'}, not this model's run {run_id}"
+    evaluated = None if report.champion is None else str(report.champion.get("version"))
+    if champion_now is None or champion_now[1] == run_id:
+        current = evaluated if champion_now is not None else None
+    else:
+        current = champion_now[0]
+    if current != evaluated:
+        was = f"v{evaluated}" if evaluated else "no champion"
+        now = f"v{current}" if current else "none"
+        return f"the champion moved since it ran (compared with {was}, champion now {now})"
+    return None
+
+
 def _describe(candidate: Candidate) -> dict[str, Any]:
     return {
         "role": candidate.role,

@@ -19,7 +19,7 @@ from mlops_assets.core.demo.cd import DEMO_CD_EVAL_SCENES, write_cd_scene
 from mlops_assets.core.scenes.evaluation import write_evaluation_set
 from mlops_assets.core.scenes.layout import SceneKind
 from mlops_assets.core.store.embedded import EmbeddedStore
-from mlops_assets_tests.assets.cd.test_chain import materialize
+from mlops_assets_tests.assets.cd.test_chain import failure_message, materialize
 from mlops_assets_tests.conftest import DEPLOYMENT_VARIABLES, commit_folder, embedded_resources
 
 pytestmark = pytest.mark.slow  # trains a tiny model twice (about a minute on 2 busy cores)
@@ -127,6 +127,18 @@ def test_the_next_model_is_compared_with_the_champion_on_the_same_scene(
     assert registered["version"] == "2"
     worse = registered["worse_scenes"]
     assert worse == (["valley"] if evaluation["eval_f1"] < first_f1 else [])
+
+
+def test_a_report_of_another_model_never_gates_a_new_one(held_out: dict[str, Any]) -> None:
+    # A new model trained, but cd/evaluation not run again: its report is of the last model.
+    assert materialize([cd_model], held_out["instance"], held_out["resources"]).success
+    result = materialize([cd_registered_model], held_out["instance"], held_out["resources"])
+    assert not result.success
+    message = failure_message(result)
+    assert "cd/evaluation is stale: it evaluated run " in message
+    assert "materialise cd/evaluation again" in message
+    client = MlflowClient(held_out["resources"]["mlflow"].tracking_uri)
+    assert len(client.search_model_versions(f"name='{NAME}'")) == 2  # nothing new
 
 
 def test_a_model_that_trained_on_an_evaluation_scene_is_refused(

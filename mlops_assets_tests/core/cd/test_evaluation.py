@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -31,6 +32,7 @@ from mlops_assets.core.cd.evaluation import (
     pr_curve_image,
     promotion_decision,
     same_set_gate,
+    stale_reason,
     trained_scenes_tag,
 )
 from mlops_assets.core.cd.model import build_unet, model_spec
@@ -269,3 +271,26 @@ def test_promotion_keeps_the_validation_bar_and_compares_on_the_evaluation_set()
     assert lenient.passed and "worse on 1/1 scene(s): a 0.8889 < 1.0000" in lenient.reason
     gate = lenient.as_gate()
     assert (gate.passed, gate.champion_version, gate.champion) == (True, "3", 1.0)
+
+
+def test_a_report_gates_only_its_own_run_against_the_champion_still_in_place() -> None:
+    report = EvaluationReport(
+        EvaluationSet(SceneKind.CD, ("a",), "c" * 64, "scenes"),
+        0.5,
+        {"role": CHALLENGER_ROLE, "run_id": "run-new", "trained_scenes": None},
+        {"role": CHAMPION_ROLE, "version": "1", "run_id": "run-v1", "trained_scenes": None},
+        (_score("a", 8, 2, 0),),
+        (_score("a", 10, 0, 0),),
+    )
+    assert stale_reason(report, "run-new", ("1", "run-v1")) is None
+    # An earlier attempt of this registration already promoted this run: not a change.
+    assert stale_reason(report, "run-new", ("2", "run-new")) is None
+    moved = stale_reason(report, "run-new", ("2", "run-other"))
+    assert moved == "the champion moved since it ran (compared with v1, champion now v2)"
+    other = stale_reason(report, "run-older", ("1", "run-v1"))
+    assert other == "it evaluated run run-new, not this model's run run-older"
+    first = dataclasses.replace(report, champion=None, champion_scores=())
+    assert stale_reason(first, "run-new", None) is None
+    assert stale_reason(first, "run-new", ("1", "run-v1")) == (
+        "the champion moved since it ran (compared with no champion, champion now v1)"
+    )
