@@ -327,11 +327,14 @@ class _SceneSource(click.ParamType[Path, Any]):
 
         assert ctx is not None
         staging = Path(ctx.with_resource(tempfile.TemporaryDirectory(prefix="mlops-s3-scene-")))
-        client: Any = boto3.client("s3", endpoint_url=_settings().s3_endpoint_url)
+        # This runs while click parses the arguments, outside the commands' one-line errors.
         try:
+            client: Any = boto3.client("s3", endpoint_url=_settings().s3_endpoint_url)
             fetched = fetch_s3_folder(client, text, staging / "scene")
         except SceneError as error:
             self.fail(str(error), param, ctx)
+        except Exception as error:
+            self.fail(describe_error(error), param, ctx)
         ctx.meta[_SOURCE_URL] = text
         return fetched
 

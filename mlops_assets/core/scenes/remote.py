@@ -17,6 +17,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+from mlops_assets.core.redact import redact_text
 from mlops_assets.core.scenes.layout import SceneError
 
 S3_SCHEME = "s3://"
@@ -110,7 +111,13 @@ def fetch_s3_folder(
     for key, relative in listed:
         target = dest.joinpath(*relative.parts)
         target.parent.mkdir(parents=True, exist_ok=True)
-        client.download_file(folder.bucket, key, str(target))
+        try:
+            client.download_file(folder.bucket, key, str(target))
+        except Exception as error:  # denied, dropped connection, disk full: one line, no traceback
+            code = getattr(error, "response", {}).get("Error", {}).get("Code")
+            raise SceneError(
+                f"s3://{folder.bucket}/{key}: cannot download ({code or redact_text(str(error))})"
+            ) from None
     return dest
 
 

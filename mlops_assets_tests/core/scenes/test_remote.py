@@ -97,3 +97,35 @@ def test_cli_ingests_an_s3_source(
     assert missing.exit_code != 0
     assert f"s3://{bucket}/none/: no such folder" in missing.output, missing.output
     assert len(missing.output.strip().splitlines()) == 1, missing.output
+
+
+def test_a_download_that_fails_is_one_line(s3: Any, bucket: str, tmp_path: Path) -> None:
+    class Denied:
+        """The real client, but every object download is refused as S3 refuses it."""
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(s3, name)
+
+        def download_file(self, bucket: str, key: str, filename: str) -> None:
+            from botocore.exceptions import ClientError
+
+            error = {"Error": {"Code": "AccessDenied", "Message": "Access Denied"}}
+            raise ClientError(error, "GetObject")  # type: ignore[arg-type]
+
+    with pytest.raises(
+        SceneError, match=r"s3://.+/scenes/farm/\S+: cannot download \(AccessDenied\)"
+    ):
+        fetch_s3_folder(Denied(), f"s3://{bucket}/scenes/farm/", tmp_path / "x")
+
+
+def test_cli_a_bad_endpoint_is_one_line(
+    bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLOPS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "not a url")
+    result = CliRunner().invoke(
+        main, ["ingest", "cd", f"s3://{bucket}/scenes/farm/", "--scene", "f"]
+    )
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output and "not a url" in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
