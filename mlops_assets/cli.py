@@ -743,7 +743,7 @@ def retrain(preset: str | None) -> None:
         reasons += [
             f"{name}: {e.description}" for name, e in sorted(checks.items()) if not e.passed
         ]
-        why = "; ".join(reasons) or "see the run in the UI"
+        why = redact_text("; ".join(reasons)) or "see the run in the UI"
         click.echo(f"error: cd_retrain run {result.run_id} failed: {why}", err=True)
         sys.exit(1)
     gate = checks.get("promotion_gate")
@@ -898,7 +898,7 @@ def sweep(
             or (data.error.message.strip() if data.error else "failed")
             for data in (e.step_failure_data for e in result.all_events if e.is_step_failure)
         ]
-        why = "; ".join(reasons) or "see the run in the UI"
+        why = redact_text("; ".join(reasons)) or "see the run in the UI"
         click.echo(f"error: cd_sweep run {result.run_id} failed: {why}", err=True)
         sys.exit(1)
     record = result.output_for_node(SWEEP_OP)

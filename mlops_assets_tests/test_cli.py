@@ -21,7 +21,7 @@ from PIL import Image
 from rasterio.crs import CRS
 
 from mlops_assets.cli import main
-from mlops_assets.core.scenes.evaluation import read_evaluation_set
+from mlops_assets.core.scenes.evaluation import read_evaluation_set, write_evaluation_set
 from mlops_assets.core.scenes.ingest import plan_upload
 from mlops_assets.core.scenes.layout import SceneKind
 from mlops_assets.core.store import embedded as embedded_module
@@ -411,3 +411,15 @@ def test_usage_errors_are_one_line_too(home: Path, tmp_path: Path) -> None:
     line = _one_error_line(result)
     assert "Directory" in line and "does not exist" in line and "--help)" in line
     assert "Usage:" not in result.output
+
+
+def test_demo_data_adds_its_evaluation_scene_to_a_users_own(home: Path) -> None:
+    store = _store(home)
+    store.ensure_repository()
+    write_evaluation_set(store, SceneKind.CD, ["my-held-out"])
+    result = CliRunner().invoke(main, ["demo-data", "--size", "64", "--image-size", "24"])
+    assert result.exit_code == 0, result.output
+    assert read_evaluation_set(store, SceneKind.CD, check=False).scene_ids == (
+        "my-held-out",
+        "valley-eval",
+    )

@@ -26,7 +26,7 @@ from mlops_assets.core.publish import link_metadata
 from mlops_assets.core.scenes.ingest import plan_upload
 from mlops_assets.core.scenes.layout import SceneError, SceneKind
 from mlops_assets.core.scenes.remote import local_scene_folder
-from mlops_assets.core.store.types import StoreError
+from mlops_assets.core.store.types import StoreError, StoreUnavailableError
 from mlops_assets.core.wap import describe_checks, write_audit_publish
 from mlops_assets.resources.lineage import LineageResource
 from mlops_assets.resources.scene_store import SceneStoreResource
@@ -97,8 +97,9 @@ def write_audit_publish_op(
             )
     except SceneError as exc:  # bad input: the same on every attempt
         raise dg.Failure(description=f"{scene}: {exc}", allow_retries=False) from exc
-    except StoreError as exc:
-        raise dg.Failure(description=f"{scene}: {exc}") from exc
+    except StoreError as exc:  # only an outage can go away on the next attempt
+        retry = isinstance(exc, StoreUnavailableError)
+        raise dg.Failure(description=f"{scene}: {exc}", allow_retries=retry) from exc
     facts = {
         "scene": scene,
         "branch": result.branch,

@@ -77,7 +77,8 @@ class AliasFollower:
                 model = self._load(version)
             except Exception as exc:
                 self.last_error = f"v{version} failed to load: {redact_text(str(exc))}"
-                _log.exception("%s@%s: v%s failed to load", self.name, self.alias, version)
+                # The message, redacted; not the traceback, whose frames may hold credentials.
+                _log.error("%s@%s: %s", self.name, self.alias, self.last_error)
                 return False
             before = None if self.current is None else self.current.version
             self.current = ServedVersion(version, run_id, model, time.time())

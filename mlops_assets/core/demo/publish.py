@@ -11,7 +11,7 @@ from pathlib import Path
 
 from mlops_assets.core.demo.cd import DEMO_CD_EVAL_SCENES, DEMO_CD_SCENES, write_cd_scene
 from mlops_assets.core.demo.nvs import DEMO_NVS_SCENES, write_nvs_scene
-from mlops_assets.core.scenes.evaluation import write_evaluation_set
+from mlops_assets.core.scenes.evaluation import read_evaluation_set, write_evaluation_set
 from mlops_assets.core.scenes.ingest import ProgressCallback, ingest_scenes, plan_upload
 from mlops_assets.core.scenes.layout import SceneKind
 from mlops_assets.core.store.base import VersionedStore
@@ -57,10 +57,12 @@ def publish_scenes(
     held_out = {spec.scene_id for spec in DEMO_CD_EVAL_SCENES}
     listed = sorted(s for kind, s, _ in scenes if kind is SceneKind.CD and s in held_out)
     if listed:
+        # Added to the scenes already held out there (a user's own set stays held out).
+        already = read_evaluation_set(store, SceneKind.CD, branch, check=False).scene_ids
         write_evaluation_set(
             store,
             SceneKind.CD,
-            listed,
+            sorted({*already, *listed}),
             message=f"Evaluation set: hold out the demo scene(s) {', '.join(listed)}",
             metadata=dict(metadata or {}),
             branch=branch,

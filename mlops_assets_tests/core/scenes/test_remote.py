@@ -115,7 +115,7 @@ def test_a_download_that_fails_is_one_line(s3: Any, bucket: str, tmp_path: Path)
     with pytest.raises(
         SceneError, match=r"s3://.+/scenes/farm/\S+: cannot download \(AccessDenied\)"
     ):
-        fetch_s3_folder(Denied(), f"s3://{bucket}/scenes/farm/", tmp_path / "x")
+        fetch_s3_folder(Denied(), f"s3://{bucket}/scenes/farm/", tmp_path / "x")  # type: ignore[arg-type]
 
 
 def test_cli_a_bad_endpoint_is_one_line(
