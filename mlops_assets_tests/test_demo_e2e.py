@@ -63,7 +63,17 @@ def run_demo(env: dict[str, str]) -> str:
             capture_output=True,
         )
         command = [str(REPO / "scripts" / "demo.sh")]
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
+    # Started with SIGTERM ignored, as nohup-like launchers and some CI runners start jobs: the
+    # script must not rely on `kill` (TERM) to stop its own helpers (it once hung here for good).
+    done = subprocess.run(
+        command,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_IGN),
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
 

@@ -83,7 +83,7 @@ run_logged() {  # run_logged <log> <tag> <label> <command...>: output to the log
   touch "$stamp"
   # A line at least every 30 s: when the run has shown nothing for 25 s (starting, importing,
   # a slow step on a busy machine), say that it is still running.
-  while sleep 5; do
+  while sleep 1; do
     if (($(date +%s) - $(stat -c %Y "$stamp") >= 25)); then
       printf '  [%s] ...     %s: running, %ss\n' "$tag" "$label" $((SECONDS - started))
       touch "$stamp"
@@ -92,7 +92,9 @@ run_logged() {  # run_logged <log> <tag> <label> <command...>: output to the log
   heartbeat=$!
   "$@" 2>&1 | tee "$log" | progress "$tag" "$stamp"
   rc=${PIPESTATUS[0]}
-  kill "$heartbeat" 2>/dev/null
+  # SIGKILL: a shell started with SIGTERM ignored (nohup-like launchers, some CI runners) cannot
+  # un-ignore it, and a plain `kill` would leave the loop running and the `wait` below hanging.
+  kill -KILL "$heartbeat" 2>/dev/null
   wait "$heartbeat" 2>/dev/null
   return "$rc"
 }
