@@ -272,7 +272,8 @@ def test_fsck_and_export_catch_flipped_bytes(home: Path, demo_cd_dir: Path, tmp_
     runner = CliRunner()
     assert runner.invoke(main, ["ingest", "cd", str(demo_cd_dir), "--scene", "farm"]).exit_code == 0
     clean = runner.invoke(main, ["fsck"])
-    assert clean.exit_code == 0 and "3 object(s)" in clean.output and "all intact" in clean.output
+    assert clean.exit_code == 0 and "all intact" in clean.output
+    assert "4 object(s)" in clean.output  # the scene's 3 files and its writer marker
     store = _store(home)
     commit = store.resolve("main")
     _flip(store.physical_path("main", "cd/farm/post.tif"))
@@ -281,7 +282,7 @@ def test_fsck_and_export_catch_flipped_bytes(home: Path, demo_cd_dir: Path, tmp_
     assert damaged.exit_code == 1
     lines = damaged.output.strip().splitlines()
     assert lines[0].startswith(f"damaged: cd/farm/post.tif at commit {commit[:12]}: expected")
-    assert lines[1].startswith("error: 1 of 3 object(s) in 'scenes' are damaged")
+    assert lines[1].startswith("error: 1 of 4 object(s) in 'scenes' are damaged")
 
     out = tmp_path / "out"
     export = runner.invoke(main, ["export", str(out), "--ref", "main", "--prefix", "cd/farm/"])

@@ -8,7 +8,10 @@ r"""Write, audit, publish: a scene reaches main only from a branch whose checks 
   of them is blocking there, so every one is blocking here);
 * **publish**: merge exactly the audited commit into main, only when every check passed, with
   metadata naming the branch it came from (`MERGE_SOURCE_KEY`, which the commit sensor reads),
-  the checks, and the lineage the caller passes (Dagster run id, lakeFS link buttons).
+  the checks, and the lineage the caller passes (Dagster run id, lakeFS link buttons). The merge
+  is `merge_scenes`'s, as for a plain ingest: if any other writer changed the scene on main since
+  the branch was cut (while the checks ran, say), nothing is merged, even when the two folders
+  differ in different files (both rewrote the scene's writer marker, so the merge conflicts).
 
 A scene that fails a check is never merged: main's head is unchanged, the branch stays for
 inspection, and the result lists the failed checks with their messages. An empty commit on the
@@ -34,6 +37,7 @@ from mlops_assets.core.scenes.ingest import (
     ProgressCallback,
     UploadPlan,
     commit_scenes,
+    merge_scenes,
     require_clean,
 )
 from mlops_assets.core.scenes.layout import SceneKind
@@ -169,7 +173,8 @@ def write_audit_publish(
     the result says which failed and the branch is kept. Errors are: a scene identical to main's
     (`NoChangesError`; no branch is left behind), an upload that fails (the branch is removed,
     nothing was committed), and a merge that fails after the checks passed (`PublishError`,
-    e.g. someone changed the same scene on main meanwhile; the branch is kept).
+    e.g. another writer changed the same scene on main since the branch was cut, whichever
+    files it changed; the branch is kept).
     """
     lineage = dict(lineage or {})
     require_clean(store, main_branch)  # nothing could be merged into it
@@ -200,11 +205,14 @@ def write_audit_publish(
         _record(store, branch, commit.id, WAP_CHECKS_FAILED, checks, lineage)
         return result
     try:
-        merged = store.merge(
+        merged = merge_scenes(
+            store,
             commit.id,  # exactly the audited commit, whatever the branch holds by now
             main_branch,
-            message=f"Merge '{branch}' into '{main_branch}': {scene} passed its checks",
-            metadata={
+            base,
+            [plan],
+            f"Merge '{branch}' into '{main_branch}': {scene} passed its checks",
+            {
                 MERGE_SOURCE_KEY: branch,
                 "scene": scene,
                 "ingest_commit": commit.id,

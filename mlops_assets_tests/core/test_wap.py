@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,16 +17,25 @@ from mlops_assets.core.scenes.cd import FILES_CHECK, OVERLAP_CHECK
 from mlops_assets.core.scenes.checks import CheckOutcome
 from mlops_assets.core.scenes.ingest import plan_upload
 from mlops_assets.core.scenes.layout import SceneKind
+from mlops_assets.core.store.base import VersionedStore
 from mlops_assets.core.store.embedded import EmbeddedStore
 from mlops_assets.core.store.lakefs import LakeFSStore
 from mlops_assets.core.store.types import InvalidNameError, NoChangesError, validate_branch_name
 from mlops_assets.core.wap import (
     PublishError,
+    WapResult,
     audit_scene,
     ingest_branch_name,
     write_audit_publish,
 )
 from mlops_assets_tests.conftest import DATA
+from mlops_assets_tests.core.scenes.racing import (
+    BACKENDS,
+    checksums,
+    edit_one_file,
+    scene_files,
+    two_writers,
+)
 from mlops_assets_tests.core.store.conftest import DOUBLE_KEY, DOUBLE_SECRET
 from mlops_assets_tests.core.store.lakefs_double import LakeFSDouble
 
@@ -199,3 +210,66 @@ def test_the_lakefs_client_publishes_and_refuses_the_same_way(
         assert client.exists(failed.branch, "cd/bad/pre.tif")
     finally:
         double.stop()
+
+
+@pytest.fixture(params=BACKENDS)
+def writers(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[VersionedStore, ...]]:
+    """Two clients of one repository, as two ``ingest --publish`` processes would hold them."""
+    with two_writers(request.param, tmp_path) as pair:
+        yield pair
+
+
+@pytest.mark.parametrize("race", ["during-checks", "at-merge"])
+def test_two_publishes_of_one_scene_editing_different_files_never_mix(
+    writers: tuple[VersionedStore, VersionedStore],
+    demo_cd_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    race: str,
+) -> None:
+    store, other = writers
+    edit_pre = edit_one_file(demo_cd_dir, tmp_path / "edit-pre", "pre.tif")
+    edit_post = edit_one_file(demo_cd_dir, tmp_path / "edit-post", "post.tif")
+    write_audit_publish(store, "main", plan_upload(SceneKind.CD, demo_cd_dir, "farm"), when=WHEN)
+    won: list[WapResult] = []
+
+    def publish_the_other() -> None:
+        if not won:
+            won.append(write_audit_publish(other, "main", edit_post_plan, when=WHEN))
+
+    edit_post_plan = plan_upload(SceneKind.CD, edit_post, "farm", validate=False)
+    if race == "during-checks":  # the checks take minutes on real scenes
+
+        def audit_then_race(*args: Any, **kwargs: Any) -> list[CheckOutcome]:
+            outcomes = audit_scene(*args, **kwargs)
+            if args[0] is store:  # this writer's audit, not the other's
+                publish_the_other()
+            return outcomes
+
+        monkeypatch.setattr(wap, "audit_scene", audit_then_race)
+    else:  # after this writer's last look at main, inside its merge call
+        real_merge = store.merge
+
+        def racing_merge(*args: Any, **kwargs: Any) -> str:
+            publish_the_other()
+            return real_merge(*args, **kwargs)
+
+        monkeypatch.setattr(store, "merge", racing_merge)
+
+    plan = plan_upload(SceneKind.CD, edit_pre, "farm", validate=False)
+    with pytest.raises(PublishError) as info:
+        write_audit_publish(store, "main", plan, when=WHEN)
+
+    (winner,) = won
+    assert winner.merged and winner.merge_commit_id is not None
+    (kept,) = set(store.list_branches()) - {"main"}  # the loser's audited branch, not the winner's
+    message = str(info.value)
+    assert message.startswith(f"cd/farm passed its checks on branch {kept!r} ")
+    assert f"cd/farm was changed on 'main' by commit {winner.merge_commit_id[:12]} " in message
+    assert f"merged from {winner.branch!r}" in message and "\n" not in message
+    head = store.get_commit("main")  # untouched by the loser: the winner's merge, whole
+    assert head.id == winner.merge_commit_id
+    assert head.metadata["merge_source"] == winner.branch
+    assert scene_files(store, "main", "farm") == checksums(edit_post)
+    assert store.get_commit(kept).metadata["wap_status"] == "merge-failed"  # as any failed merge
+    assert scene_files(store, kept, "farm") == checksums(edit_pre)  # there for inspection

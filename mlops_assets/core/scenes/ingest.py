@@ -9,6 +9,12 @@ merges that commit into the target with the default (fail on conflict) strategy,
 same scene never leave a commit mixing both folders (the later one fails, naming the commit that
 won); an ingest that fails, is interrupted or killed leaves the target exactly as it was (a killed
 one leaves its ``write-`` branch behind, for ``mlops-assets gc``).
+
+Two writers of one scene whose folders differ in *different* files would merge cleanly (a merge
+conflicts only on a path both sides changed), so every writer also commits the scene's marker
+(`mlops_assets.core.scenes.layout.write_marker`) with content of its own: both writers changed
+that path, and whichever merges second conflicts, atomically, inside the store's own merge (the
+same on lakeFS). `merge_scenes` turns that into `SceneConflictError` naming the winner.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import io
+import json
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +38,7 @@ from mlops_assets.core.scenes.layout import (
     SceneKind,
     scene_prefix,
     validate_scene_id,
+    write_marker,
 )
 from mlops_assets.core.scenes.nvs import local_nvs_files, validate_local_nvs
 from mlops_assets.core.store.base import VersionedStore
@@ -47,6 +56,11 @@ from mlops_assets.core.store.types import (
 
 class SceneConflictError(StoreError):
     """Another writer changed the same scene on the target branch while this ingest ran."""
+
+    def __init__(self, message: str, scene: str = "", other: str | None = None) -> None:
+        super().__init__(message)  # args stay (message,): the error pickles across processes
+        self.scene = scene  # ``<kind>/<scene_id>``
+        self.other = other  # the commit that changed the scene on the target, when known
 
 
 ProgressCallback = Callable[[int], None]
@@ -72,6 +86,11 @@ class UploadPlan:
     def prefix(self) -> str:
         """The scene's prefix in the repository."""
         return scene_prefix(self.kind, self.scene_id)
+
+    @property
+    def marker(self) -> str:
+        """The scene's writer marker (`write_marker`), rewritten by every ingest of it."""
+        return write_marker(self.kind, self.scene_id)
 
     @property
     def total_bytes(self) -> int:
@@ -234,15 +253,22 @@ def commit_scenes(
 ) -> Commit:
     """Upload scenes to ``branch``, a branch this writer owns, and commit them together.
 
-    Raises `NoChangesError` if the branch already holds exactly these files. On failure, nothing
-    the call staged stays staged.
+    Every scene whose files changed gets its writer marker (`UploadPlan.marker`) rewritten with
+    content unique to this call, so that two writers of one scene conflict when they merge
+    (`merge_scenes`); an unchanged scene's marker is left alone (the scene stays unchanged). Raises
+    `NoChangesError` if the branch already holds exactly these files. On failure, nothing the
+    call staged stays staged.
     """
     staged: list[UploadPlan] = []
     try:
         changed = False
         for plan in plans:
             staged.append(plan)
-            changed |= bool(stage_scene(store, branch, plan, progress))
+            if stage_scene(store, branch, plan, progress):
+                changed = True
+                store.put(
+                    branch, plan.marker, io.BytesIO(_marker(plan, branch)), "application/json"
+                )
         if not changed:
             names = ", ".join(f"{p.kind.value}/{p.scene_id}" for p in plans)
             raise NoChangesError(f"{names} unchanged on branch {branch!r}: no changes to commit")
@@ -251,7 +277,21 @@ def commit_scenes(
         with contextlib.suppress(StoreError):  # keep the original error, not a cleanup's
             for plan in staged:
                 store.reset(branch, plan.prefix)
+                store.reset(branch, plan.marker)
         raise
+
+
+def _marker(plan: UploadPlan, branch: str) -> bytes:
+    """The marker's content: who wrote the scene, and a nonce no other writer shares."""
+    return json.dumps(
+        {
+            "scene": f"{plan.kind.value}/{plan.scene_id}",
+            "branch": branch,
+            "written_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "nonce": uuid.uuid4().hex,
+        },
+        sort_keys=True,
+    ).encode()
 
 
 def _commit_metadata(plans: list[UploadPlan], metadata: Mapping[str, str] | None) -> dict[str, str]:
@@ -262,23 +302,65 @@ def _commit_metadata(plans: list[UploadPlan], metadata: Mapping[str, str] | None
     }
 
 
-def _conflict(
+def scene_conflict(
     store: VersionedStore, branch: str, base: str, plans: list[UploadPlan]
 ) -> SceneConflictError | None:
-    """The error to raise if a scene of ``plans`` changed on ``branch`` since ``base``."""
+    """The error to raise if a scene of ``plans`` changed on ``branch`` since ``base``.
+
+    A scene changed when its files or its writer marker differ between ``base`` and the head
+    of ``branch``; the error names the newest commit that changed either, and the branch it
+    was merged from when the commit says so.
+    """
     head = store.resolve(branch)
+    if head == base:
+        return None
     for plan in plans:
-        if head == base or not store.diff(base, head, plan.prefix):
+        if not (store.diff(base, head, plan.prefix) or store.diff(base, head, plan.marker)):
             continue
         scene = f"{plan.kind.value}/{plan.scene_id}"
-        other = next(iter(store.log(head, prefixes=[plan.prefix], limit=1)), None)
-        by = f"commit {other.id[:12]} ({other.message!r})" if other else f"head {head[:12]}"
+        other = next(iter(store.log(head, prefixes=[plan.prefix, plan.marker], limit=1)), None)
+        if other is None:
+            by = f"head {head[:12]}"
+        else:
+            source = other.metadata.get(MERGE_SOURCE_KEY)
+            merged_from = f", merged from {source!r}" if source else ""
+            by = f"commit {other.id[:12]} ({other.message!r}{merged_from})"
         return SceneConflictError(
             f"{scene} was changed on {branch!r} by {by} while this ingest ran (it started from "
             f"{base[:12]}); nothing was merged and {branch!r} holds that version whole: ingest "
-            "again to replace it"
+            "again to replace it",
+            scene,
+            other.id if other else None,
         )
     return None
+
+
+def merge_scenes(
+    store: VersionedStore,
+    commit_id: str,
+    branch: str,
+    base: str,
+    plans: list[UploadPlan],
+    message: str,
+    metadata: Mapping[str, str],
+) -> str:
+    """Merge a writer's commit of ``plans``, cut from ``base``, into ``branch``; return the merge.
+
+    Raises `SceneConflictError` if another writer changed one of the scenes on ``branch`` since
+    ``base``: looked for before the merge, and enforced by the merge itself, since both writers
+    rewrote the scene's marker (a writer that lands between the look and the merge makes the
+    merge conflict, and nothing is merged). Other merge errors propagate as they are.
+    """
+    conflict = scene_conflict(store, branch, base, plans)
+    if conflict is not None:
+        raise conflict
+    try:
+        return store.merge(commit_id, branch, message=message, metadata=metadata)
+    except MergeConflictError:
+        conflict = scene_conflict(store, branch, base, plans)
+        if conflict is None:
+            raise
+        raise conflict from None
 
 
 def ingest_scenes(
@@ -292,11 +374,12 @@ def ingest_scenes(
     """Write validated scenes into ``branch`` in one merge; return the merge commit.
 
     The files go to a fresh ``write-`` branch cut from ``branch``'s head and are committed there
-    (`commit_scenes`); that commit is merged into ``branch`` with the default strategy, and the
-    ``write-`` branch is deleted, whatever happened. Raises `NoChangesError` if ``branch``
-    already holds exactly these files, `SceneConflictError` if another writer changed one of the
-    scenes on ``branch`` meanwhile (nothing is merged), `DirtyBranchError` if ``branch`` has
-    uncommitted changes. ``branch`` never holds a part of the upload.
+    (`commit_scenes`); that commit is merged into ``branch`` with the default strategy
+    (`merge_scenes`), and the ``write-`` branch is deleted, whatever happened. Raises
+    `NoChangesError` if ``branch`` already holds exactly these files, `SceneConflictError` if
+    another writer changed one of the scenes on ``branch`` meanwhile (nothing is merged),
+    `DirtyBranchError` if ``branch`` has uncommitted changes. ``branch`` never holds a part of
+    the upload.
     """
     if branch not in store.list_branches():
         names = ", ".join(f"{p.kind.value} scene {p.scene_id!r}" for p in plans)
@@ -315,21 +398,15 @@ def ingest_scenes(
             raise NoChangesError(
                 f"{names} unchanged on branch {branch!r}: no changes to commit"
             ) from None
-        conflict = _conflict(store, branch, base, plans)
-        if conflict is not None:
-            raise conflict
-        try:
-            merged = store.merge(
-                commit.id,
-                branch,
-                message=message,
-                metadata={**_commit_metadata(plans, metadata), MERGE_SOURCE_KEY: work},
-            )
-        except MergeConflictError:
-            conflict = _conflict(store, branch, base, plans)
-            if conflict is None:
-                raise
-            raise conflict from None
+        merged = merge_scenes(
+            store,
+            commit.id,
+            branch,
+            base,
+            plans,
+            message,
+            {**_commit_metadata(plans, metadata), MERGE_SOURCE_KEY: work},
+        )
         return store.get_commit(merged)
     finally:
         with contextlib.suppress(StoreError):  # keep the original error, not a cleanup's

@@ -9,6 +9,8 @@
                                       without georeferencing (same-size CRS-less GeoTIFFs)
     nvs/<scene_id>/images/<name>.png  novel-view synthesis: the photos (.png / .jpg / .jpeg)
     nvs/<scene_id>/sparse/0/...       the COLMAP model: cameras, images, points3D (.bin or .txt)
+    _writes/<kind>/<scene_id>.json    who wrote the scene last (`write_marker`), outside every
+                                      scene prefix: not part of the scene
 
 Scene ids match ``[a-z0-9][a-z0-9_-]{0,62}`` so they are safe as path segments, Dagster partition
 keys and lakeFS branch-name parts.
@@ -23,6 +25,8 @@ from dataclasses import dataclass, field
 SCENE_ID_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 COLMAP_FILES = ("cameras", "images", "points3D")
+#: Where the writers of scenes leave their markers (`write_marker`); never a scene kind.
+WRITES_PREFIX = "_writes/"
 
 
 class SceneError(ValueError):
@@ -64,6 +68,19 @@ def validate_scene_id(scene_id: str) -> str:
 def scene_prefix(kind: SceneKind, scene_id: str) -> str:
     """The repository prefix holding one scene, ending with ``/``."""
     return f"{kind.value}/{validate_scene_id(scene_id)}/"
+
+
+def write_marker(kind: SceneKind, scene_id: str) -> str:
+    """``_writes/<kind>/<scene_id>.json``: the object every writer of the scene rewrites.
+
+    Each ingest commits it beside the scene's files with content of its own (its branch and a
+    random nonce), so any two writers of one scene, started from the same commit, have both
+    changed this path and their merges conflict, on lakeFS as on the embedded store, even when
+    their folders differ in different files. It lies outside the scene's prefix, so listing,
+    reading, checking or exporting a scene never meets it, and the commit sensor counts it
+    among the paths outside every scene (`scene_of_path` is None for it).
+    """
+    return f"{WRITES_PREFIX}{kind.value}/{validate_scene_id(scene_id)}.json"
 
 
 @dataclass(frozen=True)

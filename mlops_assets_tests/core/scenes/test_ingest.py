@@ -8,21 +8,24 @@ import random
 import shutil
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import pytest
 
+from mlops_assets.core.changes import scene_changes
 from mlops_assets.core.scenes.ingest import (
     SceneConflictError,
+    UploadPlan,
     ingest_scene,
     ingest_scenes,
     plan_upload,
     stage_scene,
 )
-from mlops_assets.core.scenes.layout import SceneError, SceneKind
+from mlops_assets.core.scenes.layout import SceneError, SceneKind, scene_of_path, write_marker
+from mlops_assets.core.store.base import VersionedStore
 from mlops_assets.core.store.embedded import EmbeddedStore
 from mlops_assets.core.store.lakefs import LakeFSStore
 from mlops_assets.core.store.types import (
@@ -33,6 +36,13 @@ from mlops_assets.core.store.types import (
     StoreError,
 )
 from mlops_assets_tests.conftest import DATA
+from mlops_assets_tests.core.scenes.racing import (
+    BACKENDS,
+    checksums,
+    edit_one_file,
+    scene_files,
+    two_writers,
+)
 from mlops_assets_tests.core.store.conftest import DOUBLE_KEY, DOUBLE_SECRET
 from mlops_assets_tests.core.store.lakefs_double import LakeFSDouble
 
@@ -179,12 +189,12 @@ class _FailingStore(EmbeddedStore):
 def test_failed_upload_leaves_nothing_staged_or_committed(
     tmp_path: Path, demo_cd_dir: Path
 ) -> None:
-    store = _FailingStore(tmp_path / "store", fail_at=5)
+    store = _FailingStore(tmp_path / "store", fail_at=6)
     store.ensure_repository()
-    ingest_scene(store, "main", plan_upload(SceneKind.CD, demo_cd_dir, "existing"))  # 3 puts
+    ingest_scene(store, "main", plan_upload(SceneKind.CD, demo_cd_dir, "existing"))  # 3 + marker
     head = store.resolve("main")
     plans = [
-        plan_upload(SceneKind.CD, demo_cd_dir, "new-a"),  # puts 4-6: fails at 5
+        plan_upload(SceneKind.CD, demo_cd_dir, "new-a"),  # puts 5-7: fails at 6
         plan_upload(SceneKind.NVS, MAUPERTUIS, "new-b"),
     ]
     with pytest.raises(ConnectionError, match=r"new-a/post\.tif"):
@@ -244,6 +254,7 @@ def test_two_ingests_at_once_never_see_each_others_files(tmp_path: Path, demo_cd
 
     (second,) = committed  # committed while the first was half uploaded
     assert [s.path for s in store.list(second.id)] == [
+        "_writes/cd/b.json",  # b's writer marker: a's is not there
         "cd/b/label.tif",
         "cd/b/post.tif",
         "cd/b/pre.tif",
@@ -287,6 +298,93 @@ def _checksums(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.glob("*.tif")}
 
 
+@pytest.fixture(params=BACKENDS)
+def writers(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[VersionedStore, ...]]:
+    """Two clients of one repository, as two ingest processes would hold them."""
+    with two_writers(request.param, tmp_path) as pair:
+        yield pair
+
+
+@pytest.fixture
+def one_file_edits(tmp_path: Path, demo_cd_dir: Path) -> tuple[Path, Path]:
+    """Two versions of the demo scene: the first edits only pre.tif, the second only post.tif."""
+    return (
+        edit_one_file(demo_cd_dir, tmp_path / "edit-pre", "pre.tif"),
+        edit_one_file(demo_cd_dir, tmp_path / "edit-post", "post.tif"),
+    )
+
+
+def _cd(folder: Path, scene_id: str = "farm") -> UploadPlan:
+    return plan_upload(SceneKind.CD, folder, scene_id)
+
+
+def test_two_ingests_of_one_scene_editing_different_files_never_mix(
+    writers: tuple[VersionedStore, VersionedStore],
+    demo_cd_dir: Path,
+    one_file_edits: tuple[Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store, other = writers
+    edit_pre, edit_post = one_file_edits
+    ingest_scene(store, "main", _cd(demo_cd_dir))
+    real_merge = store.merge
+    won: list[Commit] = []
+
+    def racing_merge(*args: Any, **kwargs: Any) -> str:
+        if not won:  # the other writer lands after this one's last look, before its merge
+            won.append(ingest_scene(other, "main", _cd(edit_post)))
+        return real_merge(*args, **kwargs)
+
+    monkeypatch.setattr(store, "merge", racing_merge)
+    with pytest.raises(SceneConflictError) as info:
+        ingest_scene(store, "main", _cd(edit_pre))
+
+    (winner,) = won
+    message = str(info.value)
+    assert message.startswith(f"cd/farm was changed on 'main' by commit {winner.id[:12]} ")
+    assert f"merged from '{winner.metadata['merge_source']}'" in message
+    assert "nothing was merged" in message and "\n" not in message
+    assert (info.value.scene, info.value.other) == ("cd/farm", winner.id)
+    assert store.resolve("main") == winner.id  # untouched by the loser
+    assert scene_files(store, "main", "farm") == checksums(edit_post)  # one folder, whole
+    assert set(store.list_branches()) == {"main"}  # the loser's write- branch went too
+
+
+def test_a_later_ingest_of_one_scene_replaces_it_and_changes_only_it(
+    writers: tuple[VersionedStore, VersionedStore],
+    demo_cd_dir: Path,
+    one_file_edits: tuple[Path, Path],
+) -> None:
+    store, other = writers
+    edit_pre, edit_post = one_file_edits
+    first = ingest_scenes(store, "main", [_cd(demo_cd_dir), _cd(demo_cd_dir, "quarry")], "two")
+    marker = store.stat("main", write_marker(SceneKind.CD, "quarry")).checksum
+
+    for writer, folder in ((other, edit_pre), (store, edit_post)):  # one after the other
+        before = store.resolve("main")
+        # quarry is unchanged: its files and its marker stay as they are
+        commit = ingest_scenes(writer, "main", [_cd(folder), _cd(demo_cd_dir, "quarry")], "again")
+        assert scene_files(store, "main", "farm") == checksums(folder)
+        changes = scene_changes(store, "main", before)  # what the commit sensor sees
+        assert (changes.head, changes.changed, changes.deleted) == (
+            commit.id,
+            {SceneKind.CD: ["farm"], SceneKind.NVS: []},
+            {SceneKind.CD: [], SceneKind.NVS: []},
+        )
+    assert store.stat("main", write_marker(SceneKind.CD, "quarry")).checksum == marker
+    assert scene_changes(store, "main", first.id).changed[SceneKind.CD] == ["farm"]
+    # The marker is no part of a scene: not listed with it, not a scene of its own.
+    assert store.list_prefixes("main", "cd/") == ["cd/farm/", "cd/quarry/"]
+    assert [s.path.rsplit("/", 1)[1] for s in store.list("main", "cd/farm/")] == [
+        "label.tif",
+        "post.tif",
+        "pre.tif",
+    ]
+    assert scene_of_path(write_marker(SceneKind.CD, "farm")) is None
+    with pytest.raises(NoChangesError):  # an identical ingest still changes nothing
+        ingest_scene(other, "main", _cd(edit_post))
+
+
 class _SlowStore(EmbeddedStore):
     """Takes its time over each write, so other writers and signals land in the middle."""
 
@@ -326,13 +424,16 @@ def _concurrent_ingest(root: str, folder: str, scene: str, barrier: Barrier, res
 
 
 def test_eight_concurrent_ingests_of_four_scenes_leave_whole_scenes_only(
-    tmp_path: Path, demo_cd_dir: Path, demo_cd_warped_dir: Path
+    tmp_path: Path, demo_cd_dir: Path, one_file_edits: tuple[Path, Path]
 ) -> None:
     store = EmbeddedStore(tmp_path / "store", "scenes")
     store.ensure_repository()
-    folders = {str(demo_cd_dir): _checksums(demo_cd_dir)}
-    folders[str(demo_cd_warped_dir)] = _checksums(demo_cd_warped_dir)
-    jobs = [(f"s{i}", folder) for i in range(4) for folder in folders]
+    ingest_scenes(store, "main", [_cd(demo_cd_dir, f"s{i}") for i in range(4)], "seed")
+    # Each scene is rewritten at once by two folders that changed *different* files of it: a
+    # merge alone would take pre.tif from one and post.tif from the other.
+    racing = {str(folder): _checksums(folder) for folder in one_file_edits}
+    folders = {str(demo_cd_dir): _checksums(demo_cd_dir), **racing}
+    jobs = [(f"s{i}", folder) for i in range(4) for folder in racing]
     ctx = multiprocessing.get_context("fork")  # everything is imported already: starts at once
     barrier = ctx.Barrier(len(jobs))
     results = ctx.Queue()

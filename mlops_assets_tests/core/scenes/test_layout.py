@@ -10,6 +10,7 @@ from mlops_assets.core.scenes.layout import (
     scene_of_path,
     split_listing,
     validate_scene_id,
+    write_marker,
 )
 
 
@@ -59,3 +60,12 @@ def test_split_listing_keeps_invalid_names_with_reasons() -> None:
     listing = split_listing(["cd/b/", "cd/a/", "cd/Bad/"], SceneKind.CD)
     assert listing.valid == ["a", "b"]
     assert listing.invalid == {"Bad": "it contains upper-case letters"}
+
+
+def test_the_writer_marker_lies_outside_every_scene() -> None:
+    marker = write_marker(SceneKind.NVS, "globe")
+    assert marker == "_writes/nvs/globe.json"
+    assert not marker.startswith(NVSPaths("globe").prefix)
+    assert scene_of_path(marker) is None  # the commit sensor counts it among ignored paths
+    with pytest.raises(SceneError, match="invalid scene id"):
+        write_marker(SceneKind.CD, "../escape")
