@@ -4,7 +4,8 @@ Userinfo tokens, passwords and query-string credentials in the MLflow tracking U
 URL and the Dagster URL must not reach the Dagster event log, the compute logs, asset metadata,
 MLflow params and tags, or lakeFS commit metadata. Other work extends this test with its URIs.
 Every secret the production stack hands the app (each secret-bearing variable named in
-docker/.env.example or set in a compose file's environment) is set to a unique value for the
+docker/.env.example or set in a compose file's environment, and each connection string there that
+carries a password, such as ``MLOPS_OPTUNA_STORAGE``) is set to a unique value for the
 materialisation too, and must not show up anywhere either.
 """
 
@@ -33,16 +34,36 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 DOCKER = Path(__file__).parents[1] / "docker"
 _SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|ACCESS_KEY")
+#: Connection strings, whose value carries a password (``postgresql://user:password@host/db``).
+_CONNECTION_NAME = re.compile(r"_STORAGE$|_URI$|_URL$|CONNECTION_STRING$|_DSN$")
+_CREDENTIALS_IN_URI = re.compile(r"://[^/\s@]+:[^/\s@]+@")
+
+
+def _deployment_variables() -> dict[str, set[str]]:
+    """Every variable of docker/.env.example and of the compose environments, with its values."""
+    found: dict[str, set[str]] = {}
+    lines = re.findall(
+        r"^#?\s*([A-Z][A-Z0-9_]+)=(.*)$", (DOCKER / ".env.example").read_text(), re.M
+    )
+    for path in DOCKER.glob("compose*.yaml"):
+        lines += re.findall(r"^\s+([A-Z][A-Z0-9_]+):(.*)$", path.read_text(), re.M)
+    for name, value in lines:
+        found.setdefault(name, set()).add(value.strip())
+    return found
 
 
 def deployment_secret_names() -> set[str]:
-    """Secret-bearing variables of docker/.env.example and of every compose environment."""
-    names = set(
-        re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", (DOCKER / ".env.example").read_text(), re.M)
-    )
-    for path in DOCKER.glob("compose*.yaml"):
-        names |= set(re.findall(r"^\s+([A-Z][A-Z0-9_]+):", path.read_text(), re.M))
-    return {name for name in names if _SECRET_NAME.search(name)}
+    """Secret-bearing variables (passwords, keys, tokens) of the deployment files."""
+    return {name for name in _deployment_variables() if _SECRET_NAME.search(name)}
+
+
+def deployment_credential_uris() -> set[str]:
+    """Variables whose value is a URI with credentials in it (a database's connection string)."""
+    return {
+        name
+        for name, values in _deployment_variables().items()
+        if _CONNECTION_NAME.search(name) and any(_CREDENTIALS_IN_URI.search(v) for v in values)
+    }
 
 
 def test_the_secret_names_cover_the_stack() -> None:
@@ -53,6 +74,15 @@ def test_the_secret_names_cover_the_stack() -> None:
         "MINIO_APP_SECRET_KEY",
         "LAKEFS_AUTH_ENCRYPT_SECRET_KEY",
     } <= deployment_secret_names()
+    assert {
+        "MLOPS_OPTUNA_STORAGE",
+        "MLFLOW_BACKEND_STORE_URI",
+        "LAKEFS_DATABASE_POSTGRES_CONNECTION_STRING",
+    } <= deployment_credential_uris()
+    # A URL without credentials is not a secret.
+    assert not {"MLOPS_DAGSTER_URL", "LAKEFS_ENDPOINT", "MLFLOW_TRACKING_URI"} & (
+        deployment_credential_uris() | deployment_secret_names()
+    )
 
 
 def _files_holding(root: Path, secrets: list[str]) -> dict[str, list[str]]:
@@ -81,6 +111,9 @@ def test_no_secret_reaches_logs_metadata_or_mlflow(
     deployment = {name: f"s3cr3t-{uuid.uuid4().hex[:12]}" for name in deployment_secret_names()}
     for name, value in deployment.items():
         monkeypatch.setenv(name, value)
+    for name in deployment_credential_uris():  # a connection string: its password is the secret
+        deployment[name] = f"s3cr3t-{uuid.uuid4().hex[:12]}"
+        monkeypatch.setenv(name, f"postgresql://app:{deployment[name]}@db.example:5432/app")
     tracking = mlflow_server.replace("http://", f"http://{token}@")
     ui_url = f"{mlflow_server}/?access_token={query_secret}"
     dagster_url = f"http://admin:{password}@dagster.example:3000/?token={query_secret}"
