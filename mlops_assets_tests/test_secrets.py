@@ -23,12 +23,15 @@ from mlflow.tracking import MlflowClient
 from mlops_assets.assets.cd.evaluation import cd_evaluation
 from mlops_assets.assets.cd.model import cd_model, cd_registered_model
 from mlops_assets.assets.cd.scene import cd_scene
+from mlops_assets.assets.cd.sweep import cd_sweep
 from mlops_assets.assets.cd.tiles import cd_tiles
 from mlops_assets.core.store.embedded import EmbeddedStore
 from mlops_assets.resources.lineage import LineageResource
 from mlops_assets.resources.mlflow import MLflowResource
+from mlops_assets.resources.sweeps import OptunaStorageResource
 from mlops_assets_tests.assets.cd.test_chain import materialize
 from mlops_assets_tests.conftest import commit_folder
+from mlops_assets_tests.postgres import pg_bin_dir, postgres_cluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -148,3 +151,57 @@ def test_no_secret_reaches_logs_metadata_or_mlflow(
     assert not [s for s in secrets if s in logged]
     # The lakeFS commits the pipeline wrote, and everything else under the test's folder.
     assert _files_holding(tmp_path, secrets) == {}
+
+
+@pytest.mark.skipif(pg_bin_dir() is None, reason="initdb/pg_ctl not installed (.ci/run has them)")
+def test_the_sweep_database_password_reaches_nothing(
+    store: EmbeddedStore,
+    instance: dg.DagsterInstance,
+    resources: dict[str, Any],
+    mlflow_server: str,
+    demo_cd_dir: Path,
+    demo_cd_warped_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``MLOPS_OPTUNA_STORAGE`` as production sets it: a PostgreSQL URL with the password in it.
+
+    The throw-away cluster trusts loopback logins, so the URL works whatever its password says.
+    """
+    password = f"s3cr3t-{uuid.uuid4().hex[:12]}"
+    with postgres_cluster() as cluster:
+        url = cluster.create_database("optuna").replace("@", f":{password}@", 1)
+        monkeypatch.setenv("MLOPS_OPTUNA_STORAGE", url)
+        production = {
+            **resources,
+            "mlflow": MLflowResource(tracking_uri=mlflow_server, ui_url=mlflow_server),
+            "optuna_storage": OptunaStorageResource(storage=dg.EnvVar("MLOPS_OPTUNA_STORAGE")),
+        }
+        commit_folder(store, demo_cd_dir, "cd/farm/")
+        commit_folder(store, demo_cd_warped_dir, "cd/river/")
+        for scene in ("farm", "river"):
+            assert materialize([cd_scene, cd_tiles], instance, production, scene).success
+        swept = dg.materialize(
+            [cd_scene, cd_tiles, cd_sweep],
+            selection=[cd_sweep],
+            instance=instance,
+            resources=production,
+            run_config={
+                "ops": {"cd__sweep": {"config": {"preset": "tiny", "n_trials": 1, "epochs": 1}}}
+            },
+            raise_on_error=False,
+        )
+    assert swept.success
+    # The storage was used and shown: redacted, not dropped.
+    (sweep,) = swept.asset_materializations_for_node("cd__sweep")
+    assert str(sweep.metadata["storage"].value) == url.replace(password, "***")
+    for run in instance.get_runs():
+        for entry in instance.all_logs(run.run_id):
+            assert password not in str(entry), str(entry)[:500]
+    assert _files_holding(Path(instance.root_directory), [password]) == {}
+    client = MlflowClient(tracking_uri=mlflow_server)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(experiments)
+    assert len(runs) >= 2  # the sweep's run and its trial
+    assert not [r.info.run_id for r in runs if password in f"{r.data.params} {r.data.tags}"]
+    assert _files_holding(tmp_path, [password]) == {}
