@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+import ast
+import functools
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pytest
@@ -219,15 +223,100 @@ def test_sweeps_use_a_journal_file_or_the_database_variable(tmp_path: Path) -> N
     assert "s3cret" not in repr(spec.model_dump()) and "MLOPS_OPTUNA_STORAGE" in repr(spec)
 
 
+#: The steps that put tensors on a GPU where there is one (training, evaluation, inference, the
+#: sweep's trials, rendering): derived from the code below, and spelled out so that a change shows.
+GPU_STEPS = {"cd__model", "cd__evaluation", "cd__change_map", "cd__sweep"} | {
+    "nvs__splats",
+    "nvs__render",
+}
+
+Imports = dict[str, tuple[str, str | None]]  # name -> (module, attribute; None: the module itself)
+
+
+def _imports(body: list[ast.stmt]) -> Imports:
+    found: Imports = {}
+    for node in body:
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                found[alias.asname or alias.name.split(".")[0]] = (
+                    alias.name if alias.asname else alias.name.split(".")[0],
+                    None,
+                )
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            for alias in node.names:
+                sub = f"{node.module}.{alias.name}"
+                is_module = node.module.startswith("mlops_assets") and _module(sub) is not None
+                found[alias.asname or alias.name] = (
+                    (sub, None) if is_module else (node.module, alias.name)
+                )
+    return found
+
+
+@functools.cache
+def _module(name: str) -> tuple[dict[str, ast.AST], Imports] | None:
+    """A project module's top-level functions and classes, and its imports; parsed, not imported."""
+    try:
+        spec = importlib.util.find_spec(name)
+    except ModuleNotFoundError:
+        return None
+    if spec is None or spec.origin is None or not spec.origin.endswith(".py"):
+        return None
+    tree = ast.parse(Path(spec.origin).read_text())
+    kinds = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+    defs: dict[str, ast.AST] = {n.name: n for n in tree.body if isinstance(n, kinds)}
+    return defs, _imports(tree.body)
+
+
+def _touches_cuda(module: str, name: str, seen: set[tuple[str, str]]) -> bool:
+    """Whether ``module.name``, or project code it refers to (statically), uses ``torch.cuda``.
+
+    Follows every name a function refers to (called or passed on, imported at the top or inside
+    the function) into this project's modules; a GPU is used through ``torch.cuda`` (device
+    selection, `mlops_assets.core.compute.select_device`, or the renderer's own choice).
+    """
+    parsed = _module(module) if module.startswith("mlops_assets") else None
+    if parsed is None or (module, name) in seen:
+        return False
+    seen.add((module, name))
+    defs, imports = parsed
+    if name not in defs:  # re-exported from another module
+        module_of, attribute = imports.get(name, ("", None))
+        return attribute is not None and _touches_cuda(module_of, attribute, seen)
+    refers = dict(imports)
+    for node in ast.walk(defs[name]):
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            refers.update(_imports([node]))
+    for node in ast.walk(defs[name]):
+        targets: list[tuple[str, str]] = []
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+            if node.value.id == "torch" and node.attr == "cuda":
+                return True
+            module_of, attribute = refers.get(node.value.id, ("", ""))
+            if attribute is None:  # module.function
+                targets.append((module_of, node.attr))
+        elif isinstance(node, ast.Name):
+            module_of, attribute = refers.get(node.id, ("", None))
+            targets.append((module, node.id) if node.id in defs else (module_of, attribute or ""))
+        if any(_touches_cuda(m, n, seen) for m, n in targets if n):
+            return True
+    return False
+
+
 def test_gpu_steps_ask_kubernetes_for_a_gpu_and_external_steps_retry(tmp_path: Path) -> None:
     defs = build_defs(Settings.from_env({}, cwd=tmp_path))
-    gpu_ops: list[str] = []
+    pooled: set[str] = set()
+    using_gpu: set[str] = set()
     for asset in defs.resolve_all_asset_specs():
         node = defs.resolve_assets_def(asset.key).node_def
         assert isinstance(node, dg.OpDefinition)
+        function: Any = getattr(node.compute_fn, "decorated_fn", None)  # the asset's body
+        if _touches_cuda(function.__module__, function.__name__, set()):
+            using_gpu.add(node.name)
         if node.pool == "gpu":
-            gpu_ops.append(node.name)
+            pooled.add(node.name)
             assert "dagster-k8s/config" in node.tags, node.name
         if node.name != "cd__sweep":  # a retried sweep would add its trials twice
             assert node.retry_policy is not None, node.name
-    assert {"cd__model", "cd__evaluation", "cd__sweep", "nvs__splats"} <= set(gpu_ops)
+    # A step that can put work on the GPU holds a `gpu` pool slot, and only those do.
+    assert using_gpu == GPU_STEPS
+    assert pooled == GPU_STEPS

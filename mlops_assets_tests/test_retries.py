@@ -1,6 +1,7 @@
 """mlops_assets.retries: transient faults cost a retry, bad input fails once."""
 
 import dagster as dg
+from dagster._core.execution.plan.objects import StepRetryData  # what STEP_UP_FOR_RETRY carries
 
 from mlops_assets.core.store.types import StoreUnavailableError
 from mlops_assets.retries import EXTERNAL_RETRY, TRAINING_RETRY, bad_input
@@ -51,3 +52,34 @@ def test_retries_are_bounded() -> None:
 def test_bad_input_is_not_retried() -> None:
     result, attempts = _materialise(10, bad_input("cd/farm: pre.tif is missing"))
     assert not result.success and attempts == [0]
+
+
+def _waits(policy: dg.RetryPolicy, scale: float) -> list[float]:
+    """Seconds Dagster waits before each retry under ``policy`` (jitter off), from the event log.
+
+    Measured with every delay divided by ``scale`` (so the test waits milliseconds), then scaled
+    back: the waits grow in proportion to the delay.
+    """
+
+    @dg.asset(
+        retry_policy=dg.RetryPolicy(policy.max_retries, (policy.delay or 0) / scale, policy.backoff)
+    )
+    def always_fails() -> None:
+        raise StoreUnavailableError("lakeFS at http://x unreachable")
+
+    with dg.instance_for_test() as instance:
+        result = dg.materialize([always_fails], instance=instance, raise_on_error=False)
+    retries = [e.event_specific_data for e in result.all_events if e.is_step_up_for_retry]
+    return [
+        round((d.seconds_to_wait or 0) * scale, 6) for d in retries if isinstance(d, StepRetryData)
+    ]
+
+
+def test_the_delays_are_the_ones_the_policies_state() -> None:
+    # retries.py: before retry n Dagster waits (2**n - 1) * delay, +/- up to delay of jitter.
+    assert _waits(EXTERNAL_RETRY, 200.0) == [2.0, 6.0, 14.0]
+    assert _waits(TRAINING_RETRY, 500.0) == [5.0, 15.0]
+    for n in (1, 2, 3):
+        waits = {EXTERNAL_RETRY.calculate_delay(n) for _ in range(200)}
+        centre = (2**n - 1) * 2.0
+        assert centre - 2.0 <= min(waits) < max(waits) <= centre + 2.0

@@ -30,6 +30,7 @@ from mlops_assets.resources.lineage import LineageResource
 from mlops_assets.resources.mlflow import MLflowResource
 from mlops_assets.resources.scene_store import SceneStoreResource
 from mlops_assets.retries import EXTERNAL_RETRY
+from mlops_assets.scale import gpu_op_tags
 
 KEY = keys.NVS_RENDER
 PLY_FILE = "splats.ply"
@@ -123,6 +124,8 @@ def _render_and_publish(
     kinds={"gsplat", "ply", "lakefs"},
     io_manager_key="json_io_manager",
     retry_policy=EXTERNAL_RETRY,
+    op_tags=gpu_op_tags(),  # on Kubernetes: a GPU node (mlops_assets.scale)
+    pool="gpu",  # the orbit is rasterised on the GPU where there is one
     description=(
         "The scene's registered splats (by alias) as an INRIA-layout .ply and an orbit .mp4, "
         "committed to the outputs branch with the model version and source commit."

@@ -3,8 +3,11 @@
 A real ``mlflow server`` process: killed in the middle of the step (after the version was created,
 before its aliases were set) and started again, the step's `RetryPolicy` runs it again and the
 retry finds the version its run already produced, so the run succeeds with exactly one new
-version, aliased. Killed for good, the step fails after its retries with a message naming the
-server, and no version is left behind.
+version, aliased. Killed for good before the step, the step fails after its retries with a message
+naming the server, and no version is left behind. Killed for good in the middle (after the version,
+before its aliases), the step fails the same way and leaves a version without aliases, which
+nothing loads (consumers load by alias) and the champion is untouched; materialising the
+registration again once the server is back finds that version and completes its aliases.
 """
 
 from __future__ import annotations
@@ -127,3 +130,52 @@ def test_a_server_gone_for_good_fails_cleanly_and_registers_nothing(
     assert f"MLflow tracking server {server.address} is unreachable" in message
     assert _attempts(result) == 4  # the first attempt and three retries, then it gives up
     assert _versions(server) == before
+
+
+def test_a_server_gone_for_good_mid_registration_is_completed_by_the_next_registration(
+    trained: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server: MlflowServer = trained["server"]
+    instance, resources = trained["instance"], trained["resources"]
+    # A run of its own: another test may already have registered the module's run.
+    assert materialize([cd_model, cd_evaluation], instance, resources).success
+    before = _versions(server)
+    original = Tracker.set_alias
+    killed: list[str] = []
+
+    def kill_for_good(self: Tracker, name: str, alias: str, version: str) -> None:
+        if not killed:  # the version exists; the server dies before its first alias, for good
+            killed.append(version)
+            server.stop(signal.SIGKILL)
+        original(self, name, alias, version)
+
+    monkeypatch.setattr(Tracker, "set_alias", kill_for_good)
+    try:
+        failed = materialize([cd_registered_model], instance, resources)
+    finally:
+        server.start()
+    assert not failed.success and killed
+    (failure,) = [e for e in failed.all_events if e.is_step_failure]
+    data = failure.step_failure_data.user_failure_data
+    assert data is not None and data.description is not None
+    assert data.description.startswith(f"MLflow tracking server {server.address} is unreachable")
+    assert "\n" not in data.description and "Traceback" not in data.description
+    assert _attempts(failed) == 4
+    # Half registered: the new version has no alias yet, so nothing loads it; the aliases
+    # (champion included) still point where they did.
+    (half,) = [v for v in _versions(server) if v not in before]
+    assert half[1] == killed[0] and half[2] == []
+    assert [v for v in _versions(server) if v != half] == before
+
+    monkeypatch.setattr(Tracker, "set_alias", original)
+    repaired = materialize([cd_registered_model], instance, resources)
+    assert repaired.success, failure_message(repaired)
+    (registered,) = repaired.asset_materializations_for_node("cd__registered_model")
+    name, version = registered.metadata["model_name"].value, registered.metadata["version"].value
+    assert version == killed[0]  # the same version, completed: not a second one
+    aliases = sorted(str(a) for a in registered.metadata["aliases"].value)  # type: ignore[union-attr]
+    assert aliases and (name, version, aliases) in _versions(server)
+    assert len(_versions(server)) == len(before) + 1
+    assert not [
+        alias for v in _versions(server) if v[1] != version for alias in v[2] if alias in aliases
+    ]
