@@ -21,19 +21,12 @@ the request time, beside the in-process forward of the same pair.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import io
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-from collections.abc import Generator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -58,14 +51,9 @@ from mlops_assets.core.cd.raster import positions
 from mlops_assets.core.cd.registry import log_cd_model
 from mlops_assets.core.cd.tiles import scene_stats
 from mlops_assets.core.tracking import CHAMPION, Tracker, load_pyfunc_model
+from mlops_assets_tests.processes import mlflow_models_serve
 
 NAME = "change-detection-unet"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _register(root: Path) -> Tracker:
@@ -78,55 +66,6 @@ def _register(root: Path) -> Tracker:
     version = tracker.register(NAME, uri, run_id, {}, "benchmark model")
     tracker.set_alias(NAME, CHAMPION, str(version.version))
     return tracker
-
-
-@contextlib.contextmanager
-def _served(tracker: Tracker, root: Path) -> Generator[str]:
-    """``mlflow models serve -m models:/NAME@champion --env-manager local`` until the block ends."""
-    port = _free_port()
-    bin_dir = Path(sys.executable).parent
-    log = (root / "serve.log").open("wb")
-    process = subprocess.Popen(
-        [
-            str(bin_dir / "mlflow"),
-            *("models", "serve", "-m", f"models:/{NAME}@{CHAMPION}", "--env-manager", "local"),
-            *("--host", "127.0.0.1", "--port", str(port), "--workers", "1"),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        env={
-            **os.environ,
-            "MLFLOW_TRACKING_URI": tracker.tracking_uri,
-            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-        },
-    )
-    try:
-        address = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 180
-        while True:
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(f"{address}/ping", timeout=2).ok:
-                    break
-            if process.poll() is not None or time.monotonic() > deadline:
-                log.flush()
-                raise RuntimeError("mlflow models serve did not start:\n" + _tail(root))
-            time.sleep(0.5)
-        yield address
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=30)
-        log.close()
-
-
-def _tail(root: Path) -> str:
-    return (root / "serve.log").read_text(errors="replace")[-3000:]
 
 
 @dataclasses.dataclass
@@ -221,7 +160,9 @@ def bench_serving(size: int = 1024, repeats: int = 2, requests_each: int = 10) -
             (np.stack(pres[i : i + config.batch_size]), np.stack(posts[i : i + config.batch_size]))
             for i in range(0, len(pres), config.batch_size)
         ]
-        with _served(tracker, root) as address:
+        model_uri = f"models:/{NAME}@{CHAMPION}"
+        with mlflow_models_serve(model_uri, tracker.tracking_uri, root / "serve.log") as server:
+            address = server.address
             clock = _JsonClock()
 
             def served_scene() -> None:
