@@ -237,3 +237,45 @@ def test_a_body_over_the_limit_is_answered_413_before_it_is_read(tracker: Tracke
             )
             assert raw.recv(4096).startswith(b"HTTP/1.1 413 ")
         assert post(address, body).status_code == 200  # still serving
+
+
+@pytest.mark.parametrize("max_concurrent", [1, 3])
+def test_requests_past_max_concurrent_wait_their_turn(
+    tracker: Tracker, max_concurrent: int
+) -> None:
+    follower = registry_follower(tracker.tracking_uri, NAME, CHAMPION)
+    follower.poll()
+    assert follower.current is not None
+    inner = follower.current.model.unwrap_python_model()
+    predict = inner.predict
+    running = {"now": 0, "most": 0}
+    lock = threading.Lock()
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        with lock:
+            running["now"] += 1
+            running["most"] = max(running["most"], running["now"])
+        try:
+            time.sleep(1.0)  # long enough for the other requests to arrive meanwhile
+            return predict(*args, **kwargs)
+        finally:
+            with lock:
+                running["now"] -= 1
+
+    inner.predict = counting
+    body = json.dumps({"inputs": {k: v.tolist() for k, v in batch().items()}})
+    with serving(follower, max_concurrent=max_concurrent) as address:
+        answers: list[int] = []
+        clients = [
+            threading.Thread(target=lambda: answers.append(post(address, body).status_code))
+            for _ in range(3)
+        ]
+        for client in clients:
+            client.start()
+        for client in clients:
+            client.join(timeout=60)
+    assert answers == [200, 200, 200]
+    if max_concurrent == 1:
+        assert running["most"] == 1  # one at a time: the others waited, bodies unread
+    else:
+        assert running["most"] >= 2  # the bound, not the test, is what serialised them
