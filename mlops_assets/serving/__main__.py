@@ -7,7 +7,7 @@ The registry is polled every ``--poll-seconds``; when the alias moves, the new v
 and swapped in (the old one serves until then). ``/health`` is 503 until a version has loaded.
 An /invocations body over ``--max-body-mb`` MiB is answered 413 without being read, and at most
 ``--max-concurrent`` requests are read and predicted at once: together they bound the memory
-requests can take (about 1.5 GB each at the default 64 MiB).
+requests can take (about 1.5 GiB each at the default 64 MiB).
 """
 
 from __future__ import annotations

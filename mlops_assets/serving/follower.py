@@ -50,13 +50,13 @@ Resolver = Callable[[], tuple[str, str] | None]
 Loader = Callable[[str], Any]
 
 #: Largest /invocations body read by default: 64 MiB. MLflow parses the whole JSON into Python
-#: objects, up to about 25 bytes of them per body byte (measured: a 60 MiB body of 4-byte
-#: numbers such as ``0.5,`` took the server from 0.9 to 2.4 GB peak RSS), so with one request at
-#: a time the server stays under 2.5 GB whatever the body holds. A full `MAX_PIXELS` request
-#: (1 Mpx, 4 bands of uint16 values) is 62 MiB of JSON and peaked at 1.7 GB.
+#: objects, up to about 25 bytes of them per body byte: a 62 MiB body of 4-byte numbers such as
+#: ``0.5,`` took the server from 0.9 to 2.4 GiB peak RSS, so with one request at a time it stays
+#: under 2.5 GiB whatever the body holds. A full `MAX_PIXELS` request (1 Mpx, 4 bands of uint16
+#: values) is 62 MiB of JSON and peaked at 1.7 GiB (``python -m benchmarks --only serving-rss``).
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 #: Requests read and predicted at once by default; the others wait, their bodies unread. One:
-#: inference already uses every core (torch), and each parsed body can take 1.5 GB.
+#: inference already uses every core (torch), and each parsed body can take 1.5 GiB.
 DEFAULT_MAX_CONCURRENT = 1
 
 

@@ -32,7 +32,7 @@ from mlflow.pyfunc.model import PythonModel
 #: parsed the whole JSON body into Python objects before this is checked, so the bound that holds
 #: is the body size (cd-serving's ``--max-body-mb``); this one keeps the parse of a well-formed
 #: request small: one request of 1 Mpx (4 bands, uint16 values, 62 MiB of JSON) took the server
-#: from 0.9 to 1.7 GB peak RSS (default preset). At 16 Mpx that would be about 13 GB.
+#: from 0.9 to 1.7 GiB peak RSS (default preset). At 16 Mpx that would be about 13 GiB.
 MAX_PIXELS = 1024 * 1024
 _STATS = ("pre_mean", "pre_std", "post_mean", "post_std")
 
