@@ -43,7 +43,7 @@ def _benches() -> list[Bench]:
     from benchmarks.parallel_partitions import bench_parallel_partitions
     from benchmarks.retry_cost import bench_retry_cost
     from benchmarks.sensor_latency import bench_sensor_latency
-    from benchmarks.serving import bench_serving
+    from benchmarks.serving import bench_serving, bench_serving_rss
     from benchmarks.sweep import bench_sweep
     from benchmarks.tiling import bench_tiling_rss, bench_tiling_throughput
     from benchmarks.training import bench_heldout_f1, bench_training_throughput
@@ -148,6 +148,13 @@ def _benches() -> list[Bench]:
             "concurrent clients",
             lambda: bench_serving(1024),
             lambda: bench_serving(512, repeats=1, requests_each=4),
+        ),
+        Bench(
+            "serving-rss",
+            "peak RSS of cd-serving (python -m mlops_assets.serving, default bounds) for a full "
+            "1 Mpx request and the worst 64 MiB body from 2 clients (<= 3 GiB; quick: the same)",
+            bench_serving_rss,
+            bench_serving_rss,
         ),
         Bench(
             "f1",

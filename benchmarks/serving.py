@@ -17,23 +17,21 @@ JSON seconds) / /invocations seconds.
 
 Latency: one 256 px pair (N=1) posted repeatedly by 1 and by 4 concurrent clients; p50 and p95 of
 the request time, beside the in-process forward of the same pair.
+
+Memory (``serving-rss``, `bench_serving_rss`): peak RSS of ``python -m mlops_assets.serving``
+(cd-serving) with its default bounds, for a full 1 Mpx request and for the worst body under the
+64 MiB limit posted by two clients at once.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import io
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Generator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -58,14 +56,9 @@ from mlops_assets.core.cd.raster import positions
 from mlops_assets.core.cd.registry import log_cd_model
 from mlops_assets.core.cd.tiles import scene_stats
 from mlops_assets.core.tracking import CHAMPION, Tracker, load_pyfunc_model
+from mlops_assets_tests.processes import ServerProcess, free_port, mlflow_models_serve
 
 NAME = "change-detection-unet"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _register(root: Path) -> Tracker:
@@ -78,55 +71,6 @@ def _register(root: Path) -> Tracker:
     version = tracker.register(NAME, uri, run_id, {}, "benchmark model")
     tracker.set_alias(NAME, CHAMPION, str(version.version))
     return tracker
-
-
-@contextlib.contextmanager
-def _served(tracker: Tracker, root: Path) -> Generator[str]:
-    """``mlflow models serve -m models:/NAME@champion --env-manager local`` until the block ends."""
-    port = _free_port()
-    bin_dir = Path(sys.executable).parent
-    log = (root / "serve.log").open("wb")
-    process = subprocess.Popen(
-        [
-            str(bin_dir / "mlflow"),
-            *("models", "serve", "-m", f"models:/{NAME}@{CHAMPION}", "--env-manager", "local"),
-            *("--host", "127.0.0.1", "--port", str(port), "--workers", "1"),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        env={
-            **os.environ,
-            "MLFLOW_TRACKING_URI": tracker.tracking_uri,
-            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-        },
-    )
-    try:
-        address = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 180
-        while True:
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(f"{address}/ping", timeout=2).ok:
-                    break
-            if process.poll() is not None or time.monotonic() > deadline:
-                log.flush()
-                raise RuntimeError("mlflow models serve did not start:\n" + _tail(root))
-            time.sleep(0.5)
-        yield address
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=30)
-        log.close()
-
-
-def _tail(root: Path) -> str:
-    return (root / "serve.log").read_text(errors="replace")[-3000:]
 
 
 @dataclasses.dataclass
@@ -221,7 +165,9 @@ def bench_serving(size: int = 1024, repeats: int = 2, requests_each: int = 10) -
             (np.stack(pres[i : i + config.batch_size]), np.stack(posts[i : i + config.batch_size]))
             for i in range(0, len(pres), config.batch_size)
         ]
-        with _served(tracker, root) as address:
+        model_uri = f"models:/{NAME}@{CHAMPION}"
+        with mlflow_models_serve(model_uri, tracker.tracking_uri, root / "serve.log") as server:
+            address = server.address
             clock = _JsonClock()
 
             def served_scene() -> None:
@@ -338,3 +284,93 @@ def bench_serving(size: int = 1024, repeats: int = 2, requests_each: int = 10) -
             for c, lat in ((1, lat1), (4, lat4))
         ],
     ]
+
+
+# Memory of one request at cd-serving's bounds -----------------------------------------------
+
+
+def _rss_mib(pid: int) -> dict[str, float]:
+    """VmRSS and VmHWM (peak) of ``pid`` in MiB, from /proc."""
+    found: dict[str, float] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            found[key] = int(value.split()[0]) / 1024
+    return found
+
+
+def _body(windows: int, worst: bool) -> str:
+    """A 4-band request of ``windows`` 256 px pairs: uint16 values, or 4-byte numbers (``0.5,``)."""
+    rng = np.random.default_rng(0)
+    shape = (windows, 4, 256, 256)
+    if worst:  # as many numbers as bytes allow: the parse's worst case per body byte
+        arrays = {r: rng.integers(0, 10, shape) + 0.5 for r in ("pre", "post")}
+        inputs = {k: v.tolist() for k, v in arrays.items()}
+        return json.dumps({"inputs": inputs}, separators=(",", ":"))
+    arrays = {r: rng.integers(200, 3000, shape).astype(np.float32) for r in ("pre", "post")}
+    return json.dumps({"inputs": {k: v.tolist() for k, v in arrays.items()}})
+
+
+def _peak_of(tracker: Tracker, root: Path, body: str, clients: int) -> dict[str, Any]:
+    """A fresh ``python -m mlops_assets.serving`` (defaults); ``clients`` post ``body`` at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    port = free_port()
+    argv = [sys.executable, "-m", "mlops_assets.serving", "--model", f"{NAME}@{CHAMPION}"]
+    argv += ["--port", str(port), "--poll-seconds", "3600"]
+    env = {"MLFLOW_TRACKING_URI": tracker.tracking_uri, "MLOPS_HOME": str(root / "home")}
+    server = ServerProcess(argv, f"http://127.0.0.1:{port}", root / "follower.log", env)
+    with server:
+        assert server.process is not None
+        idle = _rss_mib(server.process.pid)["VmRSS"]
+
+        def post(_: int) -> int:
+            url = f"{server.address}/invocations"
+            headers = {"Content-Type": "application/json"}
+            return requests.post(url, data=body, headers=headers, timeout=1200).status_code
+
+        with ThreadPoolExecutor(clients) as pool:
+            statuses = list(pool.map(post, range(clients)))
+        peak = _rss_mib(server.process.pid)["VmHWM"]
+    return {"idle_mib": idle, "peak_mib": peak, "statuses": statuses, "body_mib": len(body) / 2**20}
+
+
+def bench_serving_rss(limit_mib: float = 3072.0) -> list[BenchResult]:
+    """Peak RSS of cd-serving for requests at its default bounds (body 64 MiB, 1 at a time).
+
+    The default preset's model, as in `bench_serving`, behind the follower with its defaults.
+    Two cases, each on a fresh server (peak RSS only grows): a full `MAX_PIXELS` request (1 Mpx,
+    4 bands of uint16 values, which the model answers), and two concurrent clients each posting
+    the worst body under the limit (4-byte numbers, the most Python objects per byte; over the
+    pixel bound, so answered 400 after the parse). The target is the Kubernetes manifest's
+    4Gi limit less a margin: ``limit_mib``.
+    """
+    from mlops_assets.core.cd.pyfunc_model import MAX_PIXELS
+    from mlops_assets.serving.follower import DEFAULT_MAX_BODY_BYTES
+
+    windows_full = MAX_PIXELS // (256 * 256)
+    windows_worst = DEFAULT_MAX_BODY_BYTES // (8 * 4 * 256 * 256) - 1  # just under the limit
+    cases = [
+        ("full 1 Mpx request", _body(windows_full, worst=False), 1),
+        ("worst body under the limit, 2 clients", _body(windows_worst, worst=True), 2),
+    ]
+    results: list[BenchResult] = []
+    with tempfile.TemporaryDirectory(prefix="bench-serving-rss-") as tmp:
+        root = Path(tmp)
+        tracker = _register(root)
+        for label, body, clients in cases:
+            assert len(body) <= DEFAULT_MAX_BODY_BYTES, (label, len(body))
+            found = _peak_of(tracker, root, body, clients)
+            results.append(
+                BenchResult(
+                    name=f"serving peak RSS, {label}",
+                    unit="MiB",
+                    measured=found["peak_mib"],
+                    reference=found["idle_mib"],
+                    target=Target("measured", "<=", limit_mib),
+                    note=f"python -m mlops_assets.serving, defaults; body {found['body_mib']:.1f}"
+                    f" MiB; answers {found['statuses']}; reference = idle RSS",
+                    details={**found, "load_average_1m": round(load_average()[0], 2)},
+                )
+            )
+    return results

@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import pytest
-import requests
 from moto.server import ThreadedMotoServer
 
 from mlops_assets.core.demo.cd import DEMO_CD_SCENES, write_cd_scene
@@ -28,6 +21,9 @@ from mlops_assets.resources.mlflow import MLflowResource
 from mlops_assets.resources.outputs import LocalOutputStoreResource
 from mlops_assets.resources.scene_store import EmbeddedSceneStore
 from mlops_assets_tests.core.cd import mlflow_uri
+from mlops_assets_tests.processes import BIN, ServerProcess, free_port
+
+__all__ = ["free_port"]  # imported from here by many tests; defined in processes
 
 DEPLOYMENT_VARIABLES = (
     "LAKEFS_ENDPOINT",
@@ -147,65 +143,18 @@ def materialize_partition(
     )
 
 
-def free_port() -> int:
-    """A TCP port nothing listens on (bound once by the OS, then released)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> Iterator[str]:
     """``mlflow server`` on a free port, serving artifacts; stopped with everything it started."""
     uri = mlflow_uri(tmp_path_factory, tmp_path / "server")  # migrated already: starts faster
     port = free_port()
-    log = (tmp_path / "server.log").open("wb")
-    process = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "mlflow"),
-            "server",
-            "--backend-store-uri",
-            uri,
-            "--artifacts-destination",
-            str(tmp_path / "server-artifacts"),
-            "--serve-artifacts",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own process group: the finaliser stops all of it
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-    )
-    try:
-        address = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 90
-        while True:
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(f"{address}/health", timeout=2).ok:
-                    break
-            if process.poll() is not None or time.monotonic() > deadline:
-                log.flush()
-                pytest.fail(
-                    f"mlflow server did not come up on {address}:\n"
-                    + (tmp_path / "server.log").read_text()[-3000:]
-                )
-            time.sleep(0.25)
+    argv = [str(BIN / "mlflow"), "server", "--backend-store-uri", uri]
+    argv += ["--artifacts-destination", str(tmp_path / "server-artifacts"), "--serve-artifacts"]
+    argv += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    address = f"http://127.0.0.1:{port}"
+    with ServerProcess(argv, address, tmp_path / "server.log", env, "mlflow server"):
         yield address
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=15)
-        log.close()
 
 
 @pytest.fixture(scope="session")

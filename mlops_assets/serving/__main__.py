@@ -1,10 +1,13 @@
 r"""``python -m mlops_assets.serving``: serve NAME@ALIAS and follow the alias (``cd-serving``).
 
     MLFLOW_TRACKING_URI=http://mlflow:5000 python -m mlops_assets.serving \\
-        --model change-detection-unet@champion --port 8080 --poll-seconds 30
+        --model change-detection-unet@champion --port 8080 --poll-seconds 30 --max-body-mb 64
 
 The registry is polled every ``--poll-seconds``; when the alias moves, the new version is loaded
 and swapped in (the old one serves until then). ``/health`` is 503 until a version has loaded.
+An /invocations body over ``--max-body-mb`` MiB is answered 413 without being read, and at most
+``--max-concurrent`` requests are read and predicted at once: together they bound the memory
+requests can take (about 1.5 GiB each at the default 64 MiB).
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import logging
 import sys
 import threading
 
+from mlops_assets.serving.follower import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONCURRENT
+
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the arguments, start following the alias and serve until stopped."""
@@ -22,6 +27,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--poll-seconds", type=float, default=30.0)
+    parser.add_argument(
+        "--max-body-mb",
+        type=float,
+        default=DEFAULT_MAX_BODY_BYTES / 2**20,
+        help="largest /invocations body, MiB (bounds the memory one request takes)",
+    )
+    parser.add_argument(
+        "--max-concurrent",
+        type=int,
+        default=DEFAULT_MAX_CONCURRENT,
+        help="requests parsed and predicted at once (the others wait, unread)",
+    )
     args = parser.parse_args(argv)
     name, _, alias = str(args.model).partition("@")
     if not name or not alias:
@@ -29,6 +46,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if args.poll_seconds <= 0:
         sys.stderr.write("error: --poll-seconds must be positive\n")
+        return 1
+    if not args.max_body_mb > 0:
+        sys.stderr.write("error: --max-body-mb must be positive\n")
+        return 1
+    if args.max_concurrent < 1:
+        sys.stderr.write("error: --max-concurrent must be at least 1\n")
         return 1
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
@@ -47,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     poller.start()
     try:
-        uvicorn.run(build_app(follower), host=args.host, port=args.port, log_level="info")
+        app = build_app(follower, int(args.max_body_mb * 2**20), args.max_concurrent)
+        uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     finally:
         stop.set()
     return 0

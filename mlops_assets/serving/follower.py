@@ -5,11 +5,18 @@ it in only once it has loaded (requests in flight finish on the version they sta
 version that fails to load leaves the old one serving). Nothing outside has to restart anything:
 promotion in ``cd/registered_model`` moves ``champion``, and the server follows within one poll.
 
+Each distinct problem (no such model or alias, a registry that does not answer, a version that
+fails to load) is logged once, redacted, when it first appears, and shown on ``/health`` and
+``/version`` for as long as it lasts: a server started with a mistyped ``NAME@ALIAS`` says so in
+its log, not only with a 503.
+
 `build_app` answers MLflow's scoring protocol (``/invocations``, ``/ping``, ``/health``,
 ``/version``) with MLflow's own request parsing (``mlflow.pyfunc.scoring_server.invocations``),
-so a client of ``mlflow models serve`` works unchanged. Errors are JSON ``{"error_code",
-"message"}`` with their HTTP status; an unexpected one is logged here with its traceback and
-answered 500 without it.
+so a client of ``mlflow models serve`` works unchanged. A body over ``max_body_bytes`` is
+answered 413 before it is read (from its Content-Length, or as soon as a chunked body passes the
+limit): MLflow parses the whole JSON into Python objects, several times the body's size, before
+the model can check anything. Errors are JSON ``{"error_code", "message"}`` with their HTTP
+status; an unexpected one is logged here with its traceback and answered 500 without it.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the handlers' annotations at run time,
@@ -42,6 +49,20 @@ Resolver = Callable[[], tuple[str, str] | None]
 #: Loads one version (its number) as a pyfunc model.
 Loader = Callable[[str], Any]
 
+#: Largest /invocations body read by default: 64 MiB. MLflow parses the whole JSON into Python
+#: objects, up to about 25 bytes of them per body byte: a 62 MiB body of 4-byte numbers such as
+#: ``0.5,`` took the server from 0.9 to 2.4 GiB peak RSS, so with one request at a time it stays
+#: under 2.5 GiB whatever the body holds. A full `MAX_PIXELS` request (1 Mpx, 4 bands of uint16
+#: values) is 62 MiB of JSON and peaked at 1.7 GiB (``python -m benchmarks --only serving-rss``).
+DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+#: Requests read and predicted at once by default; the others wait, their bodies unread. One:
+#: inference already uses every core (torch), and each parsed body can take 1.5 GiB.
+DEFAULT_MAX_CONCURRENT = 1
+
+
+class AliasNotServableError(LookupError):
+    """The alias names no version, or the model does not exist; the message says which."""
+
 
 class AliasFollower:
     """The model under ``name@alias``, reloaded when the alias moves."""
@@ -62,13 +83,12 @@ class AliasFollower:
             self.last_poll = time.time()
             try:
                 target = self._resolve()
+            except AliasNotServableError as exc:  # a mistyped name or alias, or a deleted alias
+                return self._failed(redact_text(str(exc)))
             except Exception as exc:  # registry unreachable: keep serving what we have
-                self.last_error = f"registry lookup failed: {redact_text(str(exc))}"
-                _log.warning("%s@%s: %s", self.name, self.alias, self.last_error)
-                return False
+                return self._failed(f"registry lookup failed: {redact_text(str(exc))}")
             if target is None:
-                self.last_error = f"no version of {self.name!r} under alias {self.alias!r}"
-                return False
+                return self._failed(f"no version of {self.name!r} under alias {self.alias!r}")
             version, run_id = target
             if self.current is not None and self.current.version == version:
                 self.last_error = None
@@ -76,15 +96,21 @@ class AliasFollower:
             try:
                 model = self._load(version)
             except Exception as exc:
-                self.last_error = f"v{version} failed to load: {redact_text(str(exc))}"
                 # The message, redacted; not the traceback, whose frames may hold credentials.
-                _log.error("%s@%s: %s", self.name, self.alias, self.last_error)
-                return False
+                return self._failed(f"v{version} failed to load: {redact_text(str(exc))}")
             before = None if self.current is None else self.current.version
             self.current = ServedVersion(version, run_id, model, time.time())
             self.last_error = None
             _log.info("%s@%s: serving v%s (was %s)", self.name, self.alias, version, before)
             return True
+
+    def _failed(self, message: str) -> bool:
+        """Record why this poll served nothing new; log it once, when it first appears."""
+        if message != self.last_error:
+            serving = "nothing" if self.current is None else f"v{self.current.version}"
+            _log.warning("%s@%s: %s (serving %s)", self.name, self.alias, message, serving)
+        self.last_error = message
+        return False
 
     def follow(self, interval: float, stop: threading.Event) -> None:
         """Poll every ``interval`` seconds until ``stop`` is set."""
@@ -111,13 +137,16 @@ class AliasFollower:
 
 def registry_follower(tracking_uri: str, name: str, alias: str) -> AliasFollower:
     """A follower of ``name@alias`` in the registry at ``tracking_uri``."""
-    from mlops_assets.core.tracking import Tracker, load_pyfunc_model
+    from mlops_assets.core.tracking import AliasNotFoundError, Tracker, load_pyfunc_model
 
     tracker = Tracker(tracking_uri, "serving")
 
     def resolve() -> tuple[str, str] | None:
-        found = tracker.version_by_alias(name, alias)
-        return None if found is None else (str(found.version), str(found.run_id))
+        try:
+            found = tracker.require_alias(name, alias)
+        except AliasNotFoundError as exc:  # says whether the model or the alias is missing
+            raise AliasNotServableError(str(exc)) from None
+        return str(found.version), str(found.run_id)
 
     def load(version: str) -> Any:
         return load_pyfunc_model(tracker, f"models:/{name}/{version}")
@@ -125,8 +154,16 @@ def registry_follower(tracking_uri: str, name: str, alias: str) -> AliasFollower
     return AliasFollower(name, alias, resolve, load)
 
 
-def build_app(follower: AliasFollower) -> Any:
-    """The FastAPI app: MLflow's scoring protocol over the follower's current version."""
+def build_app(
+    follower: AliasFollower,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    max_concurrent: int = DEFAULT_MAX_CONCURRENT,
+) -> Any:
+    """The FastAPI app: MLflow's scoring protocol over the follower's current version.
+
+    ``/invocations`` answers 413 to a body over ``max_body_bytes`` without reading it, and
+    reads and predicts at most ``max_concurrent`` requests at a time (the others queue).
+    """
     import json
     import traceback
 
@@ -154,13 +191,39 @@ def build_app(follower: AliasFollower) -> Any:
     async def version() -> Response:  # pyright: ignore[reportUnusedFunction]
         return Response(json.dumps(follower.status()), media_type="application/json")
 
+    # Requests past the first `max_concurrent` wait here with their bodies unread (in the
+    # socket, not in memory), so the server holds at most that many parsed bodies at a time.
+    slots = asyncio.Semaphore(max_concurrent)
+
     @app.post("/invocations")
     async def invocations(request: Request) -> Response:  # pyright: ignore[reportUnusedFunction]
-        served = follower.current  # one version for the whole request
-        if served is None:
-            return error(503, "TEMPORARILY_UNAVAILABLE", follower.last_error or "no model yet")
-        data = await request.body()
-        content_type = request.headers.get("content-type") or ""
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
+            return too_large()  # refused before a byte of it is read
+        async with slots:
+            served = follower.current  # one version for the whole request
+            if served is None:
+                return error(503, "TEMPORARILY_UNAVAILABLE", follower.last_error or "no model yet")
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in request.stream():  # a chunked body has no Content-Length
+                size += len(chunk)
+                if size > max_body_bytes:
+                    return too_large()
+                chunks.append(chunk)
+            data = b"".join(chunks)
+            del chunks
+            return await answer(served, data, request.headers.get("content-type") or "")
+
+    def too_large() -> Response:
+        return error(
+            413,
+            "REQUEST_LIMIT_EXCEEDED",
+            f"request body over this server's limit of {max_body_bytes} bytes "
+            "(--max-body-mb): send fewer or smaller windows per request",
+        )
+
+    async def answer(served: ServedVersion, data: bytes, content_type: str) -> Response:
         try:
             result = await asyncio.to_thread(
                 scoring_server.invocations,

@@ -165,6 +165,15 @@ def test_every_compose_variable_has_a_value_in_env_example() -> None:
     assert sorted(required - assigned) == []
 
 
+def test_every_compose_setting_with_a_default_is_named_in_env_example() -> None:
+    """A `${NAME:-default}` is a setting too: .env.example names it (commented: the default)."""
+    optional: set[str] = set()
+    for path in DOCKER.glob("compose*.yaml"):
+        optional |= set(re.findall(r"\$\{([A-Z][A-Z0-9_]+):-", path.read_text()))
+    assert "CD_SERVING_MODEL" in optional
+    assert sorted(optional - env_example_names()) == []
+
+
 # major.minor.patch (PostgreSQL since 10: major.minor), or MinIO's RELEASE.<timestamp>.
 EXACT_TAG = re.compile(r"^postgres:\d+\.\d+-\w+$|:(?:\d+\.\d+\.\d+[\w.-]*|RELEASE\.[\dT-]+Z)$")
 

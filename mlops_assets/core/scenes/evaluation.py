@@ -2,7 +2,7 @@
 
 The convention (the same in the embedded store and in lakeFS):
 
-    eval/scenes.json   on the main branch: {"cd": ["scene-a", ...], "nvs": ["scene-b", ...]}
+    eval/scenes.json   on the main branch: {"cd": ["scene-a", ...]}
 
 The file is committed like any ingest (on a short-lived branch merged into main, see
 `write_evaluation_set`), so who added which scene, and when, is in the history, and a change to
@@ -17,6 +17,11 @@ outside ``cd/`` and ``nvs/``, so no sensor takes it for a scene.
 Training reads the same file (`EvaluationSet.excludes`): a listed scene is never trained or
 validated on, and each model version records the scenes it did train on, so a gate can refuse a
 comparison on a scene the model has seen.
+
+Only change-detection scenes are listed. A splat model belongs to one capture and cannot be
+trained without it, so NVS holds out views, not scenes: every ``holdout_every``-th photo of each
+capture (`mlops_assets.core.nvs.config`) is never trained on and scores the model. An ``"nvs"``
+key is refused with a line saying so, rather than accepted and ignored.
 """
 
 from __future__ import annotations
@@ -41,6 +46,19 @@ EVALUATION_PATH = "eval/scenes.json"
 
 class EvaluationSetError(SceneError):
     """The evaluation-set file is malformed or lists a scene that is not there."""
+
+
+#: Why eval/scenes.json lists no NVS scenes (the message for an ``"nvs"`` key or kind).
+NVS_NOT_HELD_OUT = (
+    "NVS scenes are not held out whole (a splat model is trained on its own capture): each "
+    "capture is evaluated on its own held-out views, every holdout_every-th photo by name; list "
+    'only change-detection scenes, under "cd"'
+)
+
+
+def _cd_only(kind: SceneKind) -> None:
+    if kind is not SceneKind.CD:
+        raise EvaluationSetError(f"{EVALUATION_PATH}: {NVS_NOT_HELD_OUT}")
 
 
 @dataclass(frozen=True)
@@ -94,11 +112,11 @@ def parse_evaluation_file(
         raise EvaluationSetError(f'{name}: expected an object like {{"cd": [scene ids]}}')
     listing: dict[SceneKind, list[str]] = {}
     for key, ids in data.items():  # pyright: ignore[reportUnknownVariableType]
-        kinds = {k.value: k for k in SceneKind}
+        kinds = {SceneKind.CD.value: SceneKind.CD}
+        if key == SceneKind.NVS.value:
+            raise EvaluationSetError(f"{name}: key 'nvs': {NVS_NOT_HELD_OUT}")
         if key not in kinds:
-            raise EvaluationSetError(
-                f"{name}: unknown key {key!r} (expected {', '.join(sorted(kinds))})"
-            )
+            raise EvaluationSetError(f"{name}: unknown key {key!r} (expected 'cd')")
         if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):  # pyright: ignore[reportUnknownVariableType]
             raise EvaluationSetError(f"{name}: {key!r} must be a list of scene ids")
         for scene_id in ids:  # pyright: ignore[reportUnknownVariableType]
@@ -109,10 +127,9 @@ def parse_evaluation_file(
     return listing
 
 
-def _required_files(kind: SceneKind, scene_id: str) -> list[str]:
-    if kind is SceneKind.CD:  # an evaluation scene must be labelled: it is scored against it
-        return [f"cd/{scene_id}/{name}" for name in ("pre.tif", "post.tif", "label.tif")]
-    return [f"nvs/{scene_id}/sparse/0/"]
+def _required_files(scene_id: str) -> list[str]:
+    # An evaluation scene must be labelled: it is scored against its label.
+    return [f"cd/{scene_id}/{name}" for name in ("pre.tif", "post.tif", "label.tif")]
 
 
 def read_evaluation_set(
@@ -122,7 +139,9 @@ def read_evaluation_set(
 
     No file means an empty set. With ``check``, every listed scene must exist at that commit
     (and a CD scene must have its label): otherwise `EvaluationSetError` names the scene and file.
+    ``kind`` must be CD (`NVS_NOT_HELD_OUT` says why).
     """
+    _cd_only(kind)
     commit = store.resolve(ref or store.default_branch())
     try:
         content = store.read_bytes(commit, EVALUATION_PATH)
@@ -131,13 +150,8 @@ def read_evaluation_set(
     ids = parse_evaluation_file(content).get(kind, [])
     if check:
         for scene_id in ids:
-            for path in _required_files(kind, scene_id):
-                present = (
-                    bool(next(iter(store.list(commit, path)), None))
-                    if path.endswith("/")
-                    else store.exists(commit, path)
-                )
-                if not present:
+            for path in _required_files(scene_id):
+                if not store.exists(commit, path):
                     raise EvaluationSetError(
                         f"{EVALUATION_PATH} at {commit[:12]} lists {kind.value}/{scene_id} but "
                         f"{path} does not exist there"
@@ -156,8 +170,9 @@ def write_evaluation_set(
     """Set the evaluation scenes of ``kind`` (other kinds kept); return the merged head commit.
 
     Written on a short-lived branch, committed, then merged into ``branch`` (default: main) in
-    one step: a killed writer leaves main as it was.
+    one step: a killed writer leaves main as it was. ``kind`` must be CD.
     """
+    _cd_only(kind)
     target = branch or store.default_branch()
     head = store.resolve(target)
     try:

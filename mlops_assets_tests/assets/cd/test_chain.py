@@ -186,6 +186,12 @@ def test_registered_version_carries_lineage_and_aliases(
     assert float(champion.tags["val_f1"]) == pytest.approx(val_f1, abs=1e-4)
     (check,) = chain["model"].get_asset_check_evaluations()
     assert check.passed and "no champion yet" in (check.description or "")
+    # No eval/scenes.json in this store: the gate falls back to validation F1 and says so.
+    assert (check.description or "").startswith(
+        "no evaluation scenes in eval/scenes.json: gated on validation F1; "
+    )
+    (registered,) = chain["model"].asset_materializations_for_node("cd__registered_model")
+    assert registered.metadata["gate_on"].value == "val"
 
 
 def test_gate_failure_registers_nothing(

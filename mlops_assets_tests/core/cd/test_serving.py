@@ -2,17 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -20,8 +13,8 @@ import pytest
 import requests
 
 from mlops_assets.core.tracking import CHAMPION, Tracker, load_pyfunc
-from mlops_assets_tests.conftest import free_port
 from mlops_assets_tests.core.cd import mlflow_uri, register_tiny_model
+from mlops_assets_tests.processes import mlflow_models_serve
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]  # starts a server (about 15 s)
 
@@ -41,58 +34,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     tracker = Tracker(mlflow_uri(tmp_path_factory, root), "change-detection", root / "artifacts")
     _, _, version = register_tiny_model(tracker, NAME)
     tracker.set_alias(NAME, CHAMPION, version)
-    port = free_port()
-    log_path = root / "serve.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "mlflow"),
-                "models",
-                "serve",
-                "-m",
-                f"models:/{NAME}@{CHAMPION}",
-                "--env-manager",
-                "local",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--workers",
-                "1",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: stopped with everything it started
-            env={
-                **os.environ,
-                "MLFLOW_TRACKING_URI": tracker.tracking_uri,
-                # It runs ``uvicorn`` from PATH, as an activated virtual environment has it.
-                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-            },
-        )
-        try:
-            address = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 120
-            while True:
-                with contextlib.suppress(requests.RequestException):
-                    if requests.get(f"{address}/ping", timeout=2).ok:
-                        break
-                if process.poll() is not None or time.monotonic() > deadline:
-                    log.flush()
-                    pytest.fail(
-                        "mlflow models serve did not start:\n" + log_path.read_text()[-3000:]
-                    )
-                time.sleep(0.5)
-            yield Served(address, tracker)
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=20)
+    model_uri = f"models:/{NAME}@{CHAMPION}"
+    with mlflow_models_serve(model_uri, tracker.tracking_uri, root / "serve.log") as server:
+        yield Served(server.address, tracker)
 
 
 def pair(seed: int, n: int = 1, size: int = 32) -> dict[str, list[object]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
@@ -38,7 +39,6 @@ def test_written_set_is_merged_into_main_and_read_back_at_that_commit(
     assert EvaluationSet.from_dict(found.to_dict()) == found
     # Setting another kind keeps this one; setting the same set again commits nothing.
     assert write_evaluation_set(store, SceneKind.CD, ["farmland-north"]) == head
-    assert read_evaluation_set(store, SceneKind.NVS).scene_ids == ()
     assert store.read_bytes(head, EVALUATION_PATH).startswith(b"{")
 
 
@@ -60,7 +60,7 @@ def test_a_listed_scene_must_exist_with_its_label(store: EmbeddedStore, demo_cd_
     [
         (b"{not json", "not valid JSON"),
         (b"[]", "expected an object"),
-        (b'{"sar": []}', "unknown key 'sar'"),
+        (b'{"sar": []}', "unknown key 'sar' \\(expected 'cd'\\)"),
         (b'{"cd": "a"}', "must be a list of scene ids"),
         (b'{"cd": ["../x"]}', "contains '..'"),
     ],
@@ -74,4 +74,23 @@ def test_bad_scene_id_is_refused_before_anything_is_written(store: EmbeddedStore
     before = store.resolve("main")
     with pytest.raises(EvaluationSetError, match="Upper"):
         write_evaluation_set(store, SceneKind.CD, ["Upper"])
+    assert store.resolve("main") == before
+
+
+def test_nvs_scenes_are_refused_with_where_nvs_holds_out_views(store: EmbeddedStore) -> None:
+    """A listed NVS scene would still be trained on: the key is refused, not ignored."""
+    store.put("main", EVALUATION_PATH, io.BytesIO(b'{"cd": [], "nvs": ["globe"]}'))
+    store.commit("main", "an evaluation set listing an NVS capture")
+    expected = f"{EVALUATION_PATH}: key 'nvs': NVS scenes are not held out whole"
+    with pytest.raises(EvaluationSetError, match=expected) as raised:
+        read_evaluation_set(store, SceneKind.CD)
+    assert "held-out views, every holdout_every-th photo" in str(raised.value)
+    assert "\n" not in str(raised.value)
+    before = store.resolve("main")
+    for call in (
+        lambda: read_evaluation_set(store, SceneKind.NVS),
+        lambda: write_evaluation_set(store, SceneKind.NVS, ["globe"]),
+    ):
+        with pytest.raises(EvaluationSetError, match="NVS scenes are not held out whole"):
+            call()
     assert store.resolve("main") == before
