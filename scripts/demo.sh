@@ -161,6 +161,7 @@ else
 fi
 
 exported="$MLOPS_HOME/exports"
+echo "copying the outputs to $exported, then the summary:"  # (quiet steps, some seconds each)
 "$BIN/mlops-assets" export "$exported" --prefix cd/ >/dev/null 2>&1 || true
 "$BIN/mlops-assets" export "$exported" --prefix nvs/ >/dev/null 2>&1 || true
 

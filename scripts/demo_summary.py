@@ -51,7 +51,10 @@ DEMO_BARS = Bars()
 
 @dataclass
 class Verdicts:
-    """Figures marked against their bars (``bars`` None: none judged), and the ones below."""
+    """Figures marked against their bars (``bars`` None: none judged), and the ones below.
+
+    ``judged`` counts every figure that has a bar, missing ones (a failed run) included.
+    """
 
     bars: Bars | None
     judged: int = 0
@@ -62,10 +65,10 @@ class Verdicts:
         text = figure(value, digits)
         if self.bars is None or bar is None:
             return text
+        self.judged += 1
         if value is None:
             self.below.append(f"{what}: no figure")
             return f"{text} (bar {bar:g}) MISSING"
-        self.judged += 1
         if float(value) >= bar:
             return f"{text} (bar {bar:g}) ok"
         self.below.append(f"{what} {text} < {bar:g}")
@@ -79,7 +82,7 @@ class Verdicts:
         if not self.below:
             return [head + f"all {self.judged} figures held"]
         return [
-            head + f"{len(self.below)} BELOW BAR or missing",
+            head + f"{len(self.below)} of {self.judged} BELOW BAR or missing",
             *(f"  {item}" for item in self.below),
         ]
 
@@ -119,8 +122,7 @@ def cd_lines(instance: dg.DagsterInstance, verdicts: Verdicts) -> list[str]:
         lines.append(
             "  model: validation F1 "
             + verdicts.mark("cd/model validation F1", model.get("val_f1"), val_bar, 3)
-            + f" (best epoch "
-            f"{model.get('best_epoch')} of {model.get('epochs_run', '?')} run), "
+            + f" (best epoch {model.get('best_epoch')} of {model.get('epochs_run', '?')} run), "
             f"{model.get('train_tiles')} training / {model.get('val_tiles')} validation tiles; "
             + (f"registered as v{version}" if version else "not registered")
         )

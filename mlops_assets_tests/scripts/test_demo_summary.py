@@ -72,7 +72,7 @@ def test_default_preset_figures_are_marked_against_their_bars(
     assert "29.10 (bar 30) BELOW BAR" in line_with(lines, "ring")
     assert verdicts.lines("") == [
         "Quality bars (CD validation F1 >= 0.95, change-map F1 >= 0.93, held-out PSNR >= 30 dB):"
-        " 2 BELOW BAR or missing",
+        " 2 of 5 BELOW BAR or missing",
         "  cd/change_map suburb F1 0.921 < 0.93",
         "  nvs/splats ring PSNR 29.10 < 30",
     ]
@@ -90,7 +90,9 @@ def test_all_figures_held_and_a_missing_one_is_not(demo_home: dg.DagsterInstance
     verdicts = Verdicts(DEMO_BARS)
     lines = nvs_lines(demo_home, verdicts)
     assert "- (bar 30) MISSING (not trained)" in line_with(lines, "toy-blocks")
-    assert verdicts.lines("")[1:] == ["  nvs/splats toy-blocks PSNR: no figure"]
+    verdict = verdicts.lines("")
+    assert verdict[0].endswith(": 1 of 3 BELOW BAR or missing")
+    assert verdict[1:] == ["  nvs/splats toy-blocks PSNR: no figure"]
 
 
 def test_tiny_preset_is_not_judged(
