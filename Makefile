@@ -17,6 +17,7 @@ GPU_POOL_LIMIT ?= $(if $(shell command -v nvidia-smi 2>/dev/null),1,2)
 INSTANCE := $(DAGSTER_HOME)/dagster.yaml
 COMPOSE ?= docker-compose
 COMPOSE_FILE := docker/compose.yaml
+HEARTBEAT := scripts/heartbeat.sh
 
 .PHONY: install demo dev test lint format bench lock up down config check-env clean
 
@@ -24,6 +25,9 @@ install: $(STAMP) $(INSTANCE) ## Create .venv and the local Dagster instance.
 
 $(STAMP): pyproject.toml requirements/lock.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@# Each install prints nothing (--quiet) for up to minutes: scripts/heartbeat.sh says every
+	@# 25 s that it is still running. Times measured on 2 cores (benchmarks/RESULTS.md).
+	@echo "Installing the $(shell grep -c '^[A-Za-z0-9].*==' requirements/lock.txt) pinned dependencies of requirements/lock.txt (PyTorch, Dagster, MLflow, ...) into $(VENV):"
 ifeq ($(INSTALLER),uv)
 	@# uv installs the same pinned set as pip several times faster (benchmarks/RESULTS.md), from
 	@# the indexes pip is configured with (a local wheel mirror included: scripts/uv-index-args.sh).
@@ -31,19 +35,26 @@ ifeq ($(INSTALLER),uv)
 	@# It compiles bytecode as pip does: without .pyc files (and with PYTHONDONTWRITEBYTECODE set)
 	@# every run recompiled PyTorch's and MLflow's sources, about 8 CPU-s per run.
 	@# If uv cannot be had or fails, pip installs the lock instead.
-	$(BIN)/python -m pip install --quiet -c requirements/lock.txt uv \
-	  && $(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python \
+	@echo "  with uv: about 45 s with the wheels in its cache, longer when it downloads them"
+	$(HEARTBEAT) "installing uv" $(BIN)/python -m pip install --quiet -c requirements/lock.txt uv \
+	  && $(HEARTBEAT) "uv: installing requirements/lock.txt" \
+	     $(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python \
 	     --index-strategy unsafe-best-match \
 	     $$(scripts/uv-index-args.sh $(BIN)/python) -c requirements/lock.txt -e '.[dev]' \
-	  || $(BIN)/python -m pip install --quiet -c requirements/lock.txt -e '.[dev]'
+	  || { echo "uv could not install the lock: pip installs it instead (3 to 11 minutes)"; \
+	       $(HEARTBEAT) "pip: installing requirements/lock.txt" \
+	       $(BIN)/python -m pip install --quiet -c requirements/lock.txt -e '.[dev]'; }
 else
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c requirements/lock.txt -e '.[dev]'
+	@echo "  with pip: 3 to 11 minutes (uv, the default INSTALLER, takes about 45 s)"
+	$(HEARTBEAT) "pip: upgrading pip" $(BIN)/python -m pip install --quiet --upgrade pip
+	$(HEARTBEAT) "pip: installing requirements/lock.txt" \
+	  $(BIN)/python -m pip install --quiet -c requirements/lock.txt -e '.[dev]'
 endif
 	@# torchgeo -> lightly -> hydra-core -> omegaconf pins antlr4 4.9, but Dagster's asset-selection
 	@# parser needs the 4.13 runtime (`--select` dies with "ord() expected string of length 1").
 	@# Installed last, without deps: torchgeo and lightly still work; OmegaConf interpolation does not.
 	$(BIN)/python -m pip install --quiet --no-deps antlr4-python3-runtime==4.13.2
+	@echo "Installed into $(VENV)."
 	touch $@
 
 $(INSTANCE): dagster.yaml $(STAMP)
