@@ -32,11 +32,13 @@ def test_a_line_while_the_command_runs_and_its_status_and_output_kept() -> None:
     assert done.returncode == 3
     assert done.stderr == "oops\n"
     lines = done.stdout.splitlines()
-    assert lines[0] == "working"
-    beats = lines[1:]
+    beats = [line for line in lines if line.startswith("  ... ")]
+    # On a loaded machine the beats may come a little late: their number and times are bounds.
+    assert [line for line in lines if line not in beats] == ["working"], lines
     assert 2 <= len(beats) <= 4, lines
-    assert beats[0] == "  ... installing things: still running, 1s"
-    assert all(line.startswith("  ... installing things: still running, ") for line in beats)
+    assert all(re.fullmatch(r"  \.\.\. installing things: still running, \d+s", b) for b in beats)
+    seconds = [int(b.rsplit(" ", 1)[1][:-1]) for b in beats]
+    assert seconds == sorted(seconds) and 1 <= seconds[0] <= 3, beats
 
 
 def test_a_quick_command_prints_nothing_more() -> None:
