@@ -235,6 +235,7 @@ def _binary_points(
                 f"{image_id}, which {found}"
             )
         xy[group] = table[indices[group]]
+    del keypoints, images, data, raw  # the files' bytes, before the Python objects are built
     flat = list(zip(image_ids.tolist(), xy[:, 0].tolist(), xy[:, 1].tolist(), strict=True))
     ends = np.cumsum(lengths)
     tracks = [flat[a:b] for a, b in zip((ends - lengths).tolist(), ends.tolist(), strict=True)]
@@ -242,8 +243,11 @@ def _binary_points(
 
 
 def _gather(data: NDArray[np.uint8], offsets: NDArray[np.int64], width: int) -> NDArray[np.uint8]:
-    """The ``width`` bytes at each of ``offsets``, as a [len(offsets), width] array."""
-    return data[offsets[:, None] + np.arange(width)]
+    """The ``width`` bytes at each of ``offsets``, as a [len(offsets), width] array.
+
+    Indexing a sliding-window view picks whole rows: no [len(offsets), width] index array.
+    """
+    return np.lib.stride_tricks.sliding_window_view(data, width)[offsets]
 
 
 @functools.cache
