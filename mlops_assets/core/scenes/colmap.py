@@ -247,6 +247,8 @@ def _gather(data: NDArray[np.uint8], offsets: NDArray[np.int64], width: int) -> 
 
     Indexing a sliding-window view picks whole rows: no [len(offsets), width] index array.
     """
+    if not len(offsets):  # no points (or no observations): the file may be shorter than width
+        return np.empty((0, width), np.uint8)
     return np.lib.stride_tricks.sliding_window_view(data, width)[offsets]
 
 
