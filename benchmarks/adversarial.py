@@ -1,14 +1,16 @@
 """Time and memory of the ingest checks on hostile files, each in a fresh process.
 
 Every file is one the issue met (or its worst neighbour): sparse GeoTIFFs whose headers claim
-10^12 pixels, a sparse one just under the pixel budget, an all-zero DEFLATE "bomb", a label
+10^12 pixels, a sparse one just under the pixel budget, an all-zero DEFLATE "bomb", GeoTIFFs of
+one block at and over the block bound, photos at and over the photo budget (the worst legal ones:
+a black PNG and a progressive 4:4:4 JPEG, a few hundred KB that decode to 256 MiB), a label
 holding 0..255, a post image in an engineering CRS, binary COLMAP files cut in half or claiming a
 billion points, a JPEG truncated to a third and one with garbage after its header. Each runs the
 check ``mlops-assets ingest`` runs on it (`inspect_raster`, `validate_local_cd`,
 `validate_local_nvs`) in a child process started for that file alone, which reports its peak
 resident set (VmHWM), the same after its imports, and the check's wall time. Targets: at most
 512 MB and 10 s each. Each file must also get the right verdict: the broken ones refused, the
-ones that are merely expensive (sparse under the budget, the bomb) accepted within the bounds. A
+ones that are merely expensive (at the budgets, the bomb) accepted within the bounds. A
 valid 200k-point model is checked too, as a control (shown, not judged).
 """
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import shutil
 import tempfile
 import time
@@ -25,12 +28,14 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+from PIL import Image
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
 from benchmarks.common import BenchResult, Target, cache_root, run_child
 from mlops_assets.core.demo.nvs import DEMO_NVS_SCENES, write_nvs_scene
+from mlops_assets.core.scenes.checks import MAX_BLOCK_BYTES, MAX_PHOTO_PIXELS
 from mlops_assets.core.scenes.colmap import Camera, ColmapModel, PosedImage, write_model
 
 MAX_MB = 512.0
@@ -95,6 +100,21 @@ def _noisy_label(path: Path, size: int) -> Path:
             values = rng.integers(0, 256, (1, 1024, size), dtype=np.uint8)
             dst.write(values, window=Window.from_slices((row, row + 1024), (0, size)))
     return path
+
+
+def _one_block(path: Path, size: int, count: int) -> Path:
+    """An all-zero DEFLATE GeoTIFF stored as one ``size``-px square, ``count``-band block."""
+    _geotiff(path, size, count, "uint8", compress="deflate", blockxsize=size, blockysize=size)
+    with rasterio.open(path, "r+") as dst:
+        dst.write(np.zeros((count, size, size), np.uint8))
+    return path
+
+
+def _photo(folder: Path, name: str, size: int, **save: object) -> Path:
+    """A photos-only NVS scene (no model: the check decodes the photo) of one black photo."""
+    (folder / "images").mkdir(parents=True)
+    Image.new("RGB", (size, size)).save(folder / "images" / name, **save)  # type: ignore[arg-type]
+    return folder
 
 
 def _local_crs_pair(folder: Path) -> Path:
@@ -176,6 +196,30 @@ def make_cases(root: Path, quick: bool = False) -> list[Case]:
             refuse=False,
         ),
         Case(
+            "one 4,096 px square block, 4 x uint8 (64 MiB, the block bound), DEFLATE",
+            "check-raster",
+            root / "block64.tif",
+            refuse=False,
+        ),
+        Case(
+            "one 8,192 px square block, 4 x uint8 (256 MiB), DEFLATE",
+            "check-raster",
+            root / "block256.tif",
+        ),
+        Case(
+            "black RGB PNG, 8,192 px square (2^26 px, the photo budget)",
+            "check-nvs",
+            root / "png-budget",
+            refuse=False,
+        ),
+        Case("black RGB PNG, 11,585 px square (just under 2^27 px)", "check-nvs", root / "png-27"),
+        Case(
+            "progressive 4:4:4 JPEG, 5,176 px square (at the budget, coefficients counted)",
+            "check-nvs",
+            root / "jpeg-progressive",
+            refuse=False,
+        ),
+        Case(
             f"label holding 0..255, {1024 if quick else 4096} px",
             "check-label",
             root / "label.tif",
@@ -202,17 +246,25 @@ def make_cases(root: Path, quick: bool = False) -> list[Case]:
     _sparse(cases[1].path, huge, 4, "uint16")
     _sparse(cases[2].path, 46_000, 4, "uint16", one_block=True)
     _bomb(cases[3].path, 4096 if quick else 16_384)
-    _noisy_label(cases[4].path, 1024 if quick else 4096)
-    _local_crs_pair(cases[5].path)
+    budget = math.isqrt(MAX_PHOTO_PIXELS)
+    _one_block(cases[4].path, math.isqrt(MAX_BLOCK_BYTES // 4), 4)
+    _one_block(cases[5].path, 2 * math.isqrt(MAX_BLOCK_BYTES // 4), 4)
+    _photo(cases[6].path, "black.png", budget)
+    _photo(cases[7].path, "black.png", math.isqrt(2 * MAX_PHOTO_PIXELS))
+    # 2.5 pixels a pixel (4 bytes, plus 3 x 2 bytes of coefficients), in whole 8 px blocks
+    edge = math.isqrt(MAX_PHOTO_PIXELS * 2 // 5) // 8 * 8
+    _photo(cases[8].path, "black.jpg", edge, quality=95, subsampling=0, progressive=True)
+    _noisy_label(cases[9].path, 1024 if quick else 4096)
+    _local_crs_pair(cases[10].path)
     base = root / "valid"
     spec = dataclasses.replace(DEMO_NVS_SCENES[0], views=24)
     write_nvs_scene(spec, base, image_size=64)
     shutil.rmtree(base / "sparse" / "0")
     _big_model(base / "sparse" / "0", 20_000 if quick else 200_000)
-    for case in cases[6:9]:
+    for case in cases[11:14]:
         _nvs_variant(base, case.path, case.path.name)
-    _jpeg_variant(cases[9].path, "truncated")
-    _jpeg_variant(cases[10].path, "garbage")
+    _jpeg_variant(cases[14].path, "truncated")
+    _jpeg_variant(cases[15].path, "garbage")
     return cases
 
 

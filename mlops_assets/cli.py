@@ -366,7 +366,8 @@ class _SceneSource(click.ParamType[Path, Any]):
     type=click.IntRange(min=1),
     default=None,
     help="Refuse rasters and photos with more pixels than this before decoding them "
-    "(default 2^31 for rasters, 2^27 for photos).",
+    "(default MLOPS_MAX_PIXELS, which the pipeline's checks read too; unset: 2^31 for rasters, "
+    "2^26 for photos).",
 )
 @click.option(
     "--pixel-grid",
@@ -407,7 +408,7 @@ def ingest(
     settings = _settings()
     store = _store(settings)
     target = branch or settings.main_branch
-    limits = CheckLimits.with_max_pixels(max_pixels)
+    limits = CheckLimits.with_max_pixels(max_pixels or settings.max_pixels)
     if pixel_grid:
         plan = _pixel_grid_plan(
             kind, src, scene_id, not publish, follow_symlinks=follow_symlinks, limits=limits

@@ -66,6 +66,10 @@ class Settings:
     # Optuna's study storage for cd/sweep: a database URL (postgresql+psycopg2://...), or None
     # for a journal file under MLOPS_HOME.
     optuna_storage: str | None = None
+    # MLOPS_MAX_PIXELS: the raw-scene checks' pixel budget, rasters and photos alike, for
+    # `ingest` (whose --max-pixels overrides it) and the pipeline's cd/scene and nvs/scene
+    # checks; None: the defaults of `mlops_assets.core.scenes.checks.CheckLimits`.
+    max_pixels: int | None = None
 
     @property
     def store_kind(self) -> StoreKind:
@@ -155,6 +159,7 @@ class Settings:
             retrain_cron=env.get("MLOPS_RETRAIN_CRON") or "0 3 * * 1",
             executor="k8s" if executor == "k8s" else "default",
             optuna_storage=env.get("MLOPS_OPTUNA_STORAGE") or None,
+            max_pixels=_positive_int(env, "MLOPS_MAX_PIXELS", 0, "pixels") or None,
         )
 
     def store_spec(self, environ: Mapping[str, str] | None = None) -> StoreSpec:

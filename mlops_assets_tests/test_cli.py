@@ -72,6 +72,19 @@ def test_ingest_scenes_and_log(home: Path, demo_cd_dir: Path) -> None:
     assert "Ingest nvs scene maup" not in log.output
 
 
+def test_max_pixels_comes_from_the_setting_the_pipeline_reads(
+    home: Path, demo_cd_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLOPS_MAX_PIXELS", "1000")  # the demo scene is 128 x 128 px
+    runner = CliRunner()
+    refused = runner.invoke(main, ["ingest", "cd", str(demo_cd_dir), "--scene", "farm"])
+    assert refused.exit_code == 1
+    assert "16,384 pixels, over the budget of 1,000" in refused.output
+    assert list(_store(home).list("main", "cd/")) == []
+    flag = ["ingest", "cd", str(demo_cd_dir), "--scene", "farm", "--max-pixels", "20000"]
+    assert runner.invoke(main, flag).exit_code == 0  # the flag overrides the setting
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

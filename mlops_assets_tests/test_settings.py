@@ -53,6 +53,14 @@ def test_bad_raster_access_is_refused(tmp_path: Path) -> None:
         Settings.from_env({"LAKEFS_RASTER_ACCESS": "ftp"}, cwd=tmp_path)
 
 
+def test_the_checks_pixel_budget_is_read_from_mlops_max_pixels(tmp_path: Path) -> None:
+    assert Settings.from_env({}, cwd=tmp_path).max_pixels is None  # the checks' defaults
+    settings = Settings.from_env({"MLOPS_MAX_PIXELS": "3000000000"}, cwd=tmp_path)
+    assert settings.max_pixels == 3_000_000_000
+    with pytest.raises(SettingsError, match=r"MLOPS_MAX_PIXELS='2\^31': expected a whole number"):
+        Settings.from_env({"MLOPS_MAX_PIXELS": "2^31"}, cwd=tmp_path)
+
+
 def test_sweep_studies_live_in_a_journal_file_unless_a_database_is_named(tmp_path: Path) -> None:
     settings = Settings.from_env({}, cwd=tmp_path)
     assert settings.sweep_storage == str(tmp_path / ".mlops" / "optuna" / "journal.log")

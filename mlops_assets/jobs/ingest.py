@@ -89,6 +89,7 @@ def write_audit_publish_op(
                 plan,
                 when=dt.datetime.now(dt.UTC),
                 message=config.message,
+                limits=scene_store.check_limits(),
                 metadata={"source": config.source_path, "ingested_by": f"dagster job {JOB_NAME}"},
                 lineage={
                     "dagster_run_id": run_id,

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
+from mlops_assets.core.scenes.checks import CheckLimits
 from mlops_assets.core.store.base import VersionedStore
 from mlops_assets.core.store.factory import StoreSpec, open_store
 
@@ -31,6 +32,12 @@ class SceneStoreResource(dg.ConfigurableResource, abc.ABC):  # pyright: ignore[r
     branch: str = Field(default="main", description="Branch the pipeline reads scenes from.")
     outputs_branch: str = Field(
         default="outputs", description="Branch the pipeline writes its outputs to."
+    )
+    max_pixels: int | None = Field(
+        default=None,
+        description="Pixel budget of the raw-scene checks (cd/scene, nvs/scene, ingest_scene): "
+        "rasters and photos over it are refused before decoding. Unset: 2^31 for rasters, "
+        "2^26 for photos. Set from MLOPS_MAX_PIXELS, which `mlops-assets ingest` reads too.",
     )
 
     _store: VersionedStore | None = PrivateAttr(default=None)
@@ -50,6 +57,10 @@ class SceneStoreResource(dg.ConfigurableResource, abc.ABC):  # pyright: ignore[r
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         """Build the client once per run (or sensor tick)."""
         self._store = self._open()
+
+    def check_limits(self) -> CheckLimits:
+        """What the raw-scene checks of scenes read through this resource may decode."""
+        return CheckLimits.with_max_pixels(self.max_pixels)
 
     def get_store(self) -> VersionedStore:
         """The store client: the run's own, or a fresh one outside a run."""
@@ -110,6 +121,7 @@ def scene_store_resource(settings: Settings) -> SceneStoreResource:
         "repository": settings.repository,
         "branch": settings.main_branch,
         "outputs_branch": settings.outputs_branch,
+        "max_pixels": settings.max_pixels,
     }
     if settings.store_kind == "embedded":
         return EmbeddedSceneStore(root=str(settings.embedded_store_root), **common)

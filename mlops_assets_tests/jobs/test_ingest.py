@@ -10,6 +10,7 @@ import pytest
 from mlops_assets.core.store.embedded import EmbeddedStore
 from mlops_assets.jobs.ingest import ingest_scene_job
 from mlops_assets.resources.lineage import LineageResource
+from mlops_assets.resources.scene_store import EmbeddedSceneStore
 from mlops_assets_tests.conftest import DATA
 
 
@@ -84,6 +85,22 @@ def test_a_failing_scene_fails_the_run_with_its_checks_and_leaves_main(
     assert store.resolve("main") == before
     (branch,) = [b for b in store.list_branches() if b.startswith("ingest-bad-")]
     assert store.exists(branch, "cd/bad/pre.tif")
+
+
+def test_the_checks_use_the_scene_store_resources_pixel_budget(
+    store: EmbeddedStore,
+    resources: dict[str, Any],
+    instance: dg.DagsterInstance,
+    demo_cd_dir: Path,
+) -> None:
+    # MLOPS_MAX_PIXELS reaches the job as the resource's max_pixels, as it does cd/scene
+    budget = EmbeddedSceneStore(root=str(store.root), repository=store.repository, max_pixels=1000)
+    result = run({**resources, "scene_store": budget}, instance, demo_cd_dir, "farm")
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.is_step_failure]
+    data = failure.step_failure_data.user_failure_data
+    assert data is not None and data.description is not None
+    assert "16,384 pixels, over the budget of 1,000" in data.description
 
 
 # An s3:// source (a real moto server) and the retry policy. --------------------------------------

@@ -45,7 +45,8 @@ def cd_scene(
 ):  # Dagster derives the outputs (value + checks) from the decorator
     """Read one scene at a commit and describe it; the checks say whether it is usable."""
     store = scene_store.get_store()
-    scene = read_cd_scene(store, config.resolve(context, scene_store.branch), context.partition_key)
+    ref = config.resolve(context, scene_store.branch)
+    scene = read_cd_scene(store, ref, context.partition_key, scene_store.check_limits())
     rows = [
         [r.path, r.crs, f"{r.width}x{r.height}", r.count, r.dtype, r.checksum[:12], r.size_bytes]
         for r in scene.rasters

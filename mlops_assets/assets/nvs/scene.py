@@ -140,7 +140,7 @@ def nvs_scene(
     """Read one capture at a commit and describe it; the checks say whether it is usable."""
     store = scene_store.get_store()
     ref = config.resolve(context, scene_store.branch)
-    scene = read_nvs_scene(store, ref, context.partition_key)
+    scene = read_nvs_scene(store, ref, context.partition_key, scene_store.check_limits())
     if scene.needs_sfm:
         context.log.info(f"nvs/{scene.scene_id}: no COLMAP model, posing the photos with SfM")
         with tempfile.TemporaryDirectory(prefix="nvs-sfm-") as tmp:

@@ -58,7 +58,7 @@ class Strip:
     """Rows ``[row, row + h)`` of the columns ``[col, col + w)`` of the aligned pair."""
 
     row: int
-    pre: NDArray[Any]  # [C, h, w], the source dtype
+    pre: NDArray[Any]  # [C, h, w], the source dtype (float64 read as float32: `read_dtype`)
     post: NDArray[Any]  # [C, h, w], resampled onto pre's grid
     valid: NDArray[np.bool_]  # [h, w]: both images have data
     label: NDArray[np.uint8] | None  # [h, w]: 0, 1, or 255 (no label)
@@ -110,6 +110,16 @@ def _nodata_value(src: rasterio.io.DatasetReader | WarpedVRT) -> int | None:
         return None
     info = np.iinfo(np.dtype(src.dtypes[0]))
     return int(value) if info.min <= value <= info.max else None
+
+
+def read_dtype(src: rasterio.io.DatasetReader | WarpedVRT) -> np.dtype[Any]:
+    """The type the pixels of ``src`` are read as: float64 as float32, anything else as stored.
+
+    Training and inference compute in float32; casting while GDAL reads halves what a strip of
+    a float64 scene holds (the raw-scene check notes the cast in its metadata).
+    """
+    dtype = np.dtype(src.dtypes[0])
+    return np.dtype(np.float32) if dtype == np.float64 else dtype
 
 
 def _mask(
@@ -206,8 +216,12 @@ class AlignedPair:
         """
         window = Window.from_slices((row, row + height), (col, col + width))
         pre_nodata, post_nodata, label_nodata = self._nodata
-        pre = self.pre.read(window=window, out=None if out is None else out.pre)
-        post = self.post.read(window=window, out=None if out is None else out.post)
+        pre = self.pre.read(
+            window=window, out=None if out is None else out.pre, out_dtype=read_dtype(self.pre)
+        )
+        post = self.post.read(
+            window=window, out=None if out is None else out.post, out_dtype=read_dtype(self.post)
+        )
         pre_valid = _mask(self.pre, pre, window, pre_nodata, None if out is None else out.pre_valid)
         post_valid = _mask(
             self.post, post, window, post_nodata, None if out is None else out.post_valid
@@ -281,8 +295,8 @@ class RowBuffer:
         pair, shape = self.pair, (rows, self.width)
         return Strip(
             0,
-            np.empty((pair.count, *shape), np.dtype(pair.pre.dtypes[0])),
-            np.empty((pair.count, *shape), np.dtype(pair.post.dtypes[0])),
+            np.empty((pair.count, *shape), read_dtype(pair.pre)),
+            np.empty((pair.count, *shape), read_dtype(pair.post)),
             np.empty(shape, bool),
             None if pair.label is None else np.empty(shape, np.uint8),
             self.col,
@@ -373,9 +387,8 @@ class PreviewSampler:
         self.rows = _nearest(pair.height, h)
         self.cols = _nearest(pair.width, w)
         self.bands = [b - 1 for b in rgb_bands(pair.pre)]
-        dtype = np.dtype(pair.pre.dtypes[0])
-        self.pre = np.zeros((3, h, w), dtype)
-        self.post = np.zeros((3, h, w), np.dtype(pair.post.dtypes[0]))
+        self.pre = np.zeros((3, h, w), read_dtype(pair.pre))
+        self.post = np.zeros((3, h, w), read_dtype(pair.post))
         self.pre_valid = np.zeros((h, w), bool)
         self.post_valid = np.zeros((h, w), bool)
         self.label = None if pair.label is None else np.full((h, w), 255, np.uint8)

@@ -10,8 +10,14 @@ from typing import Any
 
 #: Default raster budget: far above any real scene (46,340 px square), far below a hostile one.
 MAX_RASTER_PIXELS = 2**31
-#: Default photo budget: a photo is decoded whole (RGB, 3 bytes a pixel), so 2^27 px is 384 MiB.
-MAX_PHOTO_PIXELS = 2**27
+#: Default photo budget. A photo is decoded whole and Pillow holds every mode it decodes a PNG or
+#: JPEG to in 4 bytes a pixel (RGB too), so 2^26 px (a 67 MP photo) is 256 MiB; with the checking
+#: process's own 130 MB that peaks at 383 MB (benchmarks: adversarial-rss), under the 512 MB bound.
+MAX_PHOTO_PIXELS = 2**26
+#: Default block bound: GDAL holds a decoded block about 2.5 times over while rasterio copies it
+#: out (a 256 MiB block peaked at 718 MB, a 64 MiB one at 286 MB), so 64 MiB keeps the worst
+#: legal block under the 512 MB bound.
+MAX_BLOCK_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -24,7 +30,7 @@ class CheckLimits:
 
     max_raster_pixels: int = MAX_RASTER_PIXELS  # width x height of a GeoTIFF
     max_photo_pixels: int = MAX_PHOTO_PIXELS  # width x height of a photo
-    max_block_bytes: int = 256 << 20  # one GeoTIFF block (all bands), decoded at once by GDAL
+    max_block_bytes: int = MAX_BLOCK_BYTES  # one GeoTIFF block (all bands), decoded at once
     decode_chunk_bytes: int = 64 << 20  # what one windowed read of a decode pass may return
     gdal_cache_mb: int = 64  # GDAL's block cache while checking (its default is 5 % of RAM)
     seconds_per_file: float = 900.0  # wall-clock bound of one file's decode pass

@@ -9,6 +9,8 @@ allocate 17 GB. So `read_model` first walks every binary file's records (`check_
 each count must fit in the bytes that follow it, every variable-length record (an image's
 keypoints, a point's track) must end inside the file, and the last record must end exactly at the
 end of the file. The walk reads a few bytes per record, in memory bounded by the file size.
+A binary model's points, colours and tracks are then gathered from its files with numpy
+(`_binary_points`) rather than copied out of pycolmap one observation at a time.
 """
 
 from __future__ import annotations
@@ -159,17 +161,95 @@ def read_model(directory: Path) -> ColmapModel:
             )
         )
     point_ids = sorted(rec.points3D)
-    points = np.array([rec.points3D[i].xyz for i in point_ids], dtype=np.float64).reshape(-1, 3)
-    colours = np.array([rec.points3D[i].color for i in point_ids], dtype=np.uint8).reshape(-1, 3)
-    observations: list[list[tuple[int, float, float]]] = []
-    for i in point_ids:
-        track: list[tuple[int, float, float]] = []
-        for element in rec.points3D[i].track.elements:
-            xy = rec.images[element.image_id].points2D[element.point2D_idx].xy
-            track.append((int(element.image_id), float(xy[0]), float(xy[1])))
-        observations.append(track)
+    if model_format(names) == "bin":
+        points, colours, observations = _binary_points(directory, point_ids)
+    else:  # a text model: pycolmap's objects, one point and one observation at a time
+        points = np.array([rec.points3D[i].xyz for i in point_ids], np.float64).reshape(-1, 3)
+        colours = np.array([rec.points3D[i].color for i in point_ids], np.uint8).reshape(-1, 3)
+        observations = [_track(rec, rec.points3D[i].track) for i in point_ids]
     error = float(rec.compute_mean_reprojection_error()) if point_ids else None
     return ColmapModel(cameras, images, points, colours, observations, error)
+
+
+def _track(rec: pycolmap.Reconstruction, track: pycolmap.Track) -> list[tuple[int, float, float]]:
+    """One point's observations, read through pycolmap (about 20 us each)."""
+    observations: list[tuple[int, float, float]] = []
+    for element in track.elements:
+        xy = rec.images[element.image_id].points2D[element.point2D_idx].xy
+        observations.append((int(element.image_id), float(xy[0]), float(xy[1])))
+    return observations
+
+
+def _binary_points(
+    directory: Path, point_ids: list[int]
+) -> tuple[NDArray[np.float64], NDArray[np.uint8], list[list[tuple[int, float, float]]]]:
+    """The points, colours and tracks of ``point_ids`` (ascending), read with numpy.
+
+    Copying them out of pycolmap costs Python-level calls per point and six per observation
+    (11 s for a 200k-point model); here one loop finds where each record of ``points3D.bin``
+    begins and numpy gathers the coordinates, colours, track elements and keypoints at once.
+    The files have passed `check_binary_model`, so every record lies inside its file; a track
+    element naming a missing image or keypoint is refused.
+    """
+    keypoints: dict[int, NDArray[np.float64]] = {}  # image_id -> [keypoints, 2] x, y
+    images = (directory / "images.bin").read_bytes()
+    offset = 8
+    for _ in range(_COUNT.unpack_from(images)[0]):
+        image_id = int.from_bytes(images[offset : offset + 4], "little")
+        offset = images.index(b"\0", offset + _IMAGE.size) + 1
+        (count,) = _COUNT.unpack_from(images, offset)
+        table = np.frombuffer(images, "<f8", count * 3, offset + 8).reshape(count, 3)
+        keypoints[image_id] = table[:, :2]
+        offset += 8 + count * _POINT2D_BYTES
+    raw = (directory / "points3D.bin").read_bytes()
+    data = np.frombuffer(raw, np.uint8)
+    n = int(_COUNT.unpack_from(raw)[0])
+    heads = np.empty(n, np.int64)  # where each record begins
+    lengths = np.empty(n, np.int64)  # its track length
+    offset, unpack = 8, _COUNT.unpack_from
+    for k in range(n):  # the one Python loop: a record's length decides where the next begins
+        (length,) = unpack(raw, offset + _POINT_HEAD)
+        heads[k], lengths[k] = offset, length
+        offset += _POINT_HEAD + 8 + length * _TRACK_ELEMENT_BYTES
+    ids = _gather(data, heads, 8).view("<u8").ravel()
+    if sorted(ids.tolist()) != point_ids:
+        raise ValueError(f"{directory}: points3D.bin and pycolmap disagree on the point ids")
+    by_id = np.argsort(ids, kind="stable")
+    points = _gather(data, heads[by_id] + 8, 24).view("<f8").astype(np.float64)
+    colours = _gather(data, heads[by_id] + 32, 3)
+    # element j of point k lies at heads[k] + _POINT_HEAD + 8 + 8 j
+    before = np.cumsum(lengths) - lengths
+    first = np.repeat(heads + _POINT_HEAD + 8 - 8 * before, lengths)
+    elements = _gather(data, first + 8 * np.arange(int(lengths.sum())), 8).view("<u4")
+    image_ids, indices = elements[:, 0].astype(np.int64), elements[:, 1].astype(np.int64)
+    xy = np.empty((len(image_ids), 2), np.float64)
+    order = np.argsort(image_ids, kind="stable")
+    bounds = np.flatnonzero(np.diff(image_ids[order])) + 1
+    for group in np.split(order, bounds) if len(order) else []:
+        image_id, last = int(image_ids[group[0]]), int(indices[group].max())
+        table = keypoints.get(image_id)
+        if table is None or last >= len(table):
+            found = "is not in images.bin" if table is None else f"has {len(table):,} keypoints"
+            raise ValueError(
+                f"{directory / 'points3D.bin'}: a track names keypoint {last:,} of image "
+                f"{image_id}, which {found}"
+            )
+        xy[group] = table[indices[group]]
+    del keypoints, images, data, raw  # the files' bytes, before the Python objects are built
+    flat = list(zip(image_ids.tolist(), xy[:, 0].tolist(), xy[:, 1].tolist(), strict=True))
+    ends = np.cumsum(lengths)
+    tracks = [flat[a:b] for a, b in zip((ends - lengths).tolist(), ends.tolist(), strict=True)]
+    return points, colours, [tracks[k] for k in by_id.tolist()]
+
+
+def _gather(data: NDArray[np.uint8], offsets: NDArray[np.int64], width: int) -> NDArray[np.uint8]:
+    """The ``width`` bytes at each of ``offsets``, as a [len(offsets), width] array.
+
+    Indexing a sliding-window view picks whole rows: no [len(offsets), width] index array.
+    """
+    if not len(offsets):  # no points (or no observations): the file may be shorter than width
+        return np.empty((0, width), np.uint8)
+    return np.lib.stride_tricks.sliding_window_view(data, width)[offsets]
 
 
 @functools.cache

@@ -192,24 +192,112 @@ class NVSScene:
         )
 
 
+#: What Pillow may open a photo as: the formats the scene layout names (`IMAGE_SUFFIXES`). A
+#: TIFF, GIF or BMP named ``.png`` would otherwise be decoded by a plugin with other memory needs.
+PHOTO_FORMATS = ("PNG", "JPEG")  # JPEG opens a camera's MPO (a JPEG with a preview) too
+#: The metadata a JPEG may carry before its image data: Pillow keeps every APPn segment in memory
+#: and walks the segments in Python, so both their bytes and their number are bounded.
+MAX_JPEG_HEADER_BYTES = 16 << 20
+MAX_JPEG_SEGMENTS = 4096
+_SEQUENTIAL_SOF = (0xC0, 0xC1)  # baseline and extended sequential Huffman frames
+_STANDALONE = (0x01, *range(0xD0, 0xD9))  # TEM, RSTn, SOI: markers with no length
+
+
+def _jpeg_layout(path: Path) -> bool | str:
+    """Whether libjpeg must buffer a JPEG's coefficients, or why its header is refused.
+
+    A JPEG whose first scan does not hold every component (a multi-scan sequential file), or
+    whose frame is not sequential (progressive above all), is decoded through a buffer of every
+    DCT coefficient, 2 bytes each, before a pixel comes out. The walk reads segment headers only
+    (APPn bodies are skipped). False for a file that is not a JPEG at all.
+    """
+    with path.open("rb") as f:
+        if f.read(2) != b"\xff\xd8":
+            return False
+        components, buffered = 0, True
+        for _ in range(MAX_JPEG_SEGMENTS):
+            marker = f.read(2)
+            while len(marker) == 2 and marker == b"\xff\xff":
+                marker = marker[1:] + f.read(1)  # fill bytes
+            if len(marker) < 2 or marker[0] != 0xFF:
+                return True  # no scan found: Pillow's decoder says what is wrong
+            code = marker[1]
+            if code in _STANDALONE:
+                continue
+            length = int.from_bytes(f.read(2), "big")
+            if code == 0xDA:  # start of scan
+                in_scan = f.read(1)
+                return buffered or not in_scan or in_scan[0] < components
+            if 0xC0 <= code <= 0xCF and code not in (0xC4, 0xC8, 0xCC):  # a frame header
+                frame = f.read(max(length - 2, 0))
+                components = frame[5] if len(frame) > 5 else 0
+                buffered = code not in _SEQUENTIAL_SOF
+                continue
+            f.seek(max(length - 2, 0), 1)
+            if f.tell() > MAX_JPEG_HEADER_BYTES:
+                return (
+                    f"holds over {MAX_JPEG_HEADER_BYTES >> 20} MiB of metadata before its image "
+                    "data (refused before decoding)"
+                )
+    return f"holds over {MAX_JPEG_SEGMENTS:,} metadata segments (refused before decoding)"
+
+
+def _coefficient_bytes(image: Image.Image) -> int:
+    """The bytes of libjpeg's whole-image coefficient buffer for the JPEG ``image``.
+
+    Each component holds 64 coefficients of 2 bytes per 8 x 8 block of its (subsampled) plane,
+    rounded up to whole MCUs, as libjpeg allocates it (``jdcoefct.c``).
+    """
+    layers: list[tuple[int, int, int, int]] = getattr(image, "layer", [])
+    if not layers:
+        return 0
+    width, height = image.size
+    h_max = max(1, *(h for _, h, _, _ in layers))
+    v_max = max(1, *(v for _, _, v, _ in layers))
+    total = 0
+    for _, h, v, _ in layers:
+        h, v = max(h, 1), max(v, 1)
+        across = _ceil(_ceil(width * h, 8 * h_max), h) * h
+        down = _ceil(_ceil(height * v, 8 * v_max), v) * v
+        total += across * down * 64 * 2
+    return total
+
+
+def _ceil(a: int, b: int) -> int:
+    return -(-a // b)
+
+
 def image_problem(path: Path, limits: CheckLimits | None = None) -> str | None:
     """Why the photo at ``path`` cannot be trained on, or None: it must decode completely.
 
     ``Image.verify`` reads the header and checksums only: a JPEG truncated to a third, or with
-    garbage after its header, passes it. So the photo is decoded whole, after its size is checked
-    against ``limits.max_photo_pixels`` (a header may claim any size).
+    garbage after its header, passes it. So the photo is decoded whole, after what decoding it
+    holds is checked against ``limits.max_photo_pixels`` (a header may claim any size): its
+    pixels, plus, for a progressive or multi-scan JPEG, libjpeg's coefficient buffer counted in
+    pixels of 4 bytes (a progressive 4:4:4 RGB JPEG counts 2.5 pixels a pixel).
     """
     limits = limits or CheckLimits()
     try:
-        with Image.open(path) as image:
+        buffered = _jpeg_layout(path)
+        if isinstance(buffered, str):
+            return buffered
+        with Image.open(path, formats=PHOTO_FORMATS) as image:
             width, height = image.size
-            if width * height > limits.max_photo_pixels:
-                return (
-                    f"{width:,} x {height:,} px is over the photo budget of "
-                    f"{limits.max_photo_pixels:,} pixels (refused before decoding)"
-                )
             if width < 1 or height < 1:
                 return f"has no pixels ({width} x {height})"
+            cost = width * height
+            coefficients = _coefficient_bytes(image) if buffered else 0
+            if cost + coefficients // 4 > limits.max_photo_pixels:
+                extra = (
+                    f" (counted as {cost + coefficients // 4:,} px with the DCT coefficients a "
+                    "progressive or multi-scan JPEG buffers)"
+                    if coefficients
+                    else ""
+                )
+                return (
+                    f"{width:,} x {height:,} px{extra} is over the photo budget of "
+                    f"{limits.max_photo_pixels:,} pixels (refused before decoding)"
+                )
             image.load()
     except Image.DecompressionBombError as exc:
         return f"refused before decoding: {exc}"

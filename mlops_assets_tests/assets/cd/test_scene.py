@@ -6,9 +6,13 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import rasterio
+from rasterio.transform import from_origin
 
 from mlops_assets.assets.cd.scene import cd_scene
 from mlops_assets.core.store.embedded import EmbeddedStore
+from mlops_assets.resources.scene_store import scene_store_resource
+from mlops_assets.settings import Settings
 from mlops_assets_tests.conftest import DATA, commit_folder, materialize_partition
 
 
@@ -93,3 +97,53 @@ def test_broken_scene_fails_its_checks_and_spares_others(
     good = materialize_partition([cd_scene], "good", instance, resources)
     assert good.success
     assert all(c.passed for c in _checks(good).values())
+
+
+def _sparse_pair(folder: Path, size: int) -> Path:
+    """pre and post of ``size`` px square, one band, sparse: a few KB on disk, nothing to decode."""
+    folder.mkdir()
+    for name in ("pre.tif", "post.tif"):
+        profile: dict[str, Any] = {
+            "driver": "GTiff",
+            "width": size,
+            "height": size,
+            "count": 1,
+            "dtype": "uint8",
+            "crs": "EPSG:32633",
+            "transform": from_origin(500000, 5000000, 10, 10),
+            "tiled": True,
+            "blockxsize": 1024,
+            "blockysize": 1024,
+            "sparse_ok": True,
+        }
+        with rasterio.open(folder / name, "w", **profile):
+            pass
+    return folder
+
+
+def test_the_pixel_budget_is_one_setting_for_cli_and_pipeline(
+    instance: dg.DagsterInstance, resources: dict[str, Any], tmp_path: Path
+) -> None:
+    # 50,000^2 px is 2.5e9 pixels, over the default 2^31: refused unless MLOPS_MAX_PIXELS says
+    settings = Settings.from_env({"MLOPS_HOME": str(tmp_path / "home")}, tmp_path)
+    store = EmbeddedStore(settings.embedded_store_root, settings.repository)
+    store.ensure_repository()
+    commit_folder(store, _sparse_pair(tmp_path / "big", 50_000), "cd/big/")
+    by_default = {**resources, "scene_store": scene_store_resource(settings)}
+    refused = materialize_partition([cd_scene], "big", instance, by_default)
+    check = _checks(refused)["files_present_and_readable"]
+    assert not check.passed and check.description is not None
+    assert "2,500,000,000 pixels, over the budget of 2,147,483,648" in check.description
+
+    env = {"MLOPS_HOME": str(tmp_path / "home"), "MLOPS_MAX_PIXELS": "3000000000"}
+    configured = dg.materialize(  # the code location's own resource, built from the settings
+        [cd_scene],
+        partition_key="big",
+        instance=instance,
+        resources={**resources, "scene_store": scene_store_resource(Settings.from_env(env))},
+    )
+    assert configured.success
+    assert all(c.passed for c in _checks(configured).values())
+    meta = configured.asset_materializations_for_node("cd__scene")[0].metadata
+    pre: dict[str, Any] = meta["pre"].value  # pyright: ignore[reportAssignmentType]
+    assert pre["width"] == 50_000

@@ -12,6 +12,7 @@ from mlops_assets.assets.nvs.scene import nvs_scene
 from mlops_assets.core.scenes.colmap import read_model, write_model
 from mlops_assets.core.scenes.nvs import materialize_nvs_scene
 from mlops_assets.core.store.embedded import EmbeddedStore
+from mlops_assets.resources.scene_store import EmbeddedSceneStore
 from mlops_assets_tests.conftest import DATA, commit_folder, materialize_partition
 
 MAUPERTUIS = DATA / "kapture" / "maupertuis"
@@ -189,3 +190,16 @@ def test_sfm_disabled_fails(
     assert _checks(result)[MODEL_CHECK].description == (
         "nvs/sc/sparse/0/: no COLMAP model, and structure-from-motion is disabled"
     )
+
+
+def test_photos_are_checked_against_the_scene_store_resources_pixel_budget(
+    store: EmbeddedStore, instance: dg.DagsterInstance, resources: dict[str, Any]
+) -> None:
+    commit_folder(store, MAUPERTUIS, "nvs/maupertuis/")  # four 1,919 x 1,079 px photos
+    tight = EmbeddedSceneStore(root=str(store.root), repository=store.repository, max_pixels=10**6)
+    result = materialize_partition(
+        [nvs_scene], "maupertuis", instance, {**resources, "scene_store": tight}
+    )
+    check = _checks(result)["files_present_and_readable"]
+    assert not check.passed and check.description is not None
+    assert "1,919 x 1,079 px is over the photo budget of 1,000,000 pixels" in check.description

@@ -96,6 +96,25 @@ def test_strips_are_consecutive_and_read_each_row_once(demo_cd_dir: Path) -> Non
     np.testing.assert_array_equal(np.concatenate(labels), whole.label)
 
 
+def test_float64_bands_are_read_as_float32(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    values = rng.normal(300.0, 50.0, (2, 64, 64)) + 1e-9  # more digits than float32 keeps
+    values[:, :4] = -9999.0
+    folder = tmp_path / "f64"
+    write_raster(folder / "pre.tif", values, nodata=-9999.0)
+    write_raster(folder / "post.tif", values[::-1].copy(), nodata=-9999.0)
+    with open_aligned(*locations(folder, label=False)) as pair:
+        strip = pair.read_rows(0, 64)
+        held, _ = RowBuffer(pair).ensure(0, 32)  # read in place, into arrays it allocated
+        preview = PreviewSampler(pair, 16)
+    assert strip.pre.dtype == strip.post.dtype == held.pre.dtype == np.float32
+    assert preview.pre.dtype == np.float32
+    np.testing.assert_array_equal(strip.pre, values.astype(np.float32))
+    np.testing.assert_array_equal(strip.post, values[::-1].astype(np.float32))
+    np.testing.assert_array_equal(held.pre, values[:, :32].astype(np.float32))
+    assert not strip.valid[:4].any() and strip.valid[4:].all()  # the nodata mask is unchanged
+
+
 def test_post_on_another_crs_and_resolution_is_warped_onto_pre(
     demo_cd_warped_dir: Path, tmp_path: Path
 ) -> None:

@@ -290,6 +290,38 @@ def test_rasters_over_the_pixel_budget_are_refused_before_decoding(tmp_path: Pat
         )
 
 
+def test_default_block_bound_keeps_a_check_under_512_mb(tmp_path: Path) -> None:
+    # GDAL holds a decoded block about 2.5 times over: a 256 MiB block peaked at 718 MB
+    # (benchmarks: adversarial-rss), so the default refuses blocks over 64 MiB
+    def one_block(name: str, bands: int) -> Path:
+        path = tmp_path / name
+        meta: dict[str, Any] = {
+            "driver": "GTiff",
+            "width": 8192,
+            "height": 8192,
+            "count": bands,
+            "dtype": "uint8",
+            "crs": "EPSG:32633",
+            "transform": from_origin(500000, 5000000, 10, 10),
+            "tiled": True,
+            "blockxsize": 8192,
+            "blockysize": 8192,
+            "sparse_ok": True,  # never written: nothing to decode, the header is all it takes
+        }
+        with rasterio.open(path, "w", **meta):
+            pass
+        return path
+
+    at_bound = one_block("one.tif", 1)  # 8,192^2 px x 1 byte = 64 MiB
+    info = inspect_raster(RasterLocation(str(at_bound)), "one.tif", "", 0)
+    assert info.block_shape == (8192, 8192)
+    over = one_block("two.tif", 2)
+    with pytest.raises(
+        ValueError, match=r"2 band\(s\), 128 MiB each when decoded, over the 64 MiB"
+    ):
+        inspect_raster(RasterLocation(str(over)), "two.tif", "", 0)
+
+
 def test_decoding_is_block_bounded_and_skips_sparse_blocks(tmp_path: Path) -> None:
     path = tmp_path / "sparse.tif"
     profile: dict[str, Any] = {

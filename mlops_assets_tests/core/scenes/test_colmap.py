@@ -112,3 +112,40 @@ def test_a_half_points3d_bin_is_refused_by_its_size(tmp_path: Path) -> None:
     points.write_bytes(data + b"\0")
     with pytest.raises(ValueError, match="1 bytes follow the last record"):
         read_model(tmp_path)
+
+
+def test_binary_tracks_are_read_as_pycolmap_reads_them(tmp_path: Path) -> None:
+    # read_model gathers a binary model's points and tracks with numpy; a text model goes
+    # through pycolmap's objects: both must give the written model, point for point
+    model = _model()
+    model.observations[3] = model.observations[3][:1]  # tracks of different lengths
+    model.observations[7] = model.observations[7][::-1]
+    write_model(model, tmp_path / "bin", "bin")
+    write_model(model, tmp_path / "txt", "txt")
+    binary, text = read_model(tmp_path / "bin"), read_model(tmp_path / "txt")
+    np.testing.assert_allclose(binary.points, model.points)
+    np.testing.assert_array_equal(binary.colours, model.colours)
+    np.testing.assert_allclose(
+        [xy for track in binary.observations for _, *xy in track],
+        [xy for track in model.observations for _, *xy in track],
+    )
+    assert [[i for i, _, _ in t] for t in binary.observations] == [
+        [i for i, _, _ in t] for t in model.observations
+    ]
+    assert binary.observations == text.observations
+    np.testing.assert_array_equal(binary.points, text.points)
+    np.testing.assert_array_equal(binary.colours, text.colours)
+
+    # records need not be in id order: the points come back sorted by id all the same
+    path = tmp_path / "bin" / "points3D.bin"
+    data = path.read_bytes()
+    records, offset = [], 8
+    while offset < len(data):
+        length = int.from_bytes(data[offset + 43 : offset + 51], "little")
+        records.append(data[offset : offset + 51 + 8 * length])
+        offset += 51 + 8 * length
+    path.write_bytes(data[:8] + b"".join(reversed(records)))
+    shuffled = read_model(tmp_path / "bin")
+    assert shuffled.observations == binary.observations
+    np.testing.assert_array_equal(shuffled.points, binary.points)
+    np.testing.assert_array_equal(shuffled.colours, binary.colours)

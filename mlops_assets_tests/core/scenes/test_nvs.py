@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from mlops_assets.core.nvs.recover import SfMSettings, recover_model_with_sfm
 from mlops_assets.core.scenes.checks import CheckLimits
@@ -17,6 +18,7 @@ from mlops_assets.core.scenes.nvs import (
     FILES_CHECK,
     MODEL_CHECK,
     check_nvs_scene,
+    image_problem,
     materialize_nvs_scene,
     read_nvs_scene,
     validate_local_nvs,
@@ -318,6 +320,52 @@ def test_photos_over_the_pixel_budget_are_refused_before_decoding(tmp_path: Path
     problems = validate_local_nvs(folder, CheckLimits(max_photo_pixels=1000))
     assert len(problems) == 4
     assert "px is over the photo budget of 1,000 pixels (refused before decoding)" in problems[0]
+
+
+def _jpeg(path: Path, size: int, **save: Any) -> Path:
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, quality=90, subsampling=0, **save)
+    return path
+
+
+def test_photo_budget_counts_what_decoding_holds(tmp_path: Path) -> None:
+    # 64 x 64 px; a progressive 4:4:4 JPEG also holds 3 x 64 x 2 bytes of coefficients a block,
+    # 6 bytes a pixel, counted as 1.5 pixels of 4 bytes: 4,096 + 6,144 = 10,240 "pixels"
+    limits = CheckLimits(max_photo_pixels=8_000)
+    assert image_problem(_jpeg(tmp_path / "baseline.jpg", 64), limits) is None
+    problem = image_problem(_jpeg(tmp_path / "progressive.jpg", 64, progressive=True), limits)
+    assert problem == (
+        "64 x 64 px (counted as 10,240 px with the DCT coefficients a progressive or multi-scan "
+        "JPEG buffers) is over the photo budget of 8,000 pixels (refused before decoding)"
+    )
+    assert image_problem(tmp_path / "progressive.jpg", CheckLimits(max_photo_pixels=10_240)) is None
+    # a sequential JPEG whose first scan holds one of its three components has more scans:
+    # libjpeg buffers its coefficients too (the header is all the budget reads)
+    data = bytearray((tmp_path / "baseline.jpg").read_bytes())
+    scan = data.index(b"\xff\xda")
+    assert data[scan + 4] == 3
+    data[scan + 4] = 1
+    (tmp_path / "multiscan.jpg").write_bytes(bytes(data))
+    problem = image_problem(tmp_path / "multiscan.jpg", limits)
+    assert problem is not None and "counted as 10,240 px" in problem
+
+
+def test_photos_hold_bounded_metadata_and_are_png_or_jpeg(tmp_path: Path) -> None:
+    data = _jpeg(tmp_path / "ok.jpg", 16).read_bytes()
+    comment = b"\xff\xfe" + (6).to_bytes(2, "big") + b"note"  # a COM segment of 4 bytes
+    (tmp_path / "many.jpg").write_bytes(data[:2] + comment * 5000 + data[2:])
+    assert image_problem(tmp_path / "many.jpg") == (
+        "holds over 4,096 metadata segments (refused before decoding)"
+    )
+    app = b"\xff\xe5" + (65_535).to_bytes(2, "big") + bytes(65_533)
+    (tmp_path / "big.jpg").write_bytes(data[:2] + app * 300 + data[2:])
+    assert image_problem(tmp_path / "big.jpg") == (
+        "holds over 16 MiB of metadata before its image data (refused before decoding)"
+    )
+    Image.new("RGB", (16, 16)).save(tmp_path / "tiff.png", format="TIFF")
+    problem = image_problem(tmp_path / "tiff.png")
+    assert problem is not None and problem.startswith("not a readable image (cannot identify")
 
 
 def test_truncated_binary_model_files_are_refused_before_pycolmap_reads_them(
