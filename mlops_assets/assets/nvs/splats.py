@@ -212,7 +212,7 @@ def _compare_with_champion(
     from mlops_assets.core.compute import select_device
     from mlops_assets.core.nvs.evaluation import compare_views, log_view_comparison
     from mlops_assets.core.nvs.registry import load_splat_model, scene_alias
-    from mlops_assets.core.nvs.train import cpu_rasterizer, gsplat_rasterizer
+    from mlops_assets.core.nvs.train import rasterizer_for
 
     if not dataset.test:
         return
@@ -221,8 +221,7 @@ def _compare_with_champion(
     if tracker.version_by_alias(DEFAULT_MODEL_NAME, alias) is not None:
         champion = load_splat_model(tracker, DEFAULT_MODEL_NAME, alias, "nvs/registered_splats")
     device = select_device(train_config.device)
-    cuda = device.type == "cuda"
-    rasterize = gsplat_rasterizer if cuda else cpu_rasterizer(train_config.cpu_tile_size)
+    rasterize = rasterizer_for(device, train_config.cpu_tile_size)
     on_device = {k: v.detach().to(device) for k, v in result.splats.items()}
     views = compare_views(
         on_device,
