@@ -113,9 +113,10 @@ class LakeFSSceneStore(SceneStoreResource):
 
     spec_aliases: ClassVar[Mapping[str, str]] = {"endpoint": "lakefs_endpoint"}
 
-    endpoint: str = Field(description="lakeFS URL, e.g. http://lakefs:8000")
-    access_key_id: str = Field(description="lakeFS access key id (use EnvVar).")
-    secret_access_key: str = Field(description="lakeFS secret access key (use EnvVar).")
+    # Resolved in a run, these may hold secrets (the URL ``user:password@``): never in a repr.
+    endpoint: str = Field(description="lakeFS URL, e.g. http://lakefs:8000", repr=False)
+    access_key_id: str = Field(description="lakeFS access key id (use EnvVar).", repr=False)
+    secret_access_key: str = Field(description="lakeFS secret access key (use EnvVar).", repr=False)
     storage_namespace: str | None = Field(
         default=None, description="Namespace for a repository this resource creates."
     )

@@ -60,6 +60,8 @@ def test_the_lakefs_resource_opens_the_spec_the_cli_opens(
     with dg.build_resources({"scene_store": resource}) as built:
         resolved = built.scene_store
     assert isinstance(resolved, LakeFSSceneStore)
+    assert resolved.secret_access_key == "very-secret"
+    assert "very-secret" not in repr(resolved) and "AKIA-test" not in repr(resolved)
     cli_spec = settings.store_spec(LAKEFS_ENV)
     assert resolved.spec() == dataclasses.replace(cli_spec, embedded_root=None)
 
