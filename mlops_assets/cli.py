@@ -717,13 +717,14 @@ def retrain(preset: str | None) -> None:
     """
     import dagster as dg
 
+    from mlops_assets import keys
     from mlops_assets.definitions import build_defs
     from mlops_assets.sensors.jobs import cd_retrain
 
     settings = _settings()
     _use_dagster_home(settings)
     job = build_defs(settings).resolve_job_def(cd_retrain.name)
-    ops = ("cd__model", "cd__evaluation", "cd__registered_model")
+    ops = (keys.CD_MODEL_OP, keys.CD_EVALUATION_OP, keys.CD_REGISTERED_MODEL_OP)
     run_config: dict[str, Any] = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
     if preset:
         run_config["ops"] = {op: {"config": {"preset": preset}} for op in ops}
@@ -731,7 +732,7 @@ def retrain(preset: str | None) -> None:
         result = job.execute_in_process(
             run_config=run_config,
             instance=instance,
-            tags={"mlops/trigger": "cli"},
+            tags={keys.TAG_TRIGGER: "cli"},
             raise_on_error=False,
         )
     checks = {e.check_name: e for e in result.get_asset_check_evaluations()}

@@ -26,10 +26,29 @@ NVS_REGISTERED_SPLATS = dg.AssetKey(["nvs", "registered_splats"])
 NVS_RENDER = dg.AssetKey(["nvs", "render"])
 
 #: The op of an asset: its key's parts joined by a double underscore (``cd__scene``).
-CD_SCENE_OP = "cd__scene"
-NVS_SCENE_OP = "nvs__scene"
-CD_CHANGE_MAP_OP = "cd__change_map"
-CD_SWEEP_OP = "cd__sweep"
+CD_SCENE_OP = CD_SCENE.to_python_identifier()
+NVS_SCENE_OP = NVS_SCENE.to_python_identifier()
+CD_MODEL_OP = CD_MODEL.to_python_identifier()
+CD_EVALUATION_OP = CD_EVALUATION.to_python_identifier()
+CD_REGISTERED_MODEL_OP = CD_REGISTERED_MODEL.to_python_identifier()
+CD_CHANGE_MAP_OP = CD_CHANGE_MAP.to_python_identifier()
+CD_SWEEP_OP = CD_SWEEP.to_python_identifier()
+
+#: Metadata of a scene asset's materialisation naming the commit it read (the commit sensor reads
+#: it to tell which scenes are done at a commit).
+COMMIT_METADATA_KEY = "lakefs_commit"
+
+#: Run tags. The commit a run was launched for: a scene asset with no ``ref`` in its config reads
+#: this commit (the runs of a backfill carry the backfill's tags, not a per-op run config).
+TAG_COMMIT = "lakefs/commit"
+TAG_BRANCH = "lakefs/branch"
+TAG_REPOSITORY = "lakefs/repository"
+TAG_MERGE_SOURCE = "lakefs/merge_source"
+TAG_SCENE = "lakefs/scene"
+#: On a backfill launched for a batch of scenes: their kind (``cd`` or ``nvs``).
+TAG_SCENE_KIND = "lakefs/scene_kind"
+#: What launched a run: ``cli``, ``ingest``, ``schedule``, ``quality_check``.
+TAG_TRIGGER = "mlops/trigger"
 
 #: Where Dagster keeps a materialisation's data version among its tags.
 DATA_VERSION_TAG = "dagster/data_version"

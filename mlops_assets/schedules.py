@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from mlops_assets.keys import TAG_TRIGGER
 from mlops_assets.sensors.jobs import cd_retrain
 
 SCHEDULE_NAME = "cd_retrain_weekly"
@@ -29,7 +30,7 @@ def build_cd_retrain_schedule(
         execution_timezone=execution_timezone,
         target=cd_retrain,
         default_status=default_status,
-        tags={"mlops/trigger": "schedule"},
+        tags={TAG_TRIGGER: "schedule"},
         description=(
             f"Retrain cd/model and register it behind the promotion gate ({cron_schedule}, "
             f"{execution_timezone})."

@@ -11,6 +11,7 @@ study storage to a database; nothing else changes.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,6 +24,17 @@ if TYPE_CHECKING:  # the stores load where one is opened, not with the code loca
 
 StoreKind = Literal["embedded", "lakefs"]
 ExecutorKind = Literal["default", "k8s"]  # mlops_assets.scale.build_executor
+
+
+# The lakeFS credentials, by `StoreSpec` field: read from the environment for the CLI, bound as
+# `dg.EnvVar` by the Dagster resource (resolved in the run, never written to its config or logs).
+LAKEFS_CREDENTIALS = {
+    "access_key_id": "LAKEFS_ACCESS_KEY_ID",
+    "secret_access_key": "LAKEFS_SECRET_ACCESS_KEY",
+}
+# Every `StoreSpec` field the Dagster resource takes from an environment variable: the
+# credentials, and the endpoint, which may carry ``user:password@``.
+STORE_ENV_VARS = {"lakefs_endpoint": "LAKEFS_ENDPOINT", **LAKEFS_CREDENTIALS}
 
 
 class SettingsError(ValueError):
@@ -74,7 +86,7 @@ class Settings:
     @property
     def store_kind(self) -> StoreKind:
         """``lakefs`` when an endpoint is configured, else the embedded store."""
-        return "lakefs" if self.lakefs_endpoint else "embedded"
+        return self.store_spec(credentials=False).kind
 
     @property
     def embedded_store_root(self) -> Path:
@@ -162,32 +174,40 @@ class Settings:
             max_pixels=_positive_int(env, "MLOPS_MAX_PIXELS", 0, "pixels") or None,
         )
 
-    def store_spec(self, environ: Mapping[str, str] | None = None) -> StoreSpec:
-        """The scene store these settings describe (credentials read from ``environ``)."""
+    def store_spec(
+        self, environ: Mapping[str, str] | None = None, *, credentials: bool = True
+    ) -> StoreSpec:
+        """The scene store these settings describe: the one place a `StoreSpec` is filled in.
+
+        The CLI opens it (`open_store`); the Dagster resource is built from it with
+        ``credentials=False`` (`mlops_assets.resources.scene_store.scene_store_resource`) and binds
+        the fields named in `STORE_ENV_VARS` as `dg.EnvVar` instead. Credentials are read from
+        ``environ`` (default: the process environment) only for a lakeFS store.
+        """
         from mlops_assets.core.store.factory import StoreSpec
 
-        if self.lakefs_endpoint is None:
-            return StoreSpec(repository=self.repository, embedded_root=self.embedded_store_root)
+        spec = StoreSpec(
+            repository=self.repository,
+            embedded_root=self.embedded_store_root,
+            lakefs_endpoint=self.lakefs_endpoint,
+            storage_namespace=self.lakefs_storage_namespace,
+            raster_access=self.lakefs_raster_access,
+            cache_dir=self.cache_dir,
+        )
+        if spec.kind == "embedded" or not credentials:
+            return spec
         env = os.environ if environ is None else environ
-        missing = [
-            name
-            for name in ("LAKEFS_ACCESS_KEY_ID", "LAKEFS_SECRET_ACCESS_KEY")
-            if not env.get(name)
-        ]
+        keys = {  # spelled out: docker/test_compose.py checks compose sets what is read
+            "access_key_id": env.get("LAKEFS_ACCESS_KEY_ID", ""),
+            "secret_access_key": env.get("LAKEFS_SECRET_ACCESS_KEY", ""),
+        }
+        missing = [LAKEFS_CREDENTIALS[field] for field, value in keys.items() if not value]
         if missing:
             raise SettingsError(
                 f"LAKEFS_ENDPOINT is set but {' and '.join(missing)} is not: "
                 "set the lakeFS credentials, or unset LAKEFS_ENDPOINT to use the embedded store"
             )
-        return StoreSpec(
-            repository=self.repository,
-            lakefs_endpoint=self.lakefs_endpoint,
-            access_key_id=env["LAKEFS_ACCESS_KEY_ID"],
-            secret_access_key=env["LAKEFS_SECRET_ACCESS_KEY"],
-            storage_namespace=self.lakefs_storage_namespace,
-            raster_access=self.lakefs_raster_access,
-            cache_dir=self.cache_dir,
-        )
+        return dataclasses.replace(spec, **keys)
 
     def open_store(self, environ: Mapping[str, str] | None = None) -> VersionedStore:
         """The scene store these settings describe, opened by the one store factory."""

@@ -16,10 +16,10 @@ from pydantic import Field
 from mlops_assets.core.publish import Publication, link_metadata, publish_files
 from mlops_assets.core.records import ModelRef
 from mlops_assets.core.scenes.checks import CheckOutcome
+from mlops_assets.keys import TAG_COMMIT
 from mlops_assets.resources.lineage import LineageResource
 from mlops_assets.resources.mlflow import MLflowResource
 from mlops_assets.resources.scene_store import SceneStoreResource
-from mlops_assets.sensors.jobs import TAG_COMMIT
 
 
 class SceneRefConfig(dg.Config):

@@ -23,7 +23,11 @@ class Record:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Self:
-        """The record in ``data``; keys that are not fields are ignored, missing ones default."""
+        """The record in ``data``; keys that are not fields are ignored.
+
+        A missing key takes its field's default where the field has one; a missing key of a
+        field without a default raises `TypeError` naming the field.
+        """
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{key: value for key, value in data.items() if key in names})
 

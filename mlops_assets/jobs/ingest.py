@@ -28,6 +28,7 @@ from mlops_assets.core.scenes.layout import SceneError, SceneKind
 from mlops_assets.core.scenes.remote import local_scene_folder
 from mlops_assets.core.store.types import StoreError, StoreUnavailableError
 from mlops_assets.core.wap import describe_checks, write_audit_publish
+from mlops_assets.keys import TAG_TRIGGER
 from mlops_assets.resources.lineage import LineageResource
 from mlops_assets.resources.scene_store import SceneStoreResource
 from mlops_assets.retries import EXTERNAL_RETRY
@@ -126,7 +127,7 @@ def write_audit_publish_op(
     name=JOB_NAME,
     description="Write-audit-publish a scene folder into the scene store's main branch "
     "(the same as `mlops-assets ingest ... --publish`).",
-    tags={"mlops/trigger": "ingest"},
+    tags={TAG_TRIGGER: "ingest"},
 )
 def ingest_scene_job() -> None:
     """One op: `write_audit_publish_op`."""

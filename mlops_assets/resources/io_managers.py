@@ -6,11 +6,18 @@ stays on a worker's disk and any container or machine can run the next step. The
 Dagster's `UPathIOManager` layout either way; the S3 objects are read and written with boto3
 (dagster-aws's client: credentials from the ``AWS_*`` variables), because s3fs, fsspec's S3
 driver, cannot be installed beside the botocore that boto3 1.44 needs.
+
+A typed record (anything with ``to_dict``, e.g. `mlops_assets.core.records.Record`) is stored as
+its ``to_dict()``; an input annotated with a record class (``scene: CDScene``, or
+``CDScene | None``) is rebuilt with that class's ``from_dict``, so an asset reads attributes.
+Other values are plain JSON both ways.
 """
 
 from __future__ import annotations
 
 import json
+import types
+import typing
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -20,7 +27,25 @@ from upath import UPath
 
 
 def _to_json(obj: Any) -> str:
-    return json.dumps(obj, indent=2, sort_keys=True, default=str)
+    to_dict = getattr(obj, "to_dict", None)
+    value = to_dict() if callable(to_dict) else obj
+    return json.dumps(value, indent=2, sort_keys=True, default=str)
+
+
+def _from_json(context: dg.InputContext, text: str | bytes) -> Any:
+    """The value in ``text``, rebuilt as the record class the input is annotated with, if any."""
+    value = json.loads(text)
+    record = _record_class(context.dagster_type.typing_type)
+    return value if record is None else record.from_dict(value)
+
+
+def _record_class(annotation: Any) -> Any:
+    """``X`` for an annotation ``X`` or ``X | None`` where ``X`` is a class with ``from_dict``."""
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    for candidate in typing.get_args(annotation) if union else (annotation,):
+        if isinstance(candidate, type) and callable(getattr(candidate, "from_dict", None)):
+            return candidate
+    return None
 
 
 class _JsonIO(dg.UPathIOManager):
@@ -33,7 +58,7 @@ class _JsonIO(dg.UPathIOManager):
         tmp.rename(path)  # readers never see a half-written file
 
     def load_from_path(self, context: dg.InputContext, path: UPath) -> Any:
-        return json.loads(path.read_text())
+        return _from_json(context, path.read_text())
 
 
 class _S3JsonIO(_JsonIO):
@@ -66,7 +91,7 @@ class _S3JsonIO(_JsonIO):
             if self._missing(error):
                 raise FileNotFoundError(f"{path}: no such object") from None
             raise
-        return json.loads(body)
+        return _from_json(context, body)
 
     def path_exists(self, path: UPath) -> bool:
         bucket, key = self._location(path)

@@ -38,6 +38,17 @@ from mlops_assets.core.changes import SceneChanges, scene_changes, unchanged_sin
 from mlops_assets.core.scenes.layout import SceneKind
 from mlops_assets.core.store.base import VersionedStore
 from mlops_assets.core.store.types import NotFoundError, StoreUnavailableError
+from mlops_assets.keys import (
+    CD_SCENE_OP,
+    COMMIT_METADATA_KEY,
+    NVS_SCENE_OP,
+    TAG_BRANCH,
+    TAG_COMMIT,
+    TAG_MERGE_SOURCE,
+    TAG_REPOSITORY,
+    TAG_SCENE,
+    TAG_SCENE_KIND,
+)
 from mlops_assets.partitions import SCENE_PARTITIONS
 from mlops_assets.resources.scene_store import SceneStoreResource
 
@@ -54,32 +65,12 @@ from mlops_assets.sensors.dagster_internals import (
 from mlops_assets.sensors.jobs import (
     CD_REFRESH_KEYS,
     CD_SCENE_CHAIN,
-    CD_SCENE_OP,
-    COMMIT_METADATA_KEY,
     NVS_REFRESH_KEYS,
     NVS_SCENE_CHAIN,
-    NVS_SCENE_OP,
-    TAG_BRANCH,
-    TAG_COMMIT,
-    TAG_MERGE_SOURCE,
-    TAG_REPOSITORY,
-    TAG_SCENE,
-    TAG_SCENE_KIND,
     cd_retrain,
     cd_scene_refresh,
     nvs_scene_refresh,
 )
-
-__all__ = [  # the tags are defined in `mlops_assets.sensors.jobs`; re-exported for callers here
-    "TAG_BRANCH",
-    "TAG_COMMIT",
-    "TAG_MERGE_SOURCE",
-    "TAG_REPOSITORY",
-    "TAG_SCENE",
-    "TAG_SCENE_KIND",
-    "build_lakefs_commit_sensor",
-    "lakefs_commit_sensor",
-]
 
 SENSOR_NAME = "lakefs_commit_sensor"
 DEFAULT_INTERVAL_S = 30

@@ -20,10 +20,10 @@ import dagster as dg
 
 from mlops_assets.assets.cd.config import DEFAULT_MODEL_NAME, EXPERIMENT
 from mlops_assets.core.aliases import CHAMPION
-from mlops_assets.keys import CD_CHANGE_MAP_OP, DATA_VERSION_TAG, parse_model_version
+from mlops_assets.keys import CD_CHANGE_MAP, CD_CHANGE_MAP_OP, DATA_VERSION_TAG, parse_model_version
 from mlops_assets.partitions import cd_scenes
 from mlops_assets.resources.mlflow import MLflowResource
-from mlops_assets.sensors.jobs import CD_CHANGE_MAP_KEY, cd_change_map_refresh
+from mlops_assets.sensors.jobs import cd_change_map_refresh
 
 SENSOR_NAME = "mlflow_alias_sensor"
 DEFAULT_INTERVAL_S = 30
@@ -52,7 +52,7 @@ def make_cursor(version: str, moves: int) -> str:
 def rendered_version(instance: dg.DagsterInstance, scene: str, model_name: str) -> str | None:
     """The model version behind ``scene``'s latest change map, or None (none, or not told)."""
     records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=CD_CHANGE_MAP_KEY, asset_partitions=[scene]), limit=1
+        dg.AssetRecordsFilter(asset_key=CD_CHANGE_MAP, asset_partitions=[scene]), limit=1
     ).records
     materialization = records[0].asset_materialization if records else None
     data_version = (materialization.tags or {}).get(DATA_VERSION_TAG) if materialization else None

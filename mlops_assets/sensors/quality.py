@@ -19,22 +19,23 @@ import datetime as dt
 
 import dagster as dg
 
+from mlops_assets.keys import CD_CHANGE_MAP, TAG_TRIGGER
+
 # Not re-exported at the top level; the execution history is the instance's record of check runs.
 from mlops_assets.sensors.dagster_internals import (
     AssetCheckExecutionRecord,
     AssetCheckExecutionRecordStatus,
 )
-from mlops_assets.sensors.jobs import CD_CHANGE_MAP_KEY, cd_retrain
+from mlops_assets.sensors.jobs import cd_retrain
 
 SENSOR_NAME = "cd_quality_retrain_sensor"
 DEFAULT_INTERVAL_S = 30
-#: ``cd/change_map``'s F1 check (spelled out, like the keys in `mlops_assets.sensors.jobs`, so
+#: ``cd/change_map``'s F1 check (spelled out, like the keys in `mlops_assets.keys`, so
 #: loading the sensor does not import PyTorch; a test checks it against the asset check).
-F1_CHECK_KEY = dg.AssetCheckKey(CD_CHANGE_MAP_KEY, "f1_against_label")
+F1_CHECK_KEY = dg.AssetCheckKey(CD_CHANGE_MAP, "f1_against_label")
 #: Failed evaluations read per tick; one is enough to act, the rest only name partitions.
 _BATCH = 100
 
-TAG_TRIGGER = "mlops/trigger"
 TAG_FAILED_CHECK = "mlops/failed_check"
 TAG_FAILED_PARTITIONS = "mlops/failed_partitions"
 TAG_FAILED_RUN = "mlops/failed_check_run"

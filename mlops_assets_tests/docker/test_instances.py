@@ -15,7 +15,6 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from dagster._core.errors import DagsterInvalidConfigError
 
 from mlops_assets_tests.postgres import PostgresCluster
 
@@ -98,7 +97,7 @@ def test_a_missing_setting_is_named(
 ) -> None:
     monkeypatch.delenv(unset)
     with (
-        pytest.raises(DagsterInvalidConfigError, match=unset),
+        pytest.raises(dg.DagsterInvalidConfigError, match=unset),
         load(name, tmp_path / "home") as instance,
     ):
         assert instance.run_launcher is not None  # built on first use

@@ -10,13 +10,13 @@ the environment from Kubernetes Secrets (never a literal secret).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import pytest
 import yaml
-from dagster._config import process_config
 
 from mlops_assets.scale import GPU_RESOURCE, build_executor, gpu_op_tags
 from mlops_assets.settings import Settings, SettingsError
@@ -69,8 +69,9 @@ def pod_of(job: Any) -> Any:
 
 
 @pytest.fixture
-def launcher(tmp_path: Path) -> K8sRunLauncher:
-    """The run launcher built from the values (a kubeconfig file stands in for the cluster)."""
+def launcher(tmp_path: Path) -> Iterator[K8sRunLauncher]:
+    """The run launcher an instance builds from the values, through Dagster's config schema (a
+    kubeconfig file stands in for the cluster)."""
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(
         yaml.safe_dump(
@@ -84,13 +85,16 @@ def launcher(tmp_path: Path) -> K8sRunLauncher:
             }
         )
     )
-    config = run_launcher_config(values())
-    checked = process_config(K8sRunLauncher.config_type(), config)
-    assert checked.success, checked.errors
-    assert checked.value is not None
-    return K8sRunLauncher(
-        **{**checked.value, "load_incluster_config": False, "kubeconfig_file": str(kubeconfig)}
-    )
+    config = {
+        **run_launcher_config(values()),
+        "load_incluster_config": False,
+        "kubeconfig_file": str(kubeconfig),
+    }
+    launcher = {"module": "dagster_k8s", "class": "K8sRunLauncher", "config": config}
+    with dg.instance_for_test(overrides={"run_launcher": launcher}) as instance:
+        built = instance.run_launcher
+        assert isinstance(built, K8sRunLauncher)
+        yield built
 
 
 def test_the_values_make_a_valid_k8s_run_launcher(launcher: K8sRunLauncher) -> None:

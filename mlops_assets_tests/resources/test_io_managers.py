@@ -1,5 +1,6 @@
 """JsonIOManager: the same JSON values on local disk and in S3 (a real moto server)."""
 
+import dataclasses
 import json
 import uuid
 from pathlib import Path
@@ -119,3 +120,50 @@ def test_local_values_are_the_same_files(tmp_path: Path) -> None:
 def test_assets_url_follows_the_output_store(env: dict[str, str], url: str | None) -> None:
     settings = Settings.from_env({"MLOPS_HOME": "/data/mlops", **env})
     assert settings.assets_url == (url or "/data/mlops/assets")
+
+
+@dataclasses.dataclass(frozen=True)
+class Tally:
+    scene: str
+    tiles: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Tally":
+        return cls(**data)
+
+
+@dg.asset(io_manager_key="json_io_manager", key=["cd", "tally"])
+def tally() -> Tally:
+    return Tally("farm", 4)
+
+
+@dg.asset(io_manager_key="json_io_manager", key=["cd", "report"])
+def report(tally: Tally) -> str:
+    return f"{tally.scene}: {tally.tiles}"  # an attribute, not a key
+
+
+@dg.asset(io_manager_key="json_io_manager", key=["cd", "maybe"])
+def maybe(tally: Tally | None) -> int:
+    return -1 if tally is None else tally.tiles
+
+
+@dg.asset(io_manager_key="json_io_manager", key=["cd", "raw"])
+def raw(tally: dict[str, Any]) -> list[str]:
+    return sorted(tally)
+
+
+def test_a_record_is_stored_as_its_dict_and_read_back_as_its_annotation(tmp_path: Path) -> None:
+    io = JsonIOManager(base_dir=str(tmp_path / "assets"))
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            [tally, report, maybe, raw], instance=instance, resources={"json_io_manager": io}
+        )
+    assert result.success
+    stored = json.loads((tmp_path / "assets" / "cd" / "tally.json").read_text())
+    assert stored == {"scene": "farm", "tiles": 4}
+    assert result.output_for_node("cd__report") == "farm: 4"
+    assert result.output_for_node("cd__maybe") == 4
+    assert result.output_for_node("cd__raw") == ["scene", "tiles"]  # a dict input stays a dict

@@ -142,8 +142,8 @@ def _predict_and_publish(
 def cd_change_map(
     context: dg.AssetExecutionContext,
     config: ChangeMapConfig,
-    scene: dict[str, Any],
-    tiles: dict[str, Any],
+    scene: CDScene,
+    tiles: TilesRecord,
     scene_store: SceneStoreResource,
     output_store: OutputStoreResource,
     mlflow: MLflowResource,
@@ -154,21 +154,20 @@ def cd_change_map(
     from mlops_assets.core.cd.registry import load_cd_model
     from mlops_assets.core.tracking import AliasNotFoundError, TrackingError
 
-    source, tile_set = CDScene.from_dict(scene), TilesRecord.from_dict(tiles)
-    scene_id, commit, label = source.scene_id, source.commit_id, f"cd/{source.scene_id}: "
+    scene_id, commit, label = scene.scene_id, scene.commit_id, f"cd/{scene.scene_id}: "
     tracker = mlflow.reachable_tracker(EXPERIMENT, label)
     with (  # a missing alias stays missing: no retry; an unreachable server may come back
         failure_on(TrackingError, label=label),
         failure_on(AliasNotFoundError, label=label, allow_retries=False),
     ):
         model = load_cd_model(tracker, config.model_name, config.alias)
-    if not tile_set.published:
+    if not tiles.published:
         raise dg.Failure(
             description=f"cd/{scene_id}: its tiles were not published", allow_retries=False
         )
-    index = TileIndex.load(output_store.fetch(tile_set.key))
+    index = TileIndex.load(output_store.fetch(tiles.key))
     record, summary, overlay = _predict_and_publish(
-        context, source, index, model, config, scene_store, output_store, lineage, mlflow
+        context, scene, index, model, config, scene_store, output_store, lineage, mlflow
     )
     run_url = tracker.run_url(model.run_id, mlflow.ui_url)
     return dg.MaterializeResult(

@@ -64,7 +64,7 @@ class EvaluationConfig(dg.Config):
 def cd_evaluation(
     context: dg.AssetExecutionContext,
     config: EvaluationConfig,
-    model: dict[str, Any],
+    model: CDModelRecord,
     scene_store: SceneStoreResource,
     output_store: OutputStoreResource,
     mlflow: MLflowResource,
@@ -80,7 +80,6 @@ def cd_evaluation(
     from mlops_assets.core.scenes.layout import SceneKind
     from mlops_assets.core.store.types import StoreError, StoreUnavailableError
 
-    trained = CDModelRecord.from_dict(model)
     tracker = mlflow.reachable_tracker(EXPERIMENT, label="cd/evaluation: ")
     store = scene_store.get_store()
     inference = config.to_core()
@@ -90,7 +89,7 @@ def cd_evaluation(
         failure_on(StoreUnavailableError, label="cd/evaluation: "),  # an outage is retried
     ):
         eval_set = read_evaluation_set(store, SceneKind.CD, scene_store.branch)
-        challenger = ev.challenger_candidate(tracker, trained.model_uri, trained.run_id)
+        challenger = ev.challenger_candidate(tracker, model.model_uri, model.run_id)
         champion = ev.champion_candidate(tracker, config.model_name, config.champion_alias)
         work = Path(output_store.cache_dir)
         work.mkdir(parents=True, exist_ok=True)
@@ -98,13 +97,13 @@ def cd_evaluation(
             store, eval_set, challenger, champion, inference,
             select_device(inference.device), work, progress=context.log.info,
         )  # fmt: skip
-    ev.log_evaluation(tracker, trained.run_id, report)
+    ev.log_evaluation(tracker, model.run_id, report)
     champion_version = None if champion is None else champion.version
-    run_url = tracker.run_url(trained.run_id, mlflow.ui_url)
+    run_url = tracker.run_url(model.run_id, mlflow.ui_url)
     return dg.MaterializeResult(
         value=report.to_dict(),
         data_version=dg.DataVersion(
-            f"{trained.run_id}-{eval_set.commit_id[:16]}-v{champion_version or 'none'}"
+            f"{model.run_id}-{eval_set.commit_id[:16]}-v{champion_version or 'none'}"
         ),
         metadata=_metadata(report, eval_set, champion_version, run_url),
     )

@@ -381,37 +381,36 @@ def _decide(
 def cd_registered_model(
     context: dg.AssetExecutionContext,
     config: RegistrationConfig,
-    model: dict[str, Any],
+    model: CDModelRecord,
     evaluation: dict[str, Any],
     mlflow: MLflowResource,
 ):  # Dagster derives the outputs (value + checks) from the decorator
     """Gate the trained model on its evaluation against the champion; register and alias it."""
     from mlops_assets.core.cd.evaluation import TRAINED_SCENES_TAG, trained_scenes_tag
 
-    trained = CDModelRecord.from_dict(model)
     gate_config = config.to_core()
     tracker = mlflow.reachable_tracker(EXPERIMENT)
     name = config.model_name
-    decision, shown = _decide(tracker, name, trained, evaluation, gate_config)
-    lineage = {"lakefs_commits": trained.lakefs_commits, "git_sha": trained.git_sha}
-    tags = {**trained.version_tags(), "dagster.run_id": context.run.run_id}
-    tags[TRAINED_SCENES_TAG] = trained_scenes_tag(list(trained.lakefs_commits))
+    decision, shown = _decide(tracker, name, model, evaluation, gate_config)
+    lineage = {"lakefs_commits": model.lakefs_commits, "git_sha": model.git_sha}
+    tags = {**model.version_tags(), "dagster.run_id": context.run.run_id}
+    tags[TRAINED_SCENES_TAG] = trained_scenes_tag(list(model.lakefs_commits))
     return gated_registration(
         context,
         tracker,
         mlflow,
         name=name,
         decision=decision,
-        model_uri=trained.model_uri,
-        run_id=trained.run_id,
+        model_uri=model.model_uri,
+        run_id=model.run_id,
         tags=tags,
         description=decision.reason,
         aliases=[CHALLENGER, CHAMPION] if gate_config.auto_promote else [CHALLENGER],
-        value={"model_name": name, "run_id": trained.run_id, "gate": decision.reason}
-        | {"metrics": trained.metrics, **lineage},
+        value={"model_name": name, "run_id": model.run_id, "gate": decision.reason}
+        | {"metrics": model.metrics, **lineage},
         extra_metadata={
-            "val_f1": round(float(trained.metrics["val_f1"]), 4),
-            "lakefs_commits": trained.lakefs_commits,
+            "val_f1": round(float(model.metrics["val_f1"]), 4),
+            "lakefs_commits": model.lakefs_commits,
             **shown,
         },
         check_name=GATE_CHECK,

@@ -198,14 +198,13 @@ def _stats_table(index: TileIndex) -> dg.MetadataValue[Any]:
 def cd_tiles(
     context: dg.AssetExecutionContext,
     config: TilesConfig,
-    scene: dict[str, Any],
+    scene: CDScene,
     scene_store: SceneStoreResource,
     output_store: OutputStoreResource,
 ):  # Dagster derives the outputs (value + checks) from the decorator
     """Tile one scene (or reuse the identical published tile set) and describe it."""
-    record = CDScene.from_dict(scene)
-    key = tile_key(record.scene_id, record.commit_id, config.to_core())
-    index, preview, reused = _tile_or_reuse(context, record, key, config, scene_store, output_store)
+    key = tile_key(scene.scene_id, scene.commit_id, config.to_core())
+    index, preview, reused = _tile_or_reuse(context, scene, key, config, scene_store, output_store)
     uri = output_store.get_output_store().uri(key)
     tiles = TilesRecord(
         scene_id=index.scene_id,

@@ -134,7 +134,7 @@ def _render_and_publish(
 def nvs_render(
     context: dg.AssetExecutionContext,
     config: RenderConfig,
-    scene: dict[str, Any],
+    scene: NVSScene,
     scene_store: SceneStoreResource,
     mlflow: MLflowResource,
     lineage: LineageResource,
@@ -144,8 +144,7 @@ def nvs_render(
     from mlops_assets.core.nvs.registry import load_splat_model, scene_alias
     from mlops_assets.core.tracking import AliasNotFoundError, TrackingError
 
-    source = NVSScene.from_dict(scene)
-    scene_id, commit, label = source.scene_id, source.commit_id, f"nvs/{source.scene_id}: "
+    scene_id, commit, label = scene.scene_id, scene.commit_id, f"nvs/{scene.scene_id}: "
     alias = scene_alias(config.alias, scene_id)
     tracker = mlflow.reachable_tracker(EXPERIMENT, label)
     with (  # a missing alias stays missing: no retry; an unreachable server may come back
@@ -154,7 +153,7 @@ def nvs_render(
     ):
         model = load_splat_model(tracker, config.model_name, alias, "nvs/registered_splats")
     record, orbit = _render_and_publish(
-        context, source, model, alias, config, scene_store, lineage, mlflow
+        context, scene, model, alias, config, scene_store, lineage, mlflow
     )
     run_url = tracker.run_url(model.run_id, mlflow.ui_url)
     return dg.MaterializeResult(

@@ -164,7 +164,7 @@ def nvs_scene(
             {
                 "lakefs_repository": scene.repository,
                 "lakefs_ref": scene.ref,
-                "lakefs_commit": scene.commit_id,
+                keys.COMMIT_METADATA_KEY: scene.commit_id,
                 "scene_uri": scene.uri(scene.paths.prefix),
                 "store": scene_store.kind,
                 "git_sha": lineage.code_version(),

@@ -212,7 +212,7 @@ def _compare_with_champion(
     from mlops_assets.core.compute import select_device
     from mlops_assets.core.nvs.evaluation import compare_views, log_view_comparison
     from mlops_assets.core.nvs.registry import load_splat_model, scene_alias
-    from mlops_assets.core.nvs.train import cpu_rasterizer, gsplat_rasterizer
+    from mlops_assets.core.nvs.train import rasterizer_for
 
     if not dataset.test:
         return
@@ -221,8 +221,7 @@ def _compare_with_champion(
     if tracker.version_by_alias(DEFAULT_MODEL_NAME, alias) is not None:
         champion = load_splat_model(tracker, DEFAULT_MODEL_NAME, alias, "nvs/registered_splats")
     device = select_device(train_config.device)
-    cuda = device.type == "cuda"
-    rasterize = gsplat_rasterizer if cuda else cpu_rasterizer(train_config.cpu_tile_size)
+    rasterize = rasterizer_for(device, train_config.cpu_tile_size)
     on_device = {k: v.detach().to(device) for k, v in result.splats.items()}
     views = compare_views(
         on_device,
@@ -306,7 +305,7 @@ def _splats_metadata(
 def nvs_splats(
     context: dg.AssetExecutionContext,
     config: SplatsConfig,
-    scene: dict[str, Any],
+    scene: NVSScene,
     scene_store: SceneStoreResource,
     mlflow: MLflowResource,
     lineage: LineageResource,
@@ -315,24 +314,23 @@ def nvs_splats(
     # PyTorch, gsplat and MLflow load here, when the step runs, not with the code location.
     from mlops_assets.core.nvs.data import NVSDataError, dataset_from_config
 
-    source = NVSScene.from_dict(scene)
-    scene_id, commit = source.scene_id, source.commit_id
+    scene_id, commit = scene.scene_id, scene.commit_id
     train_config, preset = config.to_core(), config.preset.value
     tracker = mlflow.reachable_tracker(EXPERIMENT, f"nvs/{scene_id}: ")
     with tempfile.TemporaryDirectory(prefix=f"nvs-{scene_id}-") as tmp:
-        model_dir, images_dir = materialize_nvs_scene(scene_store.get_store(), source, Path(tmp))
+        model_dir, images_dir = materialize_nvs_scene(scene_store.get_store(), scene, Path(tmp))
         with failure_on(NVSDataError, label=f"nvs/{scene_id} at {commit[:12]}: "):
             dataset = dataset_from_config(read_model(model_dir), images_dir, train_config)
         for note in dataset.notes:
             context.log.warning(f"nvs/{scene_id}: {note}")
-        tags, params, datasets = _run_inputs(source, dataset, train_config, preset)
+        tags, params, datasets = _run_inputs(scene, dataset, train_config, preset)
         name = f"splats-{scene_id}-{context.run.run_id[:8]}"
         with mlflow.tracked_run(
             context, tracker, lineage, name=name, tags=tags, params=params, datasets=datasets
         ) as run_id:
             args = (train_config, scene_id, preset, Path(tmp))
             result = _train(context, tracker, run_id, dataset, *args)
-            model_uri = _log_model(tracker, run_id, result, train_config, dataset, source)
+            model_uri = _log_model(tracker, run_id, result, train_config, dataset, scene)
             _compare_with_champion(tracker, run_id, result, dataset, train_config, scene_id)
     record = SplatsRecord(
         scene_id=scene_id,
@@ -341,7 +339,7 @@ def nvs_splats(
         experiment=EXPERIMENT,
         metrics=result.metrics(),
         lakefs_commit=commit,
-        lakefs_repository=source.repository,
+        lakefs_repository=scene.repository,
         git_sha=lineage.code_version(),
     )
     run_url = tracker.run_url(run_id, mlflow.ui_url)
@@ -377,19 +375,18 @@ def nvs_splats(
 def nvs_registered_splats(
     context: dg.AssetExecutionContext,
     config: SplatsRegistrationConfig,
-    splats: dict[str, Any],
+    splats: SplatsRecord,
     mlflow: MLflowResource,
 ):  # Dagster derives the outputs (value + checks) from the decorator
     """Gate the scene's splats on held-out PSNR against its champion; register and alias."""
     from mlops_assets.core.nvs.registry import scene_alias
     from mlops_assets.core.tracking import gate
 
-    trained = SplatsRecord.from_dict(splats)
-    scene_id, name = trained.scene_id, config.model_name
+    scene_id, name = splats.scene_id, config.model_name
     tracker = mlflow.reachable_tracker(EXPERIMENT, f"nvs/{scene_id}: ")
     champion_alias = scene_alias(CHAMPION, scene_id)
     champion_version, champion_psnr = champion_score(tracker, name, champion_alias, "psnr")
-    psnr = trained.metrics.get("psnr")
+    psnr = splats.metrics.get("psnr")
     decision = gate(
         float("nan") if psnr is None else float(psnr),
         champion_psnr,
@@ -398,7 +395,7 @@ def nvs_registered_splats(
         metric="held-out PSNR",
         champion_version=champion_version,
     )
-    lineage = {"lakefs_commit": trained.lakefs_commit, "git_sha": trained.git_sha}
+    lineage = {"lakefs_commit": splats.lakefs_commit, "git_sha": splats.git_sha}
     challenger_alias = scene_alias(CHALLENGER, scene_id)
     return gated_registration(
         context,
@@ -406,17 +403,17 @@ def nvs_registered_splats(
         mlflow,
         name=name,
         decision=decision,
-        model_uri=trained.model_uri,
-        run_id=trained.run_id,
-        tags={**trained.version_tags(), "dagster.run_id": context.run.run_id},
+        model_uri=splats.model_uri,
+        run_id=splats.run_id,
+        tags={**splats.version_tags(), "dagster.run_id": context.run.run_id},
         description=f"nvs/{scene_id}: {decision.reason}",
         aliases=[challenger_alias, champion_alias] if config.auto_promote else [challenger_alias],
-        value={"scene_id": scene_id, "model_name": name, "run_id": trained.run_id}
-        | {"gate": decision.reason, "metrics": trained.metrics, **lineage},
+        value={"scene_id": scene_id, "model_name": name, "run_id": splats.run_id}
+        | {"gate": decision.reason, "metrics": splats.metrics, **lineage},
         extra_metadata={
             "psnr": round(decision.candidate, 3),
-            "lakefs_commit": trained.lakefs_commit,
-            **_heldout_views(tracker, trained.run_id),
+            "lakefs_commit": splats.lakefs_commit,
+            **_heldout_views(tracker, splats.run_id),
         },
         check_name=GATE_CHECK,
         check_metadata={

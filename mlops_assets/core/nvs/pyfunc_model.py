@@ -19,8 +19,9 @@ import torch
 from mlflow.models import set_model
 from mlflow.pyfunc.model import PythonModel
 
+from mlops_assets.core.compute import select_device
 from mlops_assets.core.nvs.ply import read_inria_ply
-from mlops_assets.core.nvs.train import cpu_rasterizer, gsplat_rasterizer
+from mlops_assets.core.nvs.train import rasterizer_for
 
 
 class GaussianSplatModel(PythonModel):
@@ -45,9 +46,8 @@ class GaussianSplatModel(PythonModel):
             )
         params = params or {}
         width, height = int(params.get("width", 256)), int(params.get("height", 256))
-        cuda = torch.cuda.is_available()
-        device = torch.device("cuda" if cuda else "cpu")
-        rasterize = gsplat_rasterizer if cuda else cpu_rasterizer(16)
+        device = select_device("auto")
+        rasterize = rasterizer_for(device, cpu_tile_size=16)
         splats = {k: v.to(device) for k, v in self.splats.items()}
         background = torch.tensor(self.spec["background"], dtype=torch.float32, device=device)
         with torch.no_grad():

@@ -20,8 +20,8 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor
 
-from mlops_assets.core.compute import torch_threads
-from mlops_assets.core.nvs.train import cpu_rasterizer, gsplat_rasterizer
+from mlops_assets.core.compute import select_device, torch_threads
+from mlops_assets.core.nvs.train import rasterizer_for
 from mlops_assets.core.nvs.video import orbit_cameras, orbit_from_model, write_mp4
 from mlops_assets.core.scenes.colmap import ColmapModel
 
@@ -83,8 +83,8 @@ def render_orbit(
         fov_deg=fov,
         start=orbit.start,
     )
-    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    rasterize = gsplat_rasterizer if device.type == "cuda" else cpu_rasterizer(8)
+    device = device or select_device("auto")
+    rasterize = rasterizer_for(device, cpu_tile_size=8)
     on_device = {k: v.detach().to(device) for k, v in splats.items()}
     colour = torch.tensor(background, dtype=torch.float32, device=device)
     first: list[NDArray[np.uint8]] = []

@@ -227,6 +227,11 @@ def cpu_rasterizer(tile_size: int) -> Rasterizer:
     return rasterize
 
 
+def rasterizer_for(device: torch.device, cpu_tile_size: int) -> Rasterizer:
+    """The CUDA rasteriser (gsplat) on a CUDA device, else `cpu_rasterizer` (``cpu_tile_size``)."""
+    return gsplat_rasterizer if device.type == "cuda" else cpu_rasterizer(cpu_tile_size)
+
+
 # Loss, metrics, checkpoints -----------------------------------------------------------------
 
 
@@ -471,9 +476,7 @@ def _train(
                 f"needs {config.num_sh_bases}"
             )
     splats = splats.to(device)
-    rasterize: Rasterizer = (
-        gsplat_rasterizer if device.type == "cuda" else cpu_rasterizer(config.cpu_tile_size)
-    )
+    rasterize = rasterizer_for(device, config.cpu_tile_size)
     background = torch.tensor(dataset.background, dtype=torch.float32, device=device)
     optimizers = _optimizers(splats, config, dataset.scene_scale)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(

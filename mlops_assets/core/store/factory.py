@@ -1,8 +1,9 @@
-"""The one place a `VersionedStore` is built from settings: the embedded store or lakeFS.
+"""The one place a `VersionedStore` is built: the embedded store or lakeFS, from a `StoreSpec`.
 
-The Dagster resources (`mlops_assets.resources.scene_store`) and the CLI (through
-`mlops_assets.settings.Settings.open_store`) describe the store they want as a `StoreSpec` and
-call `open_store`; a new store setting is a field here and the line that reads it.
+`mlops_assets.settings.Settings.store_spec` is the one place a `StoreSpec` is filled in from the
+deployment's settings; the CLI opens that spec here, and the Dagster resource
+(`mlops_assets.resources.scene_store.scene_store_resource`) is built from it field by field and
+opens the spec it rebuilds here too. Which kind of store a spec describes is `StoreSpec.kind`.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class StoreSpec:
 
 def open_store(spec: StoreSpec) -> VersionedStore:
     """The store ``spec`` describes (lakefs_sdk is imported only when a lakeFS store opens)."""
-    if spec.lakefs_endpoint is None:
+    if spec.kind == "embedded":
         from mlops_assets.core.store.embedded import EmbeddedStore
 
         if spec.embedded_root is None:

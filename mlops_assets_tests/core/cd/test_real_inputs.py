@@ -71,7 +71,10 @@ def test_rgb_crops_train_on_whole_scenes_and_the_split_is_recorded(
     assert result.train_scenes == ["levircd-train-1", "levircd-train-2"]
     assert result.val_scenes == ["levircd-val-1", "levircd-val-2"]
     assert result.val_tiles == 2 and result.buffer_tiles == 0
-    assert 0.0 <= result.best.f1 <= 1.0
+    assert len(result.history) == config.epochs
+    # The model kept is the epoch with the best validation F1 of this run.
+    assert result.best in result.history
+    assert result.best.f1 == max(m.f1 for m in result.history)
 
 
 def test_sentinel2_13_bands_give_a_26_channel_model(

@@ -191,3 +191,17 @@ def test_training_runs_on_the_configured_threads_and_restores_them(
     )
     assert seen == [threads, threads]
     assert torch.get_num_threads() == before
+
+
+def test_the_rasteriser_follows_the_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    cuda = train_module.rasterizer_for(torch.device("cuda"), cpu_tile_size=8)
+    assert cuda is train_module.gsplat_rasterizer
+    tiles: list[int] = []
+
+    def render(*args: Any, tile_size: int) -> Any:
+        tiles.append(tile_size)
+
+    monkeypatch.setattr(train_module.raster_cpu, "render", render)
+    cpu = train_module.rasterizer_for(torch.device("cpu"), cpu_tile_size=12)
+    cpu({}, torch.eye(4)[None], torch.eye(3)[None], 4, 4, 0, torch.zeros(3))
+    assert tiles == [12]
