@@ -12,10 +12,10 @@ space is refused.
 Trial *n*'s random draws are seeded by ``(seed, n)`` (`TrialSeededSampler`): a new study is
 reproducible, and a resumed study, a second worker or a second run joining the study draws afresh
 instead of repeating the first trials. A running trial's worker stamps a heartbeat on it every
-`HEARTBEAT_S`; whoever joins the study (`prepare_study`, and each worker before it asks for a
-trial) fails the trials whose heartbeat stopped more than `STALE_AFTER_S` ago (a killed worker's),
-in either storage. An interrupted multi-process sweep terminates its workers and fails the trials
-they were running (`run_workers`).
+`HEARTBEAT_S`; whoever joins the study (`sweep_tracking.prepare_sweep`, and each worker before it
+asks for a trial) fails the trials whose heartbeat stopped more than `STALE_AFTER_S` ago (a killed
+worker's), in either storage, and ends their MLflow child runs (`end_trial_runs`). An interrupted
+multi-process sweep terminates its workers and fails the trials they were running (`run_workers`).
 
 Every trial trains on the same split (the base config's seed) and is logged as a child MLflow run
 of the sweep's parent run (`mlops_assets.core.cd.sweep_tracking`). A trial whose loss stops being
@@ -447,7 +447,6 @@ def prepare_study(
     shas = list(attrs.get(ATTR_GIT, []))
     if identity.git_sha not in shas:
         study.set_user_attr(ATTR_GIT, [*shas, identity.git_sha])
-    fail_stale_trials(study)
     return study, False
 
 
@@ -732,7 +731,9 @@ def run_worker(
     tracker = Tracker(job.tracking.tracking_uri, job.tracking.experiment, root)
     outcomes: list[TrialOutcome] = []
     while job.deadline is None or time.time() < job.deadline:
-        fail_stale_trials(study)
+        abandoned = fail_stale_trials(study)
+        if abandoned:
+            end_trial_runs(study, abandoned, job.tracking)
         # Several workers may pass this check at once: the budget can be exceeded by at most
         # n_workers - 1 trials (Optuna's own n_trials with several processes behaves alike).
         if len(started(study)) >= job.target_trials:
@@ -808,10 +809,12 @@ def _stop(processes: Sequence[Any]) -> None:
             process.join()
 
 
-def _end_trial_runs(
-    study: optuna.Study, numbers: Sequence[int], target: TrackingTarget, reason: str
-) -> None:
-    """End the MLflow child runs of trials whose worker was terminated (KILLED, with why)."""
+def end_trial_runs(study: optuna.Study, numbers: Sequence[int], target: TrackingTarget) -> None:
+    """End the MLflow child runs of failed trials whose worker could not (KILLED, with why).
+
+    Best effort: the MLflow side of a trial already failed in the study is bookkeeping, and an
+    unreachable tracker must not stop a sweep (or hide why it stopped).
+    """
     from mlops_assets.core.tracking import Tracker
 
     root = Path(target.artifact_root) if target.artifact_root else None
@@ -819,8 +822,10 @@ def _end_trial_runs(
     for trial in study.get_trials(deepcopy=False):
         run_id = str(trial.user_attrs.get(ATTR_RUN, ""))
         if trial.number in numbers and run_id:
-            tracker.set_tags(run_id, {"optuna.state": "FAIL", "fail_reason": reason})
-            tracker.client.set_terminated(run_id, "KILLED")
+            reason = str(trial.user_attrs.get(ATTR_REASON, "the worker stopped"))
+            with contextlib.suppress(Exception):
+                tracker.set_tags(run_id, {"optuna.state": "FAIL", "fail_reason": reason})
+                tracker.client.set_terminated(run_id, "KILLED")
 
 
 def run_workers(
@@ -883,7 +888,7 @@ def run_workers(
             # Best effort on the way out: what stopped the sweep is what must surface.
             with contextlib.suppress(Exception):
                 stopped = fail_running_trials(study, jobs[0].tracking.parent_run_id, reason)
-                _end_trial_runs(study, stopped, jobs[0].tracking, reason)
+                end_trial_runs(study, stopped, jobs[0].tracking)
             raise
         finally:
             for process in processes:

@@ -42,6 +42,8 @@ from mlops_assets.core.cd.sweep import (
     WorkerJob,
     apply,
     default_params,
+    end_trial_runs,
+    fail_stale_trials,
     finished,
     open_storage,
     overrides,
@@ -200,6 +202,7 @@ class PreparedSweep:
     identity: StudyIdentity
     new_study: bool
     target_trials: int
+    abandoned: tuple[int, ...]  # running trials of killed workers, failed on joining
     tags: dict[str, str]  # the parent run's, beside the caller's
     params: dict[str, Any]
     datasets: list[DatasetRef]
@@ -236,6 +239,7 @@ def prepare_sweep(
     space = sweep.resolved_space(base)
     identity = StudyIdentity.of(kept, base, space, git_sha)
     study, new = prepare_study(open_storage(storage_url), sweep.study_name, identity)
+    abandoned = tuple(fail_stale_trials(study))
     target = len(started(study)) + sweep.n_trials
     if new:
         study.enqueue_trial(default_params(base, space), user_attrs={"default": True})
@@ -266,6 +270,7 @@ def prepare_sweep(
         identity,
         new,
         target,
+        abandoned,
         tags,
         params,
         _datasets(kept),
@@ -296,6 +301,11 @@ def execute_sweep(
         dict(child_tags),
     )
     deadline = None if sweep.timeout_s is None else time.time() + sweep.timeout_s
+    if prepared.abandoned:
+        joined = optuna.load_study(
+            study_name=sweep.study_name, storage=open_storage(prepared.storage_url)
+        )
+        end_trial_runs(joined, prepared.abandoned, target)
     jobs = [
         WorkerJob(
             prepared.storage_url,
@@ -365,6 +375,9 @@ def _summarise(
     best = study.best_trial
     assert best.value is not None
     plots, notes = study_plots(study)
+    if prepared.abandoned:
+        numbers = ", ".join(str(n) for n in prepared.abandoned)
+        notes.append(f"trial(s) {numbers} of a killed worker (no heartbeat) recorded FAILED")
     return SweepResult(
         study_name=sweep.study_name,
         run_id=parent,

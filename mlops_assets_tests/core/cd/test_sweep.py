@@ -36,11 +36,13 @@ from mlops_assets.core.cd.sweep import (
     ParamRange,
     SweepConfig,
     SweepError,
+    TrackingTarget,
     TrialOutcome,
     TrialSeededSampler,
     decoder_channels,
     default_params,
     default_space,
+    end_trial_runs,
     open_storage,
     parse_space,
 )
@@ -434,24 +436,32 @@ KILLED_WORKER = """
 import os, signal, sys, time
 import optuna
 from optuna.storages.journal import JournalFileBackend, JournalStorage
-url, name = sys.argv[1:]
+url, name, run_id = sys.argv[1:]
 storage = url if url.startswith("sqlite") else JournalStorage(JournalFileBackend(url))
 trial = optuna.load_study(study_name=name, storage=storage).ask()
 trial.set_user_attr("heartbeat", time.time())
+trial.set_user_attr("mlflow_run_id", run_id)
 os.kill(os.getpid(), signal.SIGKILL)
 """
 
 
 @pytest.mark.parametrize("kind", ["journal", "sqlite"])
 def test_a_killed_workers_trial_is_failed_when_the_study_is_next_joined(
-    refs: list[TileRef], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+    refs: list[TileRef],
+    tracker: Tracker,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    kind: str,
 ) -> None:
     storage = (
         str(tmp_path / "journal.log") if kind == "journal" else f"sqlite:///{tmp_path / 'o.db'}"
     )
     prepare_sweep(refs, BASE, _sweep("stale"), storage, "abc123")
+    child = tracker.client.create_run(tracker.experiment_id(), run_name="trial-0").info.run_id
     killed = subprocess.run(
-        [sys.executable, "-c", KILLED_WORKER, storage, "stale"], capture_output=True, timeout=300
+        [sys.executable, "-c", KILLED_WORKER, storage, "stale", child],
+        capture_output=True,
+        timeout=300,
     )
     assert killed.returncode == -9, killed.stderr.decode()
     monkeypatch.setattr(sweep_module, "STALE_AFTER_S", 1.0)
@@ -461,13 +471,21 @@ def test_a_killed_workers_trial_is_failed_when_the_study_is_next_joined(
         study = optuna.load_study(study_name="stale", storage=open_storage(storage))
         live = study.ask()  # a worker of another run, alive and beating
         live.set_user_attr(ATTR_HEARTBEAT, time.time())
-        prepare_sweep(refs, BASE, _sweep("stale"), storage, "abc123")  # the next run joins
+        joined = prepare_sweep(refs, BASE, _sweep("stale"), storage, "abc123")  # the next run
     assert [str(w.message) for w in caught if "eartbeat" in str(w.message)] == []
+    assert joined.abandoned == (0,)
 
     dead, alive = optuna.load_study(study_name="stale", storage=open_storage(storage)).trials
     assert dead.state == TrialState.FAIL
     assert dead.user_attrs[ATTR_REASON].startswith("abandoned: no heartbeat from its worker for ")
     assert alive.state == TrialState.RUNNING and ATTR_REASON not in alive.user_attrs
+
+    # What execute_sweep does for them: the child run, left RUNNING by the killed worker, ends.
+    target = TrackingTarget(tracker.tracking_uri, tracker.experiment_name, None, "parent")
+    end_trial_runs(study, joined.abandoned, target)
+    run = tracker.client.get_run(child)
+    assert run.info.status == "KILLED"
+    assert run.data.tags["fail_reason"] == dead.user_attrs[ATTR_REASON]
 
 
 @pytest.mark.slow
