@@ -34,6 +34,7 @@ import os
 import pickle
 import queue
 import re
+import signal
 import threading
 import time
 from collections.abc import Callable, Generator, Mapping, Sequence
@@ -761,8 +762,26 @@ def run_worker(
 _Report = tuple[int, list[TrialOutcome], BaseException | None]
 
 
+def _exit_with_parent() -> None:
+    """Exit this process at once when the process that spawned it is gone (a watcher thread).
+
+    A sweep killed outright (SIGKILL, OOM) cannot stop its workers; they must not train on
+    unseen. Their running trial is then failed as stale (`fail_stale_trials`).
+    """
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        parent.join()
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def _spawned_worker(job: WorkerJob, ready: Any, results: Any) -> None:
     """`run_worker` in a spawned process (top-level, so it pickles); reports on ``results``."""
+    _exit_with_parent()
     try:
         report: _Report = (job.worker, run_worker(job, ready=ready), None)
     except BaseException as exc:
@@ -828,6 +847,29 @@ def end_trial_runs(study: optuna.Study, numbers: Sequence[int], target: Tracking
                 tracker.client.set_terminated(run_id, "KILLED")
 
 
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Generator[None]:
+    """SIGTERM raises KeyboardInterrupt in the block, where it would kill Python outright.
+
+    Only where nobody handles SIGTERM yet (Dagster's own processes map it to their interrupt),
+    and only in the main thread (where Python runs signal handlers).
+    """
+    if threading.current_thread() is not threading.main_thread() or (
+        signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    ):
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def run_workers(
     jobs: Sequence[WorkerJob], on_trial: TrialCallback | None, poll_s: float = 2.0
 ) -> list[TrialOutcome]:
@@ -855,8 +897,9 @@ def run_workers(
 
     reports: dict[int, _Report] = {}
     processes: list[Any] = []
-    with context.Manager() as manager:
-        ready, results = manager.Barrier(len(jobs)), manager.Queue()
+    # No Manager: its server process would outlive a killed sweep (and hold its pipes open).
+    ready, results = context.Barrier(len(jobs)), context.Queue()
+    with _sigterm_interrupts():
         try:
             for job in jobs:
                 process = context.Process(

@@ -10,8 +10,10 @@ import dataclasses
 import json
 import multiprocessing
 import os
+import pickle
 import pwd
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -494,7 +496,7 @@ def test_an_interrupted_two_worker_sweep_stops_at_once_and_fails_its_running_tri
 ) -> None:
     storage = str(tmp_path / "journal.log")
     base = dataclasses.replace(BASE, epochs=4)
-    prepared = prepare_sweep(refs, base, _sweep("stop", n_trials=20, n_workers=2), storage, "x")
+    prepared = prepare_sweep(refs, base, _sweep("stop", n_trials=40, n_workers=2), storage, "x")
     reported: list[TrialOutcome] = []
 
     def interrupt(outcome: TrialOutcome) -> None:  # as Dagster's terminate or Ctrl-C arrives
@@ -508,7 +510,7 @@ def test_an_interrupted_two_worker_sweep_stops_at_once_and_fails_its_running_tri
     trials = optuna.load_study(study_name="stop", storage=open_storage(storage)).trials
     states = [t.state for t in trials]
     assert len(reported) == 1 and TrialState.RUNNING not in states
-    assert len(trials) < 6  # without stopping the workers, the run went on to 20 trials
+    assert len(trials) < 20  # without stopping the workers, the run went on to 40 trials
     failed = [t for t in trials if t.state == TrialState.FAIL]
     assert failed  # a worker with budget left is always inside a trial
     for trial in failed:
@@ -517,3 +519,56 @@ def test_an_interrupted_two_worker_sweep_stops_at_once_and_fails_its_running_tri
         if "mlflow_run_id" in trial.user_attrs:  # its child run had started: ended, not RUNNING
             run = tracker.client.get_run(trial.user_attrs["mlflow_run_id"])
             assert run.info.status == "KILLED" and run.data.tags["fail_reason"] == reason
+
+
+#: A sweep process of its own (as `mlops-assets sweep` runs one), printing each finished trial.
+SWEEP_PROCESS = """
+import pickle, sys
+from mlops_assets.core.cd.sweep_tracking import execute_sweep
+from mlops_assets.core.tracking import Tracker
+with open(sys.argv[1], "rb") as f:
+    prepared, uri, experiment, parent = pickle.load(f)
+tracker = Tracker(uri, experiment)
+report = lambda o: print("trial", o.number, flush=True)
+execute_sweep(prepared, tracker, parent, child_tags={}, on_trial=report)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
+def test_a_signalled_sweep_process_leaves_no_worker_training(
+    refs: list[TileRef], tracker: Tracker, tmp_path: Path, signum: int
+) -> None:
+    storage = str(tmp_path / "journal.log")
+    base = dataclasses.replace(BASE, epochs=4)
+    prepared = prepare_sweep(refs, base, _sweep("sig", n_trials=40, n_workers=2), storage, "x")
+    parent = tracker.client.create_run(tracker.experiment_id(), run_name="sweep").info.run_id
+    state = tmp_path / "prepared.pkl"
+    state.write_bytes(
+        pickle.dumps((prepared, tracker.tracking_uri, tracker.experiment_name, parent))
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", SWEEP_PROCESS, str(state)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        first = process.stdout.readline()  # the first finished trial
+        assert first.startswith("trial "), process.stderr.read() if process.stderr else ""
+        process.send_signal(signum)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    study = optuna.load_study(study_name="sig", storage=open_storage(storage))
+    before = [(t.number, t.state) for t in study.trials]
+    time.sleep(12)  # a worker still alive would finish its 4-epoch trial (and start more) by now
+    after = [(t.number, t.state) for t in study.trials]
+    assert after == before and len(after) < 20
+    if signum == signal.SIGTERM:  # stopped: its workers terminated, their trials FAILED
+        assert process.returncode == 1 and "KeyboardInterrupt: signal 15" in stderr
+        assert TrialState.RUNNING not in [s for _, s in after]
+        assert TrialState.FAIL in [s for _, s in after]
+    else:  # killed: its workers exit by themselves; their trials await fail_stale_trials
+        assert process.returncode == -signal.SIGKILL
