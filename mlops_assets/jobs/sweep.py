@@ -1,7 +1,8 @@
 """``cd_sweep``: the hyper-parameter sweep of the change-detection U-Net, from the Launchpad.
 
 The job materialises ``cd/sweep`` alone (it reads the tiles already there); its run config is the
-asset's, with every knob (preset, trials, timeout, workers, pruner, search space, scenes left out).
+asset's, with every knob (preset, trials, timeout, workers, pruner and its settings, search space,
+seed, device). The evaluation scenes (``eval/scenes.json``) are never swept on.
 ``mlops-assets sweep`` launches the same job. The asset key comes from `mlops_assets.keys`, so
 loading the job does not import PyTorch.
 """

@@ -90,7 +90,7 @@ class Split(enum.StrEnum):
 
 
 class ParamsFrom(enum.StrEnum):
-    """Where cd/model's settings come from: the preset, or the newest cd/sweep's best trial."""
+    """Where cd/model's settings come from: the preset, or its newest cd/sweep's best trial."""
 
     preset = "preset"
     sweep = "sweep"
@@ -107,7 +107,8 @@ class ModelConfig(dg.Config):
     )
     sweep_study: str | None = Field(
         default=None,
-        description="With params_from=sweep: the study to read (default: the newest sweep).",
+        description="With params_from=sweep: the study to read (default: the newest sweep of "
+        "this preset; a sweep of another preset is never used).",
     )
     epochs: int | None = Field(default=None, description="Training epochs.")
     batch_size: int | None = Field(default=None, description="Tiles per batch.")

@@ -181,7 +181,7 @@ def _tuned(config: ModelConfig, tracker: Any) -> Any:
     from mlops_assets.core.cd.sweep_tracking import latest_sweep
 
     with failure_on(SweepError, allow_retries=False):
-        return latest_sweep(tracker, config.sweep_study)
+        return latest_sweep(tracker, config.sweep_study, preset=config.preset.value)
 
 
 class _Progress:

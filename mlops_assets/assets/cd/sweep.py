@@ -58,29 +58,49 @@ class SweepRunConfig(dg.Config):
     n_workers: int = Field(default=1, description="Processes evaluating trials at once.")
     epochs: int | None = Field(default=None, description="Epochs per trial (default: preset's).")
     pruner: Pruner = Field(default=Pruner.median, description=Pruner.__doc__)
-    seed: int = Field(default=0, description="Seed of the TPE sampler (worker k: seed + k).")
+    pruner_startup_trials: int = Field(
+        default=2, description="Median pruner: trials that must finish before any is pruned."
+    )
+    pruner_warmup_epochs: int = Field(
+        default=0, description="Median pruner: a trial is never pruned in its first epochs."
+    )
+    seed: int = Field(
+        default=0, description="Seed of the TPE sampler (trial n's draws: seeded by seed and n)."
+    )
     search_space: dict[str, SearchRange] | None = Field(
         default=None,
         description="learning_rate, weight_decay, batch_size, encoder_depth, decoder_width, "
         "dice_weight, augment (default: all, around the preset's values).",
     )
-    exclude_scenes: list[str] = Field(
-        default=[], description="Scene ids or patterns never trained on (evaluation scenes)."
+    exclude_scenes: list[str] | None = Field(
+        default=None,
+        description="Removed: the scenes in eval/scenes.json are never swept on; setting this "
+        "fails the run.",
     )
     device: Device | None = Field(default=None, description=Device.__doc__)
     num_threads: int | None = Field(default=None, description="PyTorch CPU threads per worker.")
 
     def to_core(self) -> tuple[TrainConfig, Any]:
-        """The base training config and the core `SweepConfig`."""
-        from mlops_assets.core.cd.sweep import SweepConfig
+        """The base training config and the core `SweepConfig`; a `SweepError` when invalid."""
+        from mlops_assets.core.cd.sweep import SweepConfig, SweepError
 
-        base = preset(
-            TrainConfig,
-            self.preset.value,
-            epochs=self.epochs,
-            device=None if self.device is None else self.device.value,
-            num_threads=self.num_threads,
-        )
+        if self.exclude_scenes is not None:
+            raise SweepError(
+                "exclude_scenes was removed: list the scenes no model may train on in "
+                "eval/scenes.json (the evaluation set); cd/sweep leaves them out, as cd/model does"
+            )
+        if self.epochs is not None and self.epochs < 1:
+            raise SweepError(f"epochs {self.epochs} must be >= 1")
+        try:
+            base = preset(
+                TrainConfig,
+                self.preset.value,
+                epochs=self.epochs,
+                device=None if self.device is None else self.device.value,
+                num_threads=self.num_threads,
+            )
+        except ValueError as exc:  # TrainConfig's own checks (num_threads < 0 ...)
+            raise SweepError(str(exc)) from None
         space = None
         if self.search_space is not None:
             space = {k: v.model_dump(exclude_none=True) for k, v in self.search_space.items()}
@@ -90,9 +110,10 @@ class SweepRunConfig(dg.Config):
             timeout_s=self.timeout_s,
             n_workers=self.n_workers,
             pruner=self.pruner.value,
+            pruner_startup_trials=self.pruner_startup_trials,
+            pruner_warmup_epochs=self.pruner_warmup_epochs,
             seed=self.seed,
             space=space,
-            exclude_scenes=tuple(self.exclude_scenes),
         )
         return base, sweep
 
@@ -155,18 +176,18 @@ def cd_sweep(
         sets = training_sets(records, output_store, context.log)
         if not sets:
             raise SweepError("no labelled, published tiles: materialise cd/tiles first")
-        prepared = prepare_sweep(tile_refs(sets), base, sweep, optuna_storage.storage, git_sha)
+        refs, url = tile_refs(sets), optuna_storage.storage
+        prepared = prepare_sweep(refs, base, sweep, url, git_sha, preset=config.preset.value)
         context.log.info(
             f"study {sweep.study_name!r} in {optuna_storage.display}: "
             f"{'new' if prepared.new_study else 'resumed'}, {sweep.n_trials} trial(s) to add"
         )
-        run_tags = {**prepared.tags, "preset": config.preset.value}
         with mlflow.tracked_run(
             context,
             tracker,
             lineage,
             name=prepared.run_name,
-            tags=run_tags,
+            tags=prepared.tags,
             params=prepared.params,
             datasets=prepared.datasets,
         ) as parent:

@@ -1,12 +1,21 @@
 """Hyper-parameter sweeps of the change-detection U-Net: an Optuna study over `train_change_model`.
 
-A sweep is an Optuna study (TPE sampler, seeded; a median or Hyperband pruner fed each epoch's
-validation F1 through `train_change_model`'s epoch callback, so there is one training loop) over a
-`SearchSpace` of `TrainConfig` fields. The default configuration of the preset is enqueued as trial
-0. The study lives in an Optuna storage: a journal file (safe for several processes) by default, a
-PostgreSQL (RDB) database in production, so ``n_workers`` processes, or several runs, join one study
-by name. A study remembers what it was run on (the tiles' lakeFS commits, the search space, the
-fixed training settings, the git SHAs): resuming it on other data or another space is refused.
+A sweep is an Optuna study (TPE sampler, seeded per trial; a median or Hyperband pruner fed each
+epoch's validation F1 through `train_change_model`'s epoch callback, so there is one training loop)
+over a `SearchSpace` of `TrainConfig` fields. The default configuration of the preset is enqueued as
+trial 0. The study lives in an Optuna storage: a journal file (safe for several processes) by
+default, a PostgreSQL (RDB) database in production, so ``n_workers`` processes, or several runs,
+join one study by name. A study remembers what it was run on (the tiles' lakeFS commits, the
+search space, the fixed training settings, the git SHAs): resuming it on other data or another
+space is refused.
+
+Trial *n*'s random draws are seeded by ``(seed, n)`` (`TrialSeededSampler`): a new study is
+reproducible, and a resumed study, a second worker or a second run joining the study draws afresh
+instead of repeating the first trials. A running trial's worker stamps a heartbeat on it every
+`HEARTBEAT_S`; whoever joins the study (`sweep_tracking.prepare_sweep`, and each worker before it
+asks for a trial) fails the trials whose heartbeat stopped more than `STALE_AFTER_S` ago (a killed
+worker's), in either storage, and ends their MLflow child runs (`end_trial_runs`). An interrupted
+multi-process sweep terminates its workers and fails the trials they were running (`run_workers`).
 
 Every trial trains on the same split (the base config's seed) and is logged as a child MLflow run
 of the sweep's parent run (`mlops_assets.core.cd.sweep_tracking`). A trial whose loss stops being
@@ -15,19 +24,20 @@ finite, or that runs out of GPU memory, is recorded FAILED and the study goes on
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import dataclasses
-import fnmatch
+import hashlib
 import json
 import math
 import multiprocessing
 import os
+import pickle
+import queue
 import re
+import signal
 import threading
 import time
-import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -60,6 +70,11 @@ ATTR_PARENT = "sweep_run_id"
 ATTR_REASON = "fail_reason"
 ATTR_EPOCHS = "epochs_run"
 ATTR_WORKER = "worker"
+ATTR_HEARTBEAT = "heartbeat"  # time.time() of the running trial's worker's last sign of life
+#: How often a running trial's worker stamps its heartbeat, and after how long without one the
+#: trial counts as abandoned (its worker was killed) and is failed by whoever joins the study.
+HEARTBEAT_S = 30.0
+STALE_AFTER_S = 180.0
 #: How long a worker waits for the others to start (spawning imports PyTorch: seconds each).
 READY_TIMEOUT_S = 300.0
 #: Fields of `TrainConfig` that change how fast or where a trial runs, not what it learns.
@@ -289,9 +304,8 @@ class SweepConfig:
     # Median: trials that must finish before any is pruned, and epochs never pruned in.
     pruner_startup_trials: int = 2
     pruner_warmup_epochs: int = 0
-    seed: int = 0  # the sampler's; worker k uses seed + k
+    seed: int = 0  # the sampler's; trial n's random draws are seeded by (seed, n)
     space: Mapping[str, ParamRange | Mapping[str, Any]] | None = None  # checked on creation
-    exclude_scenes: tuple[str, ...] = ()  # ids or patterns (evaluation scenes): never trained on
 
     def __post_init__(self) -> None:
         if not _STUDY_NAME.match(self.study_name):
@@ -344,12 +358,10 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         if url.startswith("postgresql"):
             kwargs["connect_args"] = {"connect_timeout": 10}
         try:
-            with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.9
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                # A worker killed mid-trial: its trial turns FAILED after 3 missed heartbeats.
-                return optuna.storages.RDBStorage(
-                    url, engine_kwargs=kwargs, heartbeat_interval=60, grace_period=180
-                )
+            # No RDB heartbeat: Optuna beats and fails stale trials only inside Study.optimize
+            # (and warns on every ask otherwise); this module's own heartbeat works in both
+            # storages (`fail_stale_trials`).
+            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
         except Exception as exc:  # sqlalchemy's errors vary by driver; all mean "cannot use it"
             detail = redact_text(" ".join(str(exc).split()))[:300]
             raise SweepError(
@@ -443,13 +455,133 @@ def _short(commits: Mapping[str, str]) -> str:
     return "{" + ", ".join(f"{k}: {v[:12]}" for k, v in sorted(commits.items())) + "}"
 
 
-def select_refs(refs: Sequence[TileRef], exclude: Sequence[str]) -> list[TileRef]:
-    """``refs`` without the tiles of scenes matching ``exclude`` (ids or fnmatch patterns)."""
-    return [
-        r
-        for r in refs
-        if not any(fnmatch.fnmatchcase(r.index.scene_id, pattern) for pattern in exclude)
-    ]
+# Seeds, heartbeats, abandoned trials --------------------------------------------------------------
+
+
+def trial_seed(seed: int, number: int) -> int:
+    """The seed of trial ``number``'s random draws in a study seeded ``seed`` (32 bits)."""
+    digest = hashlib.sha256(f"{seed}:{number}".encode()).digest()
+    return int.from_bytes(digest[:4], "big")
+
+
+class TrialSeededSampler(optuna.samplers.BaseSampler):
+    """TPE whose random draws for trial *n* are seeded by ``(seed, n)``, not by the process.
+
+    A `TPESampler(seed)` built afresh in each process or run starts the same random sequence,
+    so a resumed study, a second worker or a second run would repeat the first trials' params.
+    Trial numbers are unique in a study, so here no two trials share a seed, and a new study
+    with one worker still draws the same trials every time.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self._seed = seed
+        self._tpe = optuna.samplers.TPESampler(seed=trial_seed(seed, 0))
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        """Seed this trial's draws (TPE keeps no other state between trials)."""
+        self._tpe = optuna.samplers.TPESampler(seed=trial_seed(self._seed, trial.number))
+        self._tpe.before_trial(study, trial)
+
+    def infer_relative_search_space(
+        self, study: optuna.Study, trial: FrozenTrial
+    ) -> dict[str, optuna.distributions.BaseDistribution]:
+        """TPE's."""
+        return self._tpe.infer_relative_search_space(study, trial)
+
+    def sample_relative(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        search_space: dict[str, optuna.distributions.BaseDistribution],
+    ) -> dict[str, Any]:
+        """TPE's."""
+        return self._tpe.sample_relative(study, trial, search_space)
+
+    def sample_independent(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        param_name: str,
+        param_distribution: optuna.distributions.BaseDistribution,
+    ) -> Any:
+        """TPE's."""
+        return self._tpe.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        state: TrialState,
+        values: Sequence[float] | None,
+    ) -> None:
+        """TPE's."""
+        self._tpe.after_trial(study, trial, state, values)
+
+
+@contextlib.contextmanager
+def heartbeat(trial: optuna.Trial, interval_s: float = HEARTBEAT_S) -> Generator[None]:
+    """Stamp ``trial`` with the time every ``interval_s`` while the block runs (a thread)."""
+    trial.set_user_attr(ATTR_HEARTBEAT, time.time())
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(interval_s):
+            # A storage hiccup only delays this beat; the next one retries. The trial is
+            # failed as stale only after STALE_AFTER_S (six beats) without one.
+            with contextlib.suppress(Exception):
+                trial.set_user_attr(ATTR_HEARTBEAT, time.time())
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-trial-{trial.number}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _fail(study: optuna.Study, trial: FrozenTrial, reason: str) -> bool:
+    """Mark ``trial`` FAIL with ``reason``; False when it finished meanwhile."""
+    try:
+        # Optuna has no public call to write the attributes of a trial one did not ask for.
+        study._storage.set_trial_user_attr(trial._trial_id, ATTR_REASON, reason)
+        study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False
+    return True
+
+
+def fail_stale_trials(study: optuna.Study, stale_after_s: float | None = None) -> list[int]:
+    """Fail the running trials without a heartbeat for ``stale_after_s``; their numbers.
+
+    Their worker was killed (or its machine lost): nothing else would ever finish them, and a
+    RUNNING trial counts against the budget and shows in the dashboard forever. A trial that
+    never beat (another version's) counts from its start. ``stale_after_s``: `STALE_AFTER_S`.
+    Heartbeats are the workers' clocks: hosts sharing a study must keep time (NTP).
+    """
+    stale_after_s = STALE_AFTER_S if stale_after_s is None else stale_after_s
+    now = time.time()
+    failed: list[int] = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        beat = trial.user_attrs.get(ATTR_HEARTBEAT)
+        if isinstance(beat, int | float):
+            last = float(beat)
+        else:
+            last = now if trial.datetime_start is None else trial.datetime_start.timestamp()
+        if now - last > stale_after_s:
+            silent = f"abandoned: no heartbeat from its worker for {now - last:.0f} s"
+            if _fail(study, trial, silent):
+                failed.append(trial.number)
+    return failed
+
+
+def fail_running_trials(study: optuna.Study, parent_run_id: str, reason: str) -> list[int]:
+    """Fail the running trials of the sweep run ``parent_run_id`` (its workers were stopped)."""
+    failed: list[int] = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if trial.user_attrs.get(ATTR_PARENT) == parent_run_id and _fail(study, trial, reason):
+            failed.append(trial.number)
+    return failed
 
 
 # Workers ------------------------------------------------------------------------------------------
@@ -525,8 +657,6 @@ def evaluate_trial(
             f"trial-{trial.number}", tags, parent_run_id=job.tracking.parent_run_id
         ) as run_id:
             trial.set_user_attr(ATTR_RUN, run_id)
-            trial.set_user_attr(ATTR_PARENT, job.tracking.parent_run_id)
-            trial.set_user_attr(ATTR_WORKER, job.worker)
             shown = params | {"decoder_channels": list(config.decoder_channels)}
             tracker.log_params(run_id, shown | {"epochs": config.epochs, "worker": job.worker})
 
@@ -581,6 +711,8 @@ def run_worker(
 
     ``ready`` (a barrier shared by the workers) holds this worker until every worker has started,
     at most `READY_TIMEOUT_S`: one that starts sooner would otherwise take the first trials alone.
+    Before each trial it fails the study's abandoned trials (`fail_stale_trials`); while a trial
+    runs, its heartbeat goes on. Interrupted, it fails the trial it was running and re-raises.
     """
     from mlops_assets.core.tracking import Tracker
 
@@ -593,18 +725,26 @@ def run_worker(
     study = optuna.load_study(
         study_name=job.study_name,
         storage=storage,
-        sampler=optuna.samplers.TPESampler(seed=job.sweep.seed + job.worker),
+        sampler=TrialSeededSampler(job.sweep.seed),
         pruner=make_pruner(job.sweep, job.base.epochs),
     )
     root = Path(job.tracking.artifact_root) if job.tracking.artifact_root else None
     tracker = Tracker(job.tracking.tracking_uri, job.tracking.experiment, root)
     outcomes: list[TrialOutcome] = []
     while job.deadline is None or time.time() < job.deadline:
+        abandoned = fail_stale_trials(study)
+        if abandoned:
+            end_trial_runs(study, abandoned, job.tracking)
+        # Several workers may pass this check at once: the budget can be exceeded by at most
+        # n_workers - 1 trials (Optuna's own n_trials with several processes behaves alike).
         if len(started(study)) >= job.target_trials:
             break
         trial = study.ask()
         try:
-            outcome, state, value = evaluate_trial(trial, job, tracker)
+            trial.set_user_attr(ATTR_PARENT, job.tracking.parent_run_id)
+            trial.set_user_attr(ATTR_WORKER, job.worker)
+            with heartbeat(trial):
+                outcome, state, value = evaluate_trial(trial, job, tracker)
         except BaseException:
             study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
             raise
@@ -618,9 +758,42 @@ def run_worker(
     return outcomes
 
 
-def _spawned_worker(job: WorkerJob, ready: Any) -> list[TrialOutcome]:
-    """`run_worker` in a spawned process (top-level, so it pickles)."""
-    return run_worker(job, ready=ready)
+#: What a spawned worker hands back: its number, its outcomes, and its error (None when none).
+_Report = tuple[int, list[TrialOutcome], BaseException | None]
+
+
+def _exit_with_parent() -> None:
+    """Exit this process at once when the process that spawned it is gone (a watcher thread).
+
+    A sweep killed outright (SIGKILL, OOM) cannot stop its workers; they must not train on
+    unseen. Their running trial is then failed as stale (`fail_stale_trials`).
+    """
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        parent.join()
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def _spawned_worker(job: WorkerJob, ready: Any, results: Any) -> None:
+    """`run_worker` in a spawned process (top-level, so it pickles); reports on ``results``."""
+    _exit_with_parent()
+    try:
+        report: _Report = (job.worker, run_worker(job, ready=ready), None)
+    except BaseException as exc:
+        error: BaseException = exc
+        try:
+            pickle.dumps(exc)
+        except Exception:  # an exception that does not pickle still reaches the caller
+            text = redact_text(" ".join(f"{type(exc).__name__}: {exc}".split()))[:500]
+            error = SweepError(f"worker {job.worker} failed: {text}")
+        report = (job.worker, [], error)
+    with contextlib.suppress(Exception):  # the main process is gone: nobody to tell
+        results.put(report)
 
 
 def outcome_of(trial: FrozenTrial) -> TrialOutcome:
@@ -638,13 +811,75 @@ def outcome_of(trial: FrozenTrial) -> TrialOutcome:
     )
 
 
+#: How long a terminated worker may take to exit before it is killed.
+_STOP_GRACE_S = 10.0
+
+
+def _stop(processes: Sequence[Any]) -> None:
+    """Terminate (SIGTERM), then kill what is still alive after `_STOP_GRACE_S`."""
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    limit = time.monotonic() + _STOP_GRACE_S
+    for process in processes:
+        process.join(max(0.0, limit - time.monotonic()))
+        if process.is_alive():
+            process.kill()
+            process.join()
+
+
+def end_trial_runs(study: optuna.Study, numbers: Sequence[int], target: TrackingTarget) -> None:
+    """End the MLflow child runs of failed trials whose worker could not (KILLED, with why).
+
+    Best effort: the MLflow side of a trial already failed in the study is bookkeeping, and an
+    unreachable tracker must not stop a sweep (or hide why it stopped).
+    """
+    from mlops_assets.core.tracking import Tracker
+
+    root = Path(target.artifact_root) if target.artifact_root else None
+    tracker = Tracker(target.tracking_uri, target.experiment, root)
+    for trial in study.get_trials(deepcopy=False):
+        run_id = str(trial.user_attrs.get(ATTR_RUN, ""))
+        if trial.number in numbers and run_id:
+            reason = str(trial.user_attrs.get(ATTR_REASON, "the worker stopped"))
+            with contextlib.suppress(Exception):
+                tracker.set_tags(run_id, {"optuna.state": "FAIL", "fail_reason": reason})
+                tracker.client.set_terminated(run_id, "KILLED")
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Generator[None]:
+    """SIGTERM raises KeyboardInterrupt in the block, where it would kill Python outright.
+
+    Only where nobody handles SIGTERM yet (Dagster's own processes map it to their interrupt),
+    and only in the main thread (where Python runs signal handlers).
+    """
+    if threading.current_thread() is not threading.main_thread() or (
+        signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    ):
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def run_workers(
     jobs: Sequence[WorkerJob], on_trial: TrialCallback | None, poll_s: float = 2.0
 ) -> list[TrialOutcome]:
     """One job in this process, or each job in its own spawned process, all at once.
 
     With several processes, they start together (none front-runs the others while they import
-    PyTorch); this process waits and reports each trial they finish through ``on_trial``.
+    PyTorch); this process waits and reports each trial they finish through ``on_trial``. A
+    worker's error is raised once every worker is done; a worker that dies without a word is a
+    `SweepError`. Interrupted (KeyboardInterrupt, Dagster's terminate, SIGTERM) or failing, it
+    terminates the workers at once and fails the trials they were running, then re-raises.
     """
     if len(jobs) == 1:
         return run_worker(jobs[0], on_trial)
@@ -653,23 +888,58 @@ def run_workers(
         study_name=jobs[0].study_name, storage=open_storage(jobs[0].storage_url)
     )
     seen = {t.number for t in finished(study)}
-    outcomes: list[TrialOutcome] = []
-    with (
-        context.Manager() as manager,
-        concurrent.futures.ProcessPoolExecutor(len(jobs), mp_context=context) as pool,
-    ):
-        ready = manager.Barrier(len(jobs))
-        futures = [pool.submit(_spawned_worker, job, ready) for job in jobs]
-        pending = set(futures)
-        while pending:
-            _, pending = concurrent.futures.wait(pending, timeout=poll_s)
-            for trial in finished(study):
-                if trial.number not in seen and on_trial is not None:
-                    on_trial(outcome_of(trial))
-                seen.add(trial.number)
-        for future in futures:
-            outcomes += future.result()
-    return sorted(outcomes, key=lambda o: o.number)
+
+    def report_finished() -> None:
+        for trial in finished(study):
+            if trial.number not in seen and on_trial is not None:
+                on_trial(outcome_of(trial))
+            seen.add(trial.number)
+
+    reports: dict[int, _Report] = {}
+    processes: list[Any] = []
+    # No Manager: its server process would outlive a killed sweep (and hold its pipes open).
+    ready, results = context.Barrier(len(jobs)), context.Queue()
+    with _sigterm_interrupts():
+        try:
+            for job in jobs:
+                process = context.Process(
+                    target=_spawned_worker, args=(job, ready, results), name=f"sweep-{job.worker}"
+                )
+                process.start()
+                processes.append(process)
+            while len(reports) < len(jobs):
+                with contextlib.suppress(queue.Empty):
+                    report: _Report = results.get(timeout=poll_s)
+                    reports[report[0]] = report
+                    continue  # drain every report before looking for silent deaths
+                report_finished()
+                dead = [
+                    (job.worker, process.exitcode)
+                    for job, process in zip(jobs, processes, strict=True)
+                    if job.worker not in reports and process.exitcode is not None
+                ]
+                if dead and results.empty():  # a report put just before it exited is read first
+                    worker, code = dead[0]
+                    raise SweepError(
+                        f"study {jobs[0].study_name!r}: worker {worker} died without a report "
+                        f"(exit code {code}; out of memory?)"
+                    )
+            report_finished()
+        except BaseException:
+            _stop(processes)
+            reason = "interrupted: the sweep was stopped while this trial ran"
+            # Best effort on the way out: what stopped the sweep is what must surface.
+            with contextlib.suppress(Exception):
+                stopped = fail_running_trials(study, jobs[0].tracking.parent_run_id, reason)
+                end_trial_runs(study, stopped, jobs[0].tracking)
+            raise
+        finally:
+            for process in processes:
+                process.join()
+    errors = [r[2] for _, r in sorted(reports.items()) if r[2] is not None]
+    if errors:
+        raise errors[0]
+    return sorted((o for r in reports.values() for o in r[1]), key=lambda o: o.number)
 
 
 def worker_threads(base: TrainConfig, n_workers: int) -> int:

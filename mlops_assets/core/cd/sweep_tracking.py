@@ -6,9 +6,10 @@ runs the workers (each trial a nested child run: params, per-epoch metrics, stat
 records the study's best params and value on the parent with three plots as images (optimisation
 history, parameter importances, parallel coordinates; `optuna.visualization.matplotlib`).
 
-`latest_sweep` finds the newest finished parent run (of a study, or of any) and returns its best
-configuration as `TrainConfig` overrides plus the run id and study name a model version is tagged
-with.
+`latest_sweep` finds the newest finished parent run of a preset (of one study, or of any) and
+returns its best configuration as `TrainConfig` overrides plus the run id and study name a model
+version is tagged with. Only a sweep of the same preset: the best params of a ``tiny`` sweep
+(its decoder widths, say) are no answer for a ``default`` model.
 """
 
 from __future__ import annotations
@@ -41,12 +42,13 @@ from mlops_assets.core.cd.sweep import (
     WorkerJob,
     apply,
     default_params,
+    end_trial_runs,
+    fail_stale_trials,
     finished,
     open_storage,
     overrides,
     prepare_study,
     run_workers,
-    select_refs,
     started,
     worker_threads,
 )
@@ -57,6 +59,7 @@ from mlops_assets.core.tracking import DatasetRef, Tracker
 KIND_TAG = "mlops.kind"
 SWEEP_KIND = "cd-sweep"
 STUDY_TAG = "optuna.study_name"
+PRESET_TAG = "preset"  # the preset the sweep's trials start from
 BEST_TAG = "mlops.sweep.best_overrides"
 #: Tags a model version trained from a sweep's best params carries.
 MODEL_SWEEP_RUN_TAG = SWEEP_RUN_TAG  # defined beside CDModelRecord, which writes it
@@ -191,7 +194,7 @@ def _datasets(refs: Sequence[TileRef]) -> list[DatasetRef]:
 class PreparedSweep:
     """A checked sweep whose study exists (created or resumed), with its parent run's inputs."""
 
-    refs: tuple[TileRef, ...]  # without the excluded scenes
+    refs: tuple[TileRef, ...]
     base: TrainConfig
     sweep: SweepConfig
     storage_url: str
@@ -199,6 +202,7 @@ class PreparedSweep:
     identity: StudyIdentity
     new_study: bool
     target_trials: int
+    abandoned: tuple[int, ...]  # running trials of killed workers, failed on joining
     tags: dict[str, str]  # the parent run's, beside the caller's
     params: dict[str, Any]
     datasets: list[DatasetRef]
@@ -215,22 +219,27 @@ def prepare_sweep(
     sweep: SweepConfig,
     storage_url: str,
     git_sha: str,
+    *,
+    preset: str = "",
 ) -> PreparedSweep:
     """Check the sweep, open the storage, create or resume the study (trial 0 enqueued if new).
 
-    Every refusal (no tiles left, unreachable storage, a study on other data or another space)
-    is a `SweepError` raised here, before any MLflow run exists.
+    ``refs`` are the tiles to sweep on: the caller leaves the evaluation scenes out (the one
+    held-out mechanism, ``eval/scenes.json``). ``preset`` (the preset ``base`` came from) tags
+    the parent run: `latest_sweep` reads only a sweep of the model's preset.
+
+    Every refusal (no tiles, unreachable storage, a study on other data or another space) is a
+    `SweepError` raised here, before any MLflow run exists. Resuming fails the study's abandoned
+    trials first (`fail_stale_trials`).
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    kept = select_refs(refs, sweep.exclude_scenes)
+    kept = list(refs)
     if not kept:
-        raise SweepError(
-            f"no tiles left to sweep on once exclude_scenes {list(sweep.exclude_scenes)} "
-            "are left out"
-        )
+        raise SweepError("no tiles to sweep on")
     space = sweep.resolved_space(base)
     identity = StudyIdentity.of(kept, base, space, git_sha)
     study, new = prepare_study(open_storage(storage_url), sweep.study_name, identity)
+    abandoned = tuple(fail_stale_trials(study))
     target = len(started(study)) + sweep.n_trials
     if new:
         study.enqueue_trial(default_params(base, space), user_attrs={"default": True})
@@ -240,6 +249,7 @@ def prepare_sweep(
         "optuna.storage": redact_uri(storage_url),
         "git_sha": git_sha,
         "lakefs.commits": json.dumps(identity.data_commits, sort_keys=True),
+        **({PRESET_TAG: preset} if preset else {}),
     }
     params = {
         **{f"space.{k}": r.describe() for k, r in space.items()},
@@ -247,8 +257,7 @@ def prepare_sweep(
         "timeout_s": sweep.timeout_s,
         "n_workers": sweep.n_workers,
         "pruner": sweep.pruner,
-        "sampler": f"TPE(seed={sweep.seed})",
-        "exclude_scenes": ",".join(sweep.exclude_scenes),
+        "sampler": f"TPE(seed={sweep.seed}, per trial)",
         "resumed": not new,
         **{f"fixed.{k}": v for k, v in json.loads(identity.fixed).items()},
     }
@@ -261,6 +270,7 @@ def prepare_sweep(
         identity,
         new,
         target,
+        abandoned,
         tags,
         params,
         _datasets(kept),
@@ -291,6 +301,11 @@ def execute_sweep(
         dict(child_tags),
     )
     deadline = None if sweep.timeout_s is None else time.time() + sweep.timeout_s
+    if prepared.abandoned:
+        joined = optuna.load_study(
+            study_name=sweep.study_name, storage=open_storage(prepared.storage_url)
+        )
+        end_trial_runs(joined, prepared.abandoned, target)
     jobs = [
         WorkerJob(
             prepared.storage_url,
@@ -324,6 +339,7 @@ def run_sweep(
     *,
     tags: Mapping[str, str],
     git_sha: str,
+    preset: str = "",
     on_trial: TrialCallback | None = None,
 ) -> SweepResult:
     """`prepare_sweep`, then `execute_sweep` under a parent run opened with `Tracker.run`.
@@ -331,7 +347,7 @@ def run_sweep(
     For callers without Dagster (benchmarks, scripts); the asset opens the parent run through
     its MLflow resource's tracked-run helper instead.
     """
-    prepared = prepare_sweep(refs, base, sweep, storage_url, git_sha)
+    prepared = prepare_sweep(refs, base, sweep, storage_url, git_sha, preset=preset)
     with tracker.run(prepared.run_name, {**tags, **prepared.tags}) as parent:
         tracker.log_params(parent, prepared.params)
         tracker.log_datasets(parent, prepared.datasets)
@@ -359,6 +375,9 @@ def _summarise(
     best = study.best_trial
     assert best.value is not None
     plots, notes = study_plots(study)
+    if prepared.abandoned:
+        numbers = ", ".join(str(n) for n in prepared.abandoned)
+        notes.append(f"trial(s) {numbers} of a killed worker (no heartbeat) recorded FAILED")
     return SweepResult(
         study_name=sweep.study_name,
         run_id=parent,
@@ -432,22 +451,35 @@ class SweepChoice:
         return {MODEL_SWEEP_RUN_TAG: self.run_id, MODEL_SWEEP_STUDY_TAG: self.study_name}
 
 
-def latest_sweep(tracker: Tracker, study_name: str | None = None) -> SweepChoice:
-    """The newest finished sweep (of ``study_name``, or of any study) in the tracker's experiment.
+def latest_sweep(tracker: Tracker, study_name: str | None = None, *, preset: str) -> SweepChoice:
+    """The newest finished sweep of ``preset`` (of ``study_name``, or of any study).
 
-    A `SweepError` says so when there is none.
+    Only sweeps whose parent run is tagged with ``preset`` count. A `SweepError` says so when
+    there is none, naming the newest finished sweep of another preset if there is one.
     """
-    query = f"tags.`{KIND_TAG}` = '{SWEEP_KIND}' and attributes.status = 'FINISHED'"
+    finished_sweep = f"tags.`{KIND_TAG}` = '{SWEEP_KIND}' and attributes.status = 'FINISHED'"
     if study_name:
-        query += f" and tags.`{STUDY_TAG}` = '{study_name}'"
-    runs = tracker.client.search_runs(
-        [tracker.experiment_id()], query, max_results=1, order_by=["attributes.start_time DESC"]
-    )
+        finished_sweep += f" and tags.`{STUDY_TAG}` = '{study_name}'"
+    newest = ["attributes.start_time DESC"]
+    experiment = [tracker.experiment_id()]
+    query = f"{finished_sweep} and tags.`{PRESET_TAG}` = '{preset}'"
+    runs = tracker.client.search_runs(experiment, query, max_results=1, order_by=newest)
     if not runs:
         which = f"of study {study_name!r} " if study_name else ""
+        others = tracker.client.search_runs(
+            experiment, finished_sweep, max_results=1, order_by=newest
+        )
+        found = ""
+        if others:
+            tags = others[0].data.tags
+            found = (
+                f" (the newest, of study {tags.get(STUDY_TAG, '?')!r}, tuned preset "
+                f"{tags.get(PRESET_TAG, 'unknown')!r}: its best params are not for this preset)"
+            )
         raise SweepError(
-            f"no finished sweep {which}in MLflow experiment {tracker.experiment_name!r}: "
-            "materialise cd/sweep first (or train without params_from: sweep)"
+            f"no finished sweep of preset {preset!r} {which}in MLflow experiment "
+            f"{tracker.experiment_name!r}{found}: materialise cd/sweep with preset {preset} first "
+            "(or train without params_from: sweep)"
         )
     run = runs[0]
     tags = run.data.tags

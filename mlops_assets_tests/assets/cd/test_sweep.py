@@ -6,14 +6,17 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import optuna
 import pytest
 
+from mlops_assets.assets.cd.config import Preset
 from mlops_assets.assets.cd.evaluation import cd_evaluation
 from mlops_assets.assets.cd.model import cd_model, cd_registered_model
 from mlops_assets.assets.cd.scene import cd_scene
-from mlops_assets.assets.cd.sweep import cd_sweep
+from mlops_assets.assets.cd.sweep import SweepRunConfig, cd_sweep
 from mlops_assets.assets.cd.tiles import cd_tiles
 from mlops_assets.core.cd.records import SweepRecord
+from mlops_assets.core.cd.sweep import SweepError, open_storage
 from mlops_assets.core.cd.sweep_tracking import latest_sweep
 from mlops_assets.core.scenes.evaluation import write_evaluation_set
 from mlops_assets.core.scenes.layout import SceneKind
@@ -85,7 +88,7 @@ def test_a_sweep_shows_its_best_trials_and_hands_on_its_run(
     record = SweepRecord.from_dict(result.output_for_node("cd__sweep"))
     assert record.run_id == meta["mlflow_run_id"].value and record.git_sha == "0123abc"
     tracker = tiled["mlflow"].tracker("change-detection")
-    choice = latest_sweep(tracker, "cd-unet-tiny")
+    choice = latest_sweep(tracker, "cd-unet-tiny", preset="tiny")
     assert choice.run_id == record.run_id and choice.overrides == record.best_overrides
 
     again = _sweep(instance, tiled, n_trials=1, epochs=1, search_space=SPACE)
@@ -95,6 +98,11 @@ def test_a_sweep_shows_its_best_trials_and_hands_on_its_run(
     parent = tracker.client.get_run(str(meta["mlflow_run_id"].value))
     assert parent.data.tags["dagster.run_id"] == again.run_id  # the tracked-run helper's tags
     assert parent.data.tags["optuna.study_name"] == "cd-unet-tiny"
+    assert parent.data.tags["preset"] == "tiny"
+    storage = open_storage(tiled["optuna_storage"].storage)
+    trials = optuna.load_study(study_name="cd-unet-tiny", storage=storage).trials
+    # The resuming run draws afresh: a sampler seeded per run repeated trial 1 as trial 2.
+    assert trials[2].params != trials[1].params
 
 
 def test_the_evaluation_scenes_are_never_swept_on(
@@ -141,7 +149,9 @@ def test_the_model_trained_from_the_best_params_names_the_sweep(
 ) -> None:
     missing = _train(instance, tiled, params_from="sweep")
     assert not missing.success
-    assert "no finished sweep in MLflow experiment 'change-detection'" in (failure_message(missing))
+    assert "no finished sweep of preset 'tiny' in MLflow experiment 'change-detection'" in (
+        failure_message(missing)
+    )
     space = {"learning_rate": {"low": 1e-3, "high": 3e-2, "log": True}}
     swept = _sweep(instance, tiled, n_trials=2, epochs=1, search_space=space)
     assert swept.success, failure_message(swept)
@@ -159,6 +169,15 @@ def test_the_model_trained_from_the_best_params_names_the_sweep(
     assert version.tags["sweep.run_id"] == record.run_id
     assert version.tags["sweep.study"] == "cd-unet-tiny"
 
+    # A default-preset model never takes a tiny sweep's params (its decoder, batch ...).
+    other = _train(instance, tiled, params_from="sweep", preset="default")
+    assert not other.success
+    assert failure_message(other).startswith(
+        "no finished sweep of preset 'default' in MLflow experiment 'change-detection' (the "
+        "newest, of study 'cd-unet-tiny', tuned preset 'tiny': its best params are not for this "
+        "preset): materialise cd/sweep with preset default first"
+    )
+
     plain = _train(instance, tiled, learning_rate=0.004)
     assert plain.success, failure_message(plain)
     assert plain.output_for_node("cd__model")["sweep_run_id"] == ""
@@ -174,6 +193,14 @@ def test_the_model_trained_from_the_best_params_names_the_sweep(
         ({"search_space": {}}, "search_space is empty: give at least one of learning_rate"),
         ({"search_space": {"lr": {"low": 0.1, "high": 1}}}, "unknown parameter 'lr'"),
         ({"n_trials": 0}, "n_trials 0 must be >= 1"),
+        ({"epochs": 0}, "epochs 0 must be >= 1"),
+        ({"num_threads": -1}, "num_threads (-1) must be >= 0"),
+        ({"pruner_startup_trials": -1}, "pruner_startup_trials and pruner_warmup_epochs must be"),
+        (
+            {"exclude_scenes": ["held"]},
+            "exclude_scenes was removed: list the scenes no model may train on in "
+            "eval/scenes.json (the evaluation set)",
+        ),
     ],
 )
 def test_bad_settings_fail_with_one_line_and_log_no_run(
@@ -191,14 +218,15 @@ def test_bad_settings_fail_with_one_line_and_log_no_run(
     assert not (tmp_path / "journal.log").exists()  # no study was created
 
 
-def test_leaving_every_scene_out_is_refused_before_any_run(
-    instance: dg.DagsterInstance, tiled: dict[str, Any]
-) -> None:
-    result = _sweep(instance, tiled, exclude_scenes=["*"])
-    assert not result.success
-    assert "no tiles left to sweep on once exclude_scenes ['*'] are left out" in (
-        failure_message(result)
-    )
-    client = tiled["mlflow"].tracker("change-detection").client
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    assert client.search_runs(experiments) == []
+def test_every_knob_of_the_run_config_reaches_the_core() -> None:
+    base, sweep = SweepRunConfig(
+        preset=Preset.tiny,
+        pruner_startup_trials=5,
+        pruner_warmup_epochs=2,
+        epochs=3,
+        seed=7,
+    ).to_core()
+    assert (sweep.pruner_startup_trials, sweep.pruner_warmup_epochs, sweep.seed) == (5, 2, 7)
+    assert base.epochs == 3 and sweep.study_name == "cd-unet-tiny"
+    with pytest.raises(SweepError, match=r"^exclude_scenes was removed: "):
+        SweepRunConfig(exclude_scenes=[]).to_core()

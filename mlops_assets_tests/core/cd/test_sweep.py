@@ -8,11 +8,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing
 import os
+import pickle
 import pwd
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
+import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,26 +27,34 @@ import psycopg2
 import pytest
 from optuna.trial import TrialState
 
+from mlops_assets.core.cd import sweep as sweep_module
 from mlops_assets.core.cd.config import TilingConfig, TrainConfig, preset
 from mlops_assets.core.cd.dataset import TileRef, tile_refs
 from mlops_assets.core.cd.registry import log_cd_model
 from mlops_assets.core.cd.sweep import (
     ATTR_COMMITS,
+    ATTR_HEARTBEAT,
+    ATTR_REASON,
     ParamRange,
     SweepConfig,
     SweepError,
+    TrackingTarget,
+    TrialOutcome,
+    TrialSeededSampler,
     decoder_channels,
     default_params,
     default_space,
+    end_trial_runs,
     open_storage,
     parse_space,
-    select_refs,
 )
 from mlops_assets.core.cd.sweep_tracking import (
     MODEL_SWEEP_RUN_TAG,
     MODEL_SWEEP_STUDY_TAG,
     SweepResult,
+    execute_sweep,
     latest_sweep,
+    prepare_sweep,
     run_sweep,
 )
 from mlops_assets.core.cd.train import train_change_model
@@ -90,7 +104,14 @@ def _run(
     base: TrainConfig = BASE,
 ) -> SweepResult:
     return run_sweep(
-        refs, base, sweep, storage, tracker, tags={"dagster.run_id": "r-1"}, git_sha="abc123"
+        refs,
+        base,
+        sweep,
+        storage,
+        tracker,
+        tags={"dagster.run_id": "r-1"},
+        git_sha="abc123",
+        preset="tiny",
     )
 
 
@@ -151,7 +172,7 @@ def test_resuming_adds_trials_and_a_data_change_is_refused(
 
     assert [o.number for o in again.evaluated] == [1, 2]
     assert not again.new_study and [t.number for t in again.trials] == [0, 1, 2]
-    assert latest_sweep(tracker, "s1").run_id == again.run_id
+    assert latest_sweep(tracker, "s1", preset="tiny").run_id == again.run_id
 
     moved = [
         dataclasses.replace(r, index=dataclasses.replace(r.index, commit_id="f" * 64)) for r in refs
@@ -279,13 +300,25 @@ def test_two_worker_processes_share_one_study(
 def test_a_model_trained_from_the_best_params_carries_the_sweep_run(
     tracker: Tracker, refs: list[TileRef], tmp_path: Path
 ) -> None:
-    with pytest.raises(SweepError, match=r"^no finished sweep in MLflow experiment"):
-        latest_sweep(tracker)
+    with pytest.raises(
+        SweepError,
+        match=r"^no finished sweep of preset 'tiny' in MLflow experiment 'change-detection': "
+        r"materialise cd/sweep with preset tiny first",
+    ):
+        latest_sweep(tracker, preset="tiny")
     result = _run(refs, tracker, str(tmp_path / "journal.log"), _sweep("best", n_trials=2))
-    with pytest.raises(SweepError, match=r"^no finished sweep of study 'other' in MLflow"):
-        latest_sweep(tracker, "other")
+    with pytest.raises(SweepError, match=r"^no finished sweep of preset 'tiny' of study 'other' "):
+        latest_sweep(tracker, "other", preset="tiny")
+    # A tiny sweep's best params (a tiny decoder ...) never tune a default-preset model.
+    with pytest.raises(SweepError) as other_preset:
+        latest_sweep(tracker, preset="default")
+    assert str(other_preset.value) == (
+        "no finished sweep of preset 'default' in MLflow experiment 'change-detection' (the "
+        "newest, of study 'best', tuned preset 'tiny': its best params are not for this preset): "
+        "materialise cd/sweep with preset default first (or train without params_from: sweep)"
+    )
 
-    choice = latest_sweep(tracker)
+    choice = latest_sweep(tracker, preset="tiny")
     assert (choice.run_id, choice.study_name) == (result.run_id, "best")
     assert choice.value == pytest.approx(result.best_value)
     config = choice.apply(BASE)
@@ -363,7 +396,179 @@ def test_an_unreachable_database_names_the_setting_without_the_password() -> Non
     assert "s3cret-pw" not in text and "\n" not in text
 
 
-def test_evaluation_scenes_are_left_out(refs: list[TileRef]) -> None:
-    kept = select_refs(refs, ["suburb-*"])
-    assert {r.index.scene_id for r in kept} == {"farmland-north"}
-    assert len(kept) == len(refs) // 2
+def test_exclude_scenes_is_gone_from_the_core() -> None:
+    # The evaluation set (eval/scenes.json) is the one held-out mechanism.
+    assert "exclude_scenes" not in {f.name for f in dataclasses.fields(SweepConfig)}
+
+
+# Seeds, abandoned trials, interrupts ------------------------------------------------------------
+
+
+def _draw(storage: optuna.storages.BaseStorage, name: str, n: int, seed: int = 0) -> None:
+    """``n`` trials of a one-parameter objective, as one run (a fresh sampler) adds them."""
+    study = optuna.load_study(study_name=name, storage=storage, sampler=TrialSeededSampler(seed))
+    for _ in range(n):
+        trial = study.ask()
+        study.tell(trial, trial.suggest_float("x", 0.0, 1.0))
+
+
+def test_a_resumed_study_draws_new_params_and_a_new_study_repeats_itself(tmp_path: Path) -> None:
+    storage = open_storage(str(tmp_path / "journal.log"))
+    optuna.create_study(storage=storage, study_name="resumed", direction="maximize")
+    _draw(storage, "resumed", 3)
+    _draw(storage, "resumed", 3)  # a second run resuming the study
+    resumed = [
+        t.params["x"] for t in optuna.load_study(study_name="resumed", storage=storage).trials
+    ]
+    assert len(set(resumed)) == 6  # TPESampler(seed) per run: trials 3-5 repeated trials 0-2
+
+    optuna.create_study(storage=storage, study_name="again", direction="maximize")
+    _draw(storage, "again", 6)
+    again = [t.params["x"] for t in optuna.load_study(study_name="again", storage=storage).trials]
+    assert again == resumed  # the same seed draws the same trials, however the runs split them
+    optuna.create_study(storage=storage, study_name="seed1", direction="maximize")
+    _draw(storage, "seed1", 3, seed=1)
+    seed1 = [t.params["x"] for t in optuna.load_study(study_name="seed1", storage=storage).trials]
+    assert not set(seed1) & set(resumed)
+
+
+#: A worker process killed (SIGKILL: no clean-up at all) while its trial runs; Optuna only, as
+#: `run_worker` and `heartbeat` leave a trial (importing PyTorch would take seconds).
+KILLED_WORKER = """
+import os, signal, sys, time
+import optuna
+from optuna.storages.journal import JournalFileBackend, JournalStorage
+url, name, run_id = sys.argv[1:]
+storage = url if url.startswith("sqlite") else JournalStorage(JournalFileBackend(url))
+trial = optuna.load_study(study_name=name, storage=storage).ask()
+trial.set_user_attr("heartbeat", time.time())
+trial.set_user_attr("mlflow_run_id", run_id)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.parametrize("kind", ["journal", "sqlite"])
+def test_a_killed_workers_trial_is_failed_when_the_study_is_next_joined(
+    refs: list[TileRef],
+    tracker: Tracker,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    kind: str,
+) -> None:
+    storage = (
+        str(tmp_path / "journal.log") if kind == "journal" else f"sqlite:///{tmp_path / 'o.db'}"
+    )
+    prepare_sweep(refs, BASE, _sweep("stale"), storage, "abc123")
+    child = tracker.client.create_run(tracker.experiment_id(), run_name="trial-0").info.run_id
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_WORKER, storage, "stale", child],
+        capture_output=True,
+        timeout=300,
+    )
+    assert killed.returncode == -9, killed.stderr.decode()
+    monkeypatch.setattr(sweep_module, "STALE_AFTER_S", 1.0)
+    time.sleep(1.5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        study = optuna.load_study(study_name="stale", storage=open_storage(storage))
+        live = study.ask()  # a worker of another run, alive and beating
+        live.set_user_attr(ATTR_HEARTBEAT, time.time())
+        joined = prepare_sweep(refs, BASE, _sweep("stale"), storage, "abc123")  # the next run
+    assert [str(w.message) for w in caught if "eartbeat" in str(w.message)] == []
+    assert joined.abandoned == (0,)
+
+    dead, alive = optuna.load_study(study_name="stale", storage=open_storage(storage)).trials
+    assert dead.state == TrialState.FAIL
+    assert dead.user_attrs[ATTR_REASON].startswith("abandoned: no heartbeat from its worker for ")
+    assert alive.state == TrialState.RUNNING and ATTR_REASON not in alive.user_attrs
+
+    # What execute_sweep does for them: the child run, left RUNNING by the killed worker, ends.
+    target = TrackingTarget(tracker.tracking_uri, tracker.experiment_name, None, "parent")
+    end_trial_runs(study, joined.abandoned, target)
+    run = tracker.client.get_run(child)
+    assert run.info.status == "KILLED"
+    assert run.data.tags["fail_reason"] == dead.user_attrs[ATTR_REASON]
+
+
+@pytest.mark.slow
+def test_an_interrupted_two_worker_sweep_stops_at_once_and_fails_its_running_trials(
+    refs: list[TileRef], tracker: Tracker, tmp_path: Path
+) -> None:
+    storage = str(tmp_path / "journal.log")
+    base = dataclasses.replace(BASE, epochs=4)
+    prepared = prepare_sweep(refs, base, _sweep("stop", n_trials=40, n_workers=2), storage, "x")
+    reported: list[TrialOutcome] = []
+
+    def interrupt(outcome: TrialOutcome) -> None:  # as Dagster's terminate or Ctrl-C arrives
+        reported.append(outcome)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt), tracker.run(prepared.run_name, prepared.tags) as parent:
+        execute_sweep(prepared, tracker, parent, child_tags={}, on_trial=interrupt)
+
+    assert [p.name for p in multiprocessing.active_children()] == []  # workers terminated
+    trials = optuna.load_study(study_name="stop", storage=open_storage(storage)).trials
+    states = [t.state for t in trials]
+    assert len(reported) == 1 and TrialState.RUNNING not in states
+    assert len(trials) < 20  # without stopping the workers, the run went on to 40 trials
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert failed  # a worker with budget left is always inside a trial
+    for trial in failed:
+        reason = "interrupted: the sweep was stopped while this trial ran"
+        assert trial.user_attrs[ATTR_REASON] == reason
+        if "mlflow_run_id" in trial.user_attrs:  # its child run had started: ended, not RUNNING
+            run = tracker.client.get_run(trial.user_attrs["mlflow_run_id"])
+            assert run.info.status == "KILLED" and run.data.tags["fail_reason"] == reason
+
+
+#: A sweep process of its own (as `mlops-assets sweep` runs one), printing each finished trial.
+SWEEP_PROCESS = """
+import pickle, sys
+from mlops_assets.core.cd.sweep_tracking import execute_sweep
+from mlops_assets.core.tracking import Tracker
+with open(sys.argv[1], "rb") as f:
+    prepared, uri, experiment, parent = pickle.load(f)
+tracker = Tracker(uri, experiment)
+report = lambda o: print("trial", o.number, flush=True)
+execute_sweep(prepared, tracker, parent, child_tags={}, on_trial=report)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
+def test_a_signalled_sweep_process_leaves_no_worker_training(
+    refs: list[TileRef], tracker: Tracker, tmp_path: Path, signum: int
+) -> None:
+    storage = str(tmp_path / "journal.log")
+    base = dataclasses.replace(BASE, epochs=4)
+    prepared = prepare_sweep(refs, base, _sweep("sig", n_trials=40, n_workers=2), storage, "x")
+    parent = tracker.client.create_run(tracker.experiment_id(), run_name="sweep").info.run_id
+    state = tmp_path / "prepared.pkl"
+    state.write_bytes(
+        pickle.dumps((prepared, tracker.tracking_uri, tracker.experiment_name, parent))
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", SWEEP_PROCESS, str(state)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        first = process.stdout.readline()  # the first finished trial
+        assert first.startswith("trial "), process.stderr.read() if process.stderr else ""
+        process.send_signal(signum)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    study = optuna.load_study(study_name="sig", storage=open_storage(storage))
+    before = [(t.number, t.state) for t in study.trials]
+    time.sleep(12)  # a worker still alive would finish its 4-epoch trial (and start more) by now
+    after = [(t.number, t.state) for t in study.trials]
+    assert after == before and len(after) < 20
+    if signum == signal.SIGTERM:  # stopped: its workers terminated, their trials FAILED
+        assert process.returncode == 1 and "KeyboardInterrupt: signal 15" in stderr
+        assert TrialState.RUNNING not in [s for _, s in after]
+        assert TrialState.FAIL in [s for _, s in after]
+    else:  # killed: its workers exit by themselves; their trials await fail_stale_trials
+        assert process.returncode == -signal.SIGKILL
