@@ -875,6 +875,8 @@ def sweep(
     """
     import dagster as dg
 
+    from mlops_assets import keys
+    from mlops_assets.core.cd.records import SweepRecord
     from mlops_assets.definitions import build_defs
     from mlops_assets.jobs.sweep import SWEEP_OP, cd_sweep_job
 
@@ -891,7 +893,7 @@ def sweep(
         result = job.execute_in_process(
             run_config=run_config,
             instance=instance,
-            tags={"mlops/trigger": "cli"},
+            tags={keys.TAG_TRIGGER: "cli"},
             raise_on_error=False,
         )
     if not result.success:
@@ -903,12 +905,12 @@ def sweep(
         why = redact_text("; ".join(reasons)) or "see the run in the UI"
         click.echo(f"error: cd_sweep run {result.run_id} failed: {why}", err=True)
         sys.exit(1)
-    record = result.output_for_node(SWEEP_OP)
-    best = ", ".join(f"{k}={v}" for k, v in sorted(record["best_params"].items()))
+    record = SweepRecord.from_dict(result.output_for_node(SWEEP_OP))
+    best = ", ".join(f"{k}={v}" for k, v in sorted(record.best_params.items()))
     click.echo(
-        f"cd_sweep run {result.run_id} succeeded: study {record['study_name']!r}, best trial "
-        f"{record['best_trial']} F1 {record['best_value']:.4f} ({best}); MLflow run "
-        f"{record['run_id']}; storage {record['storage']}"
+        f"cd_sweep run {result.run_id} succeeded: study {record.study_name!r}, best trial "
+        f"{record.best_trial} F1 {record.best_value:.4f} ({best}); MLflow run "
+        f"{record.run_id}; storage {record.storage}"
     )
 
 
