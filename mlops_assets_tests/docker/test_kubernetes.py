@@ -144,6 +144,7 @@ def test_every_secret_and_config_map_the_values_name_exists_and_covers_the_code(
         "MLOPS_GIT_SHA",
         "MLOPS_SENSOR_INTERVAL_S",
         "MLOPS_SENSOR_BATCH_SCENES",
+        "MLOPS_MAX_PIXELS",
         "MLOPS_RETRAIN_CRON",
         "MLOPS_DEBUG",
         "MLOPS_OUTPUT_PREFIX",
