@@ -529,13 +529,17 @@ def test_an_interrupted_two_worker_sweep_stops_at_once_and_fails_its_running_tri
 
 
 #: A sweep process of its own (as `mlops-assets sweep` runs one), printing each finished trial.
+# `mlops-assets sweep` as a user's shell starts it: SIGTERM at its default disposition (the test
+# process may have inherited or set another; the disposition is printed for a failure message).
 SWEEP_PROCESS = """
-import pickle, sys
+import pickle, signal, sys
 from mlops_assets.core.cd.sweep_tracking import execute_sweep
 from mlops_assets.core.tracking import Tracker
 with open(sys.argv[1], "rb") as f:
     prepared, uri, experiment, parent = pickle.load(f)
 tracker = Tracker(uri, experiment)
+print("SIGTERM was", signal.getsignal(signal.SIGTERM), file=sys.stderr, flush=True)
+signal.signal(signal.SIGTERM, signal.SIG_DFL)
 report = lambda o: print("trial", o.number, flush=True)
 execute_sweep(prepared, tracker, parent, child_tags={}, on_trial=report)
 """
@@ -573,7 +577,8 @@ def test_a_signalled_sweep_process_leaves_no_worker_training(
     before = [(t.number, t.state) for t in study.trials]
     time.sleep(12)  # a worker still alive would finish its 4-epoch trial (and start more) by now
     after = [(t.number, t.state) for t in study.trials]
-    assert after == before and len(after) < budget // 2
+    why = f"exit {process.returncode}: {stderr[-2000:]}"
+    assert after == before and len(after) < budget // 2, why
     if signum == signal.SIGTERM:  # stopped: its workers terminated, their trials FAILED
         assert process.returncode == 1 and "KeyboardInterrupt: signal 15" in stderr
         assert TrialState.RUNNING not in [s for _, s in after]
