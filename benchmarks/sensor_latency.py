@@ -17,9 +17,7 @@ first round commits right after a tick: the worst case). The daemon evaluates du
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -28,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import BenchResult, Target
+from mlops_assets_tests.processes import stop_group
 
 REPO = Path(__file__).resolve().parent.parent
 TAG_COMMIT = "lakefs/commit"
@@ -123,14 +122,7 @@ def bench_sensor_latency(interval_s: int = 30, rounds: int = 4, scene_px: int = 
             tail = (root / "daemon.log").read_text(errors="replace")[-3000:]
             raise RuntimeError(f"{exc}; daemon log:\n{tail}") from exc
         finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(daemon.pid, signal.SIGTERM)
-            try:
-                daemon.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(daemon.pid, signal.SIGKILL)
-                daemon.wait(timeout=30)
+            stop_group(daemon, timeout_s=30)
             log.close()
     worst, mean = max(latencies), sum(latencies) / len(latencies)
     return BenchResult(

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ from mlops_assets.core.outputs import MARKER
 from mlops_assets.core.store.embedded import EmbeddedStore
 from mlops_assets_tests.conftest import commit_folder
 from mlops_assets_tests.postgres import PostgresCluster
+from mlops_assets_tests.processes import stop_group
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -88,14 +88,7 @@ def stack(
     try:
         yield env
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(daemon.pid, signal.SIGTERM)
-        try:
-            daemon.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(daemon.pid, signal.SIGKILL)
-            daemon.wait(timeout=15)
+        stop_group(daemon, timeout_s=30)
         log.close()
 
 
