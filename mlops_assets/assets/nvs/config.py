@@ -56,6 +56,11 @@ class SplatsConfig(dg.Config):
     num_threads: int | None = Field(
         default=None, description="PyTorch CPU threads while training (0: one per core)."
     )
+    model_name: str = Field(
+        default=DEFAULT_MODEL_NAME,
+        description="Registered model whose champion-<scene> the held-out views are compared "
+        "with: the model_name nvs/registered_splats registers into.",
+    )
 
     scale: float = Field(
         default=1.0,

@@ -15,12 +15,7 @@ from PIL import Image
 
 from mlops_assets import keys
 from mlops_assets.assets.common import ProgressLog, image_md, markdown_table, metadata
-from mlops_assets.assets.nvs.config import (
-    DEFAULT_MODEL_NAME,
-    EXPERIMENT,
-    SplatsConfig,
-    SplatsRegistrationConfig,
-)
+from mlops_assets.assets.nvs.config import EXPERIMENT, SplatsConfig, SplatsRegistrationConfig
 from mlops_assets.assets.registration import champion_score, gated_registration
 from mlops_assets.core.aliases import CHALLENGER, CHAMPION
 from mlops_assets.core.nvs.records import SplatsRecord
@@ -200,12 +195,13 @@ def _compare_with_champion(
     dataset: "NVSDataset",
     train_config: Any,
     scene_id: str,
+    model_name: str,
 ) -> None:
     """Held-out views rendered by these splats and by the scene's champion, logged in the run.
 
     ``nvs/registered_splats`` shows them (ground truth | render | error, per-view PSNR/SSIM of
-    both). The champion is the version of the default registered model under
-    ``champion-<scene>``, the one registration compares with.
+    both). The champion is the version of ``model_name`` under ``champion-<scene>``, the one
+    registration compares with.
     """
     import torch
 
@@ -218,8 +214,8 @@ def _compare_with_champion(
         return
     alias = scene_alias(CHAMPION, scene_id)
     champion = None
-    if tracker.version_by_alias(DEFAULT_MODEL_NAME, alias) is not None:
-        champion = load_splat_model(tracker, DEFAULT_MODEL_NAME, alias, "nvs/registered_splats")
+    if tracker.version_by_alias(model_name, alias) is not None:
+        champion = load_splat_model(tracker, model_name, alias, "nvs/registered_splats")
     device = select_device(train_config.device)
     rasterize = rasterizer_for(device, train_config.cpu_tile_size)
     on_device = {k: v.detach().to(device) for k, v in result.splats.items()}
@@ -331,7 +327,8 @@ def nvs_splats(
             args = (train_config, scene_id, preset, Path(tmp))
             result = _train(context, tracker, run_id, dataset, *args)
             model_uri = _log_model(tracker, run_id, result, train_config, dataset, scene)
-            _compare_with_champion(tracker, run_id, result, dataset, train_config, scene_id)
+            args = (train_config, scene_id, config.model_name)
+            _compare_with_champion(tracker, run_id, result, dataset, *args)
     record = SplatsRecord(
         scene_id=scene_id,
         run_id=run_id,

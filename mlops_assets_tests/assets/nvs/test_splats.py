@@ -128,6 +128,34 @@ def test_chain_registers_and_publishes_a_viewer_ready_splat(
     assert len(client.search_model_versions("name='gaussian-splats'")) == 2
 
 
+def test_held_out_views_are_compared_with_the_champion_of_the_configured_model(
+    store: EmbeddedStore,
+    instance: dg.DagsterInstance,
+    resources: dict[str, Any],
+    demo_nvs_dir: Path,
+) -> None:
+    """A registry other than the default: training compares with that model's scene champion."""
+    scene_id, name = demo_nvs_dir.name, "splats-under-test"
+    commit_folder(store, demo_nvs_dir, f"nvs/{scene_id}/")
+    run_config = {
+        "ops": {
+            "nvs__splats": {"config": {**TRAIN, "model_name": name}},
+            "nvs__registered_splats": {"config": {"min_psnr": 5.0, "model_name": name}},
+        }
+    }
+    chain = [nvs_splats, nvs_registered_splats, nvs_scene]
+    first = materialize_partition(chain, scene_id, instance, resources, run_config)
+    assert _meta(first, "nvs__registered_splats")["heldout_compared_with"] == "no champion yet"
+    chain = [nvs_splats, nvs_registered_splats, nvs_scene.to_source_asset()]
+    second = materialize_partition(chain, scene_id, instance, resources, run_config)
+    compared = _meta(second, "nvs__registered_splats")
+    assert compared["heldout_compared_with"] == "champion v1" and compared["version"] == "2"
+    uri = resources["mlflow"].tracking_uri
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    assert len(client.search_model_versions(f"name='{name}'")) == 2
+    assert not client.search_registered_models("name='gaussian-splats'")
+
+
 def test_out_of_memory_fails_the_step_keeps_the_checkpoint_and_frees_the_gpu_slot(
     store: EmbeddedStore,
     instance: dg.DagsterInstance,
