@@ -157,6 +157,16 @@ def _collected_warnings() -> Generator[_Warnings, None, None]:
         logger.propagate = propagate
 
 
+_MAX_PIXELS_OPTION = click.option(
+    "--max-pixels",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Refuse rasters and photos with more pixels than this before decoding them "
+    "(default MLOPS_MAX_PIXELS, which the pipeline's checks read too; unset: 2^31 for rasters, "
+    "2^26 for photos).",
+)
+
+
 def _fail_cleanly(fn: F) -> F:
     """Turn every error into one line on stderr and exit status 1 (130/143 when interrupted)."""
 
@@ -361,14 +371,7 @@ class _SceneSource(click.ParamType[Path, Any]):
     help="Upload what a symbolic link in SRC points to when that lies inside SRC (without this, "
     "any symbolic link is refused; one that points outside SRC always is).",
 )
-@click.option(
-    "--max-pixels",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Refuse rasters and photos with more pixels than this before decoding them "
-    "(default MLOPS_MAX_PIXELS, which the pipeline's checks read too; unset: 2^31 for rasters, "
-    "2^26 for photos).",
-)
+@_MAX_PIXELS_OPTION
 @click.option(
     "--pixel-grid",
     is_flag=True,
@@ -773,6 +776,7 @@ def retrain(preset: str | None) -> None:
 )
 @click.option("--branch", default=None, help="Branch to commit to (default: the main branch).")
 @click.option("--message", default=None, help="Commit message.")
+@_MAX_PIXELS_OPTION
 @_fail_cleanly
 def import_dataset(
     dataset: str,
@@ -781,6 +785,7 @@ def import_dataset(
     prefix: str | None,
     branch: str | None,
     message: str | None,
+    max_pixels: int | None,
 ) -> None:
     r"""Import a downloaded change-detection dataset ROOT as scenes, in one commit.
 
@@ -800,6 +805,7 @@ def import_dataset(
     """
     from mlops_assets.core.importers import dataset_format
     from mlops_assets.core.importers.base import commit_import, prepare_import, summarise
+    from mlops_assets.core.scenes.checks import CheckLimits
     from mlops_assets.core.store.types import NoChangesError
 
     fmt = dataset_format(dataset)
@@ -823,6 +829,7 @@ def import_dataset(
                 Path(tmp),
                 on_scene=converted,
                 on_found=found,
+                limits=CheckLimits.with_max_pixels(max_pixels or settings.max_pixels),
             )
         summary = summarise(fmt, scenes)
         total = sum(local.stat().st_size for s in scenes for local, _ in s.plan.files)

@@ -103,3 +103,22 @@ def test_ingest_pixel_grid_with_publish_passes_the_checks_on_its_branch(
     assert result.exit_code == 0, result.output
     assert result.output.startswith("published cd/crop: 2 check(s) passed")
     assert read_cd_scene(_store(home), "main", "crop").grid == "pixel"
+
+
+def test_import_checks_with_the_pixel_budget_of_mlops_max_pixels_or_the_option(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = make_levircd(tmp_path / "LEVIR-CD")  # 64 x 64 px crops
+    runner = CliRunner()
+    monkeypatch.setenv("MLOPS_MAX_PIXELS", "4000")
+    refused = runner.invoke(main, ["import", "levir-cd", str(root), "--split", "train"])
+    assert refused.exit_code == 1
+    (line,) = refused.output.strip().splitlines()
+    assert line.startswith(f"error: {root / 'train' / 'A' / 'train_1.png'}: ")
+    assert "pre.tif: 64 x 64 px is 4,096 pixels, over the budget of 4,000" in line
+    assert [c.message for c in _store(home).log("main")] == ["Repository created"]
+    option = ["import", "levir-cd", str(root), "--split", "train", "--max-pixels", "4096"]
+    accepted = runner.invoke(main, option)
+    assert accepted.exit_code == 0, accepted.output
+    store = _store(home)
+    assert store.get_commit(store.resolve("main")).message == "Import 2 levir-cd scenes (train)"

@@ -28,6 +28,7 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from mlops_assets.core.scenes.cd import validate_local_cd
+from mlops_assets.core.scenes.checks import CheckLimits
 from mlops_assets.core.scenes.ingest import ProgressCallback, UploadPlan, ingest_scenes
 from mlops_assets.core.scenes.layout import (
     CDPaths,
@@ -115,12 +116,20 @@ class ConvertedScene:
 MAX_PIXELS = 8192 * 8192
 
 
+def check_decodable(path: Path, width: int, height: int) -> None:
+    """Refuse an image an import would have to decode whole beyond `MAX_PIXELS`."""
+    if width * height > MAX_PIXELS:
+        raise DatasetImportError(
+            f"{path}: {width}x{height} px is too large to import (an import decodes each image "
+            f"whole, at most {MAX_PIXELS:,} px); cut it into crops or ingest it as a scene"
+        )
+
+
 def read_rgb_image(path: Path) -> NDArray[Any]:
     """An image as uint8 [3, H, W] (as TorchGeo reads LEVIR: converted to RGB)."""
     try:
         with Image.open(path) as image:
-            if image.width * image.height > MAX_PIXELS:
-                raise DatasetImportError(f"{path}: {image.width}x{image.height} px is too large")
+            check_decodable(path, image.width, image.height)
             array = np.asarray(image.convert("RGB"))
     except (OSError, ValueError) as exc:
         if isinstance(exc, DatasetImportError):
@@ -133,8 +142,7 @@ def read_label_image(path: Path) -> NDArray[Any]:
     """A label image's values [H, W] (colour or palette labels read as grey, as TorchGeo does)."""
     try:
         with Image.open(path) as image:
-            if image.width * image.height > MAX_PIXELS:
-                raise DatasetImportError(f"{path}: {image.width}x{image.height} px is too large")
+            check_decodable(path, image.width, image.height)
             grey = image if image.mode in ("L", "I", "I;16") else image.convert("L")
             return np.asarray(grey)
     except (OSError, ValueError) as exc:
@@ -200,10 +208,14 @@ def prepare_import(
     work: Path,
     on_scene: Callable[[ConvertedScene], None] | None = None,
     on_found: Callable[[int], None] | None = None,
+    limits: CheckLimits | None = None,
 ) -> list[ConvertedScene]:
     """Discover, convert and check every scene of ``splits`` under ``work``; nothing is stored.
 
-    Raises `DatasetImportError` at the first problem, naming the file.
+    The converted scenes are checked with ``limits``, as ``ingest`` checks a folder (the
+    pixel budget of ``MLOPS_MAX_PIXELS`` or ``--max-pixels``); decoding a source image whole is
+    bounded by `MAX_PIXELS` in any case. Raises `DatasetImportError` at the first problem, naming
+    the file.
     """
     if not root.is_dir():
         raise DatasetImportError(f"{root}: not a directory")
@@ -229,7 +241,7 @@ def prepare_import(
     scenes: list[ConvertedScene] = []
     for pair in pairs:
         scene = dataset.convert(pair, work / pair.scene_id)
-        problems = validate_local_cd(scene.folder, pixel_grid=scene.grid == "pixel")
+        problems = validate_local_cd(scene.folder, limits, pixel_grid=scene.grid == "pixel")
         if problems:
             raise DatasetImportError(
                 f"{pair.pre[0]}: the converted scene is not valid: {problems[0]}"

@@ -34,11 +34,11 @@ from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning
 
 from mlops_assets.core.importers.base import (
-    MAX_PIXELS,
     ConvertedScene,
     DatasetFormat,
     DatasetImportError,
     SourcePair,
+    check_decodable,
     read_label_image,
     scene_id_for,
 )
@@ -132,8 +132,7 @@ def _grid(files: Sequence[Path]) -> tuple[int, int, Path]:
     sizes: list[tuple[int, int, Path]] = []
     for path in files:
         with _open(path) as src:
-            if src.width * src.height > MAX_PIXELS:
-                raise DatasetImportError(f"{path}: {src.width}x{src.height} px is too large")
+            check_decodable(path, src.width, src.height)
             sizes.append((int(src.height), int(src.width), path))
     return max(sizes, key=lambda s: s[0] * s[1])
 

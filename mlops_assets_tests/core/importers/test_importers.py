@@ -13,7 +13,7 @@ import rasterio
 from PIL import Image
 from rasterio.errors import NotGeoreferencedWarning
 
-from mlops_assets.core.importers import FORMATS, dataset_format
+from mlops_assets.core.importers import FORMATS, base, dataset_format
 from mlops_assets.core.importers.base import (
     ConvertedScene,
     DatasetImportError,
@@ -302,3 +302,16 @@ def test_torchgeo_s_own_fixture_folders_are_read_and_their_random_masks_refused(
     with pytest.raises(DatasetImportError) as error:
         prepare(name, root, tmp_path / "work")
     assert str(error.value).startswith(f"{root / label}: label values 0, ")
+
+
+def test_an_image_too_large_to_decode_whole_is_refused_before_decoding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = _levir(tmp_path)  # 64 x 64 px crops
+    monkeypatch.setattr(base, "MAX_PIXELS", 64 * 63)
+    with pytest.raises(DatasetImportError) as error:
+        prepare("levir-cd", root, tmp_path / "work", "train")
+    assert str(error.value) == (
+        f"{root / 'train' / 'A' / 'train_1.png'}: 64x64 px is too large to import (an import "
+        "decodes each image whole, at most 4,032 px); cut it into crops or ingest it as a scene"
+    )
