@@ -46,7 +46,8 @@ def _instance_yaml(home: Path, max_runs: int) -> str:
 def _one_limit(cluster: Any, root: Path, folders: list[Path], max_runs: int) -> float:
     import dagster as dg
 
-    from mlops_assets.core.scenes.ingest import ingest_scene, plan_upload
+    from mlops_assets.core.scenes.folders import plan_checked
+    from mlops_assets.core.scenes.ingest import ingest_scene
     from mlops_assets.core.scenes.layout import SceneKind
     from mlops_assets.core.store.embedded import EmbeddedStore
 
@@ -59,7 +60,7 @@ def _one_limit(cluster: Any, root: Path, folders: list[Path], max_runs: int) -> 
     store.ensure_repository()
     scenes = [f"scene-{k}" for k in range(len(folders))]
     for scene, folder in zip(scenes, folders, strict=True):
-        ingest_scene(store, "main", plan_upload(SceneKind.CD, folder, scene))
+        ingest_scene(store, "main", plan_checked(SceneKind.CD, folder, scene))
     env = {
         **os.environ,
         "PYTHONPATH": str(REPO),

@@ -67,7 +67,8 @@ def bench_sensor_latency(interval_s: int = 30, rounds: int = 4, scene_px: int = 
     import dagster as dg
 
     from mlops_assets.core.demo.cd import DEMO_CD_SCENES, write_cd_scene
-    from mlops_assets.core.scenes.ingest import ingest_scene, plan_upload
+    from mlops_assets.core.scenes.folders import plan_checked
+    from mlops_assets.core.scenes.ingest import ingest_scene
     from mlops_assets.core.scenes.layout import SceneKind
     from mlops_assets.core.store.embedded import EmbeddedStore
 
@@ -84,7 +85,7 @@ def bench_sensor_latency(interval_s: int = 30, rounds: int = 4, scene_px: int = 
         store.ensure_repository()
 
         def commit_scene(k: int) -> tuple[str, float]:
-            plan = plan_upload(SceneKind.CD, folders[k], f"bench-{k}")
+            plan = plan_checked(SceneKind.CD, folders[k], f"bench-{k}")
             commit = ingest_scene(store, "main", plan)
             return commit.id, time.time()
 

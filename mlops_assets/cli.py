@@ -406,6 +406,7 @@ def ingest(
     for inspection, the failed checks are printed, and the exit status is 3.
     """
     from mlops_assets.core.scenes.checks import CheckLimits
+    from mlops_assets.core.scenes.folders import folder_check
     from mlops_assets.core.scenes.ingest import ingest_scene, plan_upload
 
     settings = _settings()
@@ -417,14 +418,9 @@ def ingest(
             kind, src, scene_id, not publish, follow_symlinks=follow_symlinks, limits=limits
         )
     else:
-        plan = plan_upload(
-            SceneKind(kind),
-            src,
-            scene_id,
-            validate=not publish,
-            follow_symlinks=follow_symlinks,
-            limits=limits,
-        )
+        scene_kind = SceneKind(kind)
+        check = None if publish else folder_check(scene_kind, limits)
+        plan = plan_upload(scene_kind, src, scene_id, check, follow_symlinks=follow_symlinks)
     for ignored in plan.ignored:
         click.echo(f"note: not uploading {ignored} (not part of the {kind} layout)", err=True)
     source = click.get_current_context().meta.get(_SOURCE_URL) or str(src.resolve())

@@ -83,7 +83,7 @@ def write_audit_publish_op(
     store = scene_store.get_store()
     try:
         with local_scene_folder(config.source_path, _s3_client) as folder:
-            plan = plan_upload(kind, folder, config.scene_id, validate=False)
+            plan = plan_upload(kind, folder, config.scene_id, None)
             result = write_audit_publish(
                 store,
                 scene_store.branch,

@@ -116,3 +116,22 @@ def test_the_checks_see_a_backward_import_and_a_loop(tmp_path: Path) -> None:
     graph = import_graph(tmp_path)
     assert against_direction(graph) == ["core/scenes -> core/nvs at scenes/nvs.py:1"]
     assert cycles(graph) == [["changes", "wap"], ["nvs", "scenes"]]
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module ``path`` imports, at the top or inside a function."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+    return found
+
+
+def test_the_ingest_is_given_its_validators() -> None:
+    """It uploads what a `FolderCheck` passes; the raster and photo validators live elsewhere."""
+    imported = imported_modules(CORE / "scenes" / "ingest.py")
+    validators = {"cd", "nvs", "colmap", "checks", "pixel_grid", "folders"}
+    assert {m for m in imported if m.rsplit(".", 1)[-1] in validators} == set()
+    assert {m.split(".")[0] for m in imported} & {"rasterio", "PIL", "pycolmap", "numpy"} == set()

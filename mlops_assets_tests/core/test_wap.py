@@ -15,6 +15,7 @@ from mlops_assets.core.changes import scene_changes
 from mlops_assets.core.publish import link_metadata
 from mlops_assets.core.scenes.cd import FILES_CHECK, OVERLAP_CHECK
 from mlops_assets.core.scenes.checks import CheckOutcome
+from mlops_assets.core.scenes.folders import plan_checked
 from mlops_assets.core.scenes.ingest import plan_upload
 from mlops_assets.core.scenes.layout import SceneKind
 from mlops_assets.core.store.base import VersionedStore
@@ -67,7 +68,7 @@ def test_a_passing_scene_is_merged_with_its_source_checks_and_links(
     store: EmbeddedStore, demo_cd_dir: Path
 ) -> None:
     before = store.resolve("main")
-    plan = plan_upload(SceneKind.CD, demo_cd_dir, "farm", validate=False)
+    plan = plan_upload(SceneKind.CD, demo_cd_dir, "farm", None)
 
     result = write_audit_publish(
         store, "main", plan, when=WHEN, metadata={"source": "test"}, lineage=LINEAGE
@@ -111,7 +112,7 @@ def test_a_failing_scene_leaves_main_alone_and_keeps_its_branch(
     store: EmbeddedStore, corrupt_dir: Path
 ) -> None:
     before = store.resolve("main")
-    plan = plan_upload(SceneKind.CD, corrupt_dir, "bad", validate=False)
+    plan = plan_upload(SceneKind.CD, corrupt_dir, "bad", None)
 
     result = write_audit_publish(store, "main", plan, when=WHEN, lineage=LINEAGE)
 
@@ -133,7 +134,7 @@ def test_a_failing_scene_leaves_main_alone_and_keeps_its_branch(
 
 
 def test_an_nvs_scene_is_audited_with_the_nvs_checks(store: EmbeddedStore) -> None:
-    plan = plan_upload(SceneKind.NVS, DATA / "kapture" / "maupertuis", "maup", validate=False)
+    plan = plan_upload(SceneKind.NVS, DATA / "kapture" / "maupertuis", "maup", None)
     result = write_audit_publish(store, "main", plan, when=WHEN)
     assert result.merged, result.failure_lines()
     assert {c.name for c in result.checks} == {
@@ -146,7 +147,7 @@ def test_an_nvs_scene_is_audited_with_the_nvs_checks(store: EmbeddedStore) -> No
 def test_an_unchanged_scene_publishes_nothing_and_leaves_no_branch(
     store: EmbeddedStore, demo_cd_dir: Path
 ) -> None:
-    plan = plan_upload(SceneKind.CD, demo_cd_dir, "farm")
+    plan = plan_checked(SceneKind.CD, demo_cd_dir, "farm")
     write_audit_publish(store, "main", plan, when=WHEN)
     head = store.resolve("main")
     with pytest.raises(NoChangesError, match="cd/farm is already identical on 'main'"):
@@ -157,7 +158,7 @@ def test_an_unchanged_scene_publishes_nothing_and_leaves_no_branch(
 def test_two_ingests_in_one_second_get_two_branches(
     store: EmbeddedStore, corrupt_dir: Path
 ) -> None:
-    plan = plan_upload(SceneKind.CD, corrupt_dir, "bad", validate=False)
+    plan = plan_upload(SceneKind.CD, corrupt_dir, "bad", None)
     first = write_audit_publish(store, "main", plan, when=WHEN)
     second = write_audit_publish(store, "main", plan, when=WHEN)
     assert second.branch == f"{first.branch}-2"
@@ -169,7 +170,7 @@ def test_a_conflicting_change_on_main_keeps_the_audited_branch(
     demo_cd_warped_dir: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    plan = plan_upload(SceneKind.CD, demo_cd_dir, "farm")
+    plan = plan_checked(SceneKind.CD, demo_cd_dir, "farm")
 
     def audit_then_race(
         store_: EmbeddedStore, kind: SceneKind, scene_id: str, ref: str, limits: object = None
@@ -197,14 +198,14 @@ def test_the_lakefs_client_publishes_and_refuses_the_same_way(
             double.endpoint, DOUBLE_KEY, DOUBLE_SECRET, "scenes", cache_dir=tmp_path / "cache"
         )
         client.ensure_repository()
-        good = plan_upload(SceneKind.CD, demo_cd_dir, "farm", validate=False)
+        good = plan_upload(SceneKind.CD, demo_cd_dir, "farm", None)
         passed = write_audit_publish(client, "main", good, when=WHEN, lineage=LINEAGE)
         merge = client.get_commit("main")
         assert merge.id == passed.merge_commit_id
         assert merge.metadata["merge_source"] == passed.branch
         assert merge.metadata["::lakefs::Dagster::url[url:ui]"].endswith("/runs/run-123")
         head = merge.id
-        bad = plan_upload(SceneKind.CD, corrupt_dir, "bad", validate=False)
+        bad = plan_upload(SceneKind.CD, corrupt_dir, "bad", None)
         failed = write_audit_publish(client, "main", bad, when=WHEN, lineage=LINEAGE)
         assert not failed.merged and client.resolve("main") == head
         assert client.exists(failed.branch, "cd/bad/pre.tif")
@@ -230,14 +231,14 @@ def test_two_publishes_of_one_scene_editing_different_files_never_mix(
     store, other = writers
     edit_pre = edit_one_file(demo_cd_dir, tmp_path / "edit-pre", "pre.tif")
     edit_post = edit_one_file(demo_cd_dir, tmp_path / "edit-post", "post.tif")
-    write_audit_publish(store, "main", plan_upload(SceneKind.CD, demo_cd_dir, "farm"), when=WHEN)
+    write_audit_publish(store, "main", plan_checked(SceneKind.CD, demo_cd_dir, "farm"), when=WHEN)
     won: list[WapResult] = []
 
     def publish_the_other() -> None:
         if not won:
             won.append(write_audit_publish(other, "main", edit_post_plan, when=WHEN))
 
-    edit_post_plan = plan_upload(SceneKind.CD, edit_post, "farm", validate=False)
+    edit_post_plan = plan_upload(SceneKind.CD, edit_post, "farm", None)
     if race == "during-checks":  # the checks take minutes on real scenes
 
         def audit_then_race(*args: Any, **kwargs: Any) -> list[CheckOutcome]:
@@ -256,7 +257,7 @@ def test_two_publishes_of_one_scene_editing_different_files_never_mix(
 
         monkeypatch.setattr(store, "merge", racing_merge)
 
-    plan = plan_upload(SceneKind.CD, edit_pre, "farm", validate=False)
+    plan = plan_upload(SceneKind.CD, edit_pre, "farm", None)
     with pytest.raises(PublishError) as info:
         write_audit_publish(store, "main", plan, when=WHEN)
 

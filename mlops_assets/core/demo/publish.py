@@ -12,7 +12,8 @@ from pathlib import Path
 from mlops_assets.core.demo.cd import DEMO_CD_EVAL_SCENES, DEMO_CD_SCENES, write_cd_scene
 from mlops_assets.core.demo.nvs import DEMO_NVS_SCENES, write_nvs_scene
 from mlops_assets.core.scenes.evaluation import read_evaluation_set, write_evaluation_set
-from mlops_assets.core.scenes.ingest import ProgressCallback, ingest_scenes, plan_upload
+from mlops_assets.core.scenes.folders import plan_checked
+from mlops_assets.core.scenes.ingest import ProgressCallback, ingest_scenes
 from mlops_assets.core.scenes.layout import SceneKind
 from mlops_assets.core.store.base import VersionedStore
 from mlops_assets.core.store.types import Commit, NoChangesError
@@ -49,7 +50,7 @@ def publish_scenes(
     The demo's evaluation scenes among them are then listed in the evaluation set (a second
     commit, none when the set is already that).
     """
-    plans = [plan_upload(kind, folder, scene_id) for kind, scene_id, folder in scenes]
+    plans = [plan_checked(kind, folder, scene_id) for kind, scene_id, folder in scenes]
     try:
         commit: Commit | None = ingest_scenes(store, branch, plans, message, metadata, progress)
     except NoChangesError:

@@ -29,18 +29,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from mlops_assets.core.scenes.cd import validate_local_cd
-from mlops_assets.core.scenes.checks import CheckLimits
 from mlops_assets.core.scenes.layout import (
     CDPaths,
     NVSPaths,
     SceneError,
     SceneKind,
+    local_nvs_files,
     scene_prefix,
     validate_scene_id,
     write_marker,
 )
-from mlops_assets.core.scenes.nvs import local_nvs_files, validate_local_nvs
 from mlops_assets.core.store.base import VersionedStore
 from mlops_assets.core.store.branches import MERGE_SOURCE_KEY, WRITE_PREFIX, work_branch_name
 from mlops_assets.core.store.types import (
@@ -52,6 +50,9 @@ from mlops_assets.core.store.types import (
     NotFoundError,
     StoreError,
 )
+
+#: Judges a local scene folder before its upload: every problem, one line each (none: usable).
+FolderCheck = Callable[[Path], list[str]]
 
 
 class SceneConflictError(StoreError):
@@ -130,20 +131,20 @@ def plan_upload(
     kind: SceneKind,
     src: Path,
     scene_id: str,
-    validate: bool = True,
+    check: FolderCheck | None,
     *,
     follow_symlinks: bool = False,
-    limits: CheckLimits | None = None,
-    pixel_grid: bool = False,
 ) -> UploadPlan:
-    """Validate a local scene folder; raise `SceneError` listing every problem.
+    """Map a local scene folder's files to their object paths, judged by ``check`` first.
 
-    ``validate=False`` only maps the folder's layout files to their object paths and leaves the
-    judging to the raw-scene checks on the branch the scene is written to (write-audit-publish,
-    `mlops_assets.core.wap`): there, a scene that fails stays on its branch for inspection. The
-    scene id, the folder itself and symbolic links (refused, or with ``follow_symlinks`` followed
-    only inside the folder) are checked either way, before any file is opened. ``pixel_grid``:
-    a CD folder declared to be on a pixel grid (`mlops_assets.core.scenes.pixel_grid`).
+    ``check`` is the validator of the folder's kind, given by the caller (ingest does not know
+    what makes a raster or a photo usable): `mlops_assets.core.scenes.folders.folder_check`, or
+    `~mlops_assets.core.scenes.folders.plan_checked` for both steps at once. A `SceneError` lists
+    every problem it finds. ``None`` leaves the judging to the raw-scene checks on the branch the
+    scene is written to (write-audit-publish, `mlops_assets.core.wap`): there, a scene that fails
+    stays on its branch for inspection. The scene id, the folder itself and symbolic links
+    (refused, or with ``follow_symlinks`` followed only inside the folder) are checked either
+    way, before any file is opened.
     """
     validate_scene_id(scene_id)
     if not src.is_dir():
@@ -162,13 +163,7 @@ def plan_upload(
     links = [p for local, _ in files if (p := _link_problem(src, local, follow_symlinks))]
     if links:
         raise SceneError(f"{kind.value} scene {scene_id!r} from {src}: {'; '.join(links)}")
-    problems: list[str] = []
-    if validate:
-        problems = (
-            validate_local_cd(src, limits, pixel_grid)
-            if kind is SceneKind.CD
-            else validate_local_nvs(src, limits)
-        )
+    problems = [] if check is None else check(src)
     if problems:
         listed = "; ".join(problems)
         raise SceneError(f"{kind.value} scene {scene_id!r} from {src} is not valid: {listed}")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 SCENE_ID_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -167,3 +168,18 @@ def split_listing(prefixes: list[str], kind: SceneKind) -> SceneListing:
             listing.invalid[name] = problem
     listing.valid.sort()
     return listing
+
+
+def local_nvs_files(src: Path) -> list[str]:
+    """Relative paths of the photos and model files in a local scene folder.
+
+    Symbolic links are listed too (whatever they point to), so that the ingest can refuse them.
+    """
+    images = sorted(
+        f"images/{p.name}"
+        for p in (src / "images").glob("*")
+        if (p.is_file() or p.is_symlink()) and p.suffix.lower() in IMAGE_SUFFIXES
+    )
+    sparse = src / "sparse" / "0"
+    model = sorted(f"sparse/0/{p.name}" for p in sparse.glob("*") if p.is_file() or p.is_symlink())
+    return images + model

@@ -547,21 +547,6 @@ def materialize_nvs_scene(
     return model_dir, images_dir
 
 
-def local_nvs_files(src: Path) -> list[str]:
-    """Relative paths of the photos and model files in a local scene folder.
-
-    Symbolic links are listed too (whatever they point to), so that the ingest can refuse them.
-    """
-    images = sorted(
-        f"images/{p.name}"
-        for p in (src / "images").glob("*")
-        if (p.is_file() or p.is_symlink()) and p.suffix.lower() in IMAGE_SUFFIXES
-    )
-    sparse = src / "sparse" / "0"
-    model = sorted(f"sparse/0/{p.name}" for p in sparse.glob("*") if p.is_file() or p.is_symlink())
-    return images + model
-
-
 def validate_local_nvs(src: Path, limits: CheckLimits | None = None) -> list[str]:
     """Problems with a local NVS scene folder (empty list: ready to ingest)."""
     problems: list[str] = []

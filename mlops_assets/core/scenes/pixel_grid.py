@@ -20,6 +20,7 @@ from rasterio.enums import ColorInterp
 from rasterio.errors import NotGeoreferencedWarning
 
 from mlops_assets.core.scenes.checks import CheckLimits
+from mlops_assets.core.scenes.folders import folder_check
 from mlops_assets.core.scenes.ingest import UploadPlan, plan_upload
 from mlops_assets.core.scenes.layout import CDPaths, SceneError, SceneKind
 from mlops_assets.core.scenes.manifest import MANIFEST_NAME, SceneManifest
@@ -82,15 +83,8 @@ def plan_pixel_grid_upload(
     own ``scene.json`` (made a pixel grid), else a fresh one; it is written to ``manifest_dir``
     (the folder is never modified).
     """
-    plan = plan_upload(
-        SceneKind.CD,
-        src,
-        scene_id,
-        validate,
-        follow_symlinks=follow_symlinks,
-        limits=limits,
-        pixel_grid=True,
-    )
+    check = folder_check(SceneKind.CD, limits, pixel_grid=True) if validate else None
+    plan = plan_upload(SceneKind.CD, src, scene_id, check, follow_symlinks=follow_symlinks)
     if manifest is None:
         manifest = SceneManifest.read(src) or SceneManifest(grid="pixel", source="ingest")
     if not manifest.pixel_grid:

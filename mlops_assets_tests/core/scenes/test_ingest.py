@@ -16,6 +16,7 @@ from typing import Any, BinaryIO
 import pytest
 
 from mlops_assets.core.changes import scene_changes
+from mlops_assets.core.scenes.folders import folder_check, plan_checked
 from mlops_assets.core.scenes.ingest import (
     SceneConflictError,
     UploadPlan,
@@ -50,7 +51,7 @@ MAUPERTUIS = DATA / "kapture" / "maupertuis"
 
 
 def test_cd_scene_is_committed_with_metadata(store: EmbeddedStore, demo_cd_dir: Path) -> None:
-    plan = plan_upload(SceneKind.CD, demo_cd_dir, "farm")
+    plan = plan_checked(SceneKind.CD, demo_cd_dir, "farm")
     seen: list[int] = []
     commit = ingest_scene(store, "main", plan, metadata={"source": "test"}, progress=seen.append)
     assert commit.message == "Ingest cd scene farm"
@@ -65,7 +66,7 @@ def test_cd_scene_is_committed_with_metadata(store: EmbeddedStore, demo_cd_dir: 
 
 
 def test_nvs_scene_is_committed(store: EmbeddedStore) -> None:
-    plan = plan_upload(SceneKind.NVS, MAUPERTUIS, "maupertuis")
+    plan = plan_checked(SceneKind.NVS, MAUPERTUIS, "maupertuis")
     ingest_scene(store, "main", plan)
     paths = [s.path for s in store.list("main", "nvs/maupertuis/")]
     assert "nvs/maupertuis/images/00.jpg" in paths
@@ -78,7 +79,7 @@ def test_bad_scene_id_is_refused_before_upload(
 ) -> None:
     head = store.resolve("main")
     with pytest.raises(SceneError, match=f"invalid scene id {scene_id!r}"):
-        plan_upload(SceneKind.CD, demo_cd_dir, scene_id)
+        plan_checked(SceneKind.CD, demo_cd_dir, scene_id)
     assert store.resolve("main") == head and store.uncommitted("main") == []
 
 
@@ -87,13 +88,13 @@ def test_corrupt_and_missing_files_are_named(tmp_path: Path, demo_cd_dir: Path) 
     shutil.copytree(demo_cd_dir, folder)
     shutil.copy(DATA / "rasterio" / "corrupt.tif", folder / "post.tif")
     with pytest.raises(SceneError) as info:
-        plan_upload(SceneKind.CD, folder, "s")
+        plan_checked(SceneKind.CD, folder, "s")
     message = str(info.value)
     assert message.startswith("cd scene 's' from ")
     assert f"{folder / 'post.tif'}: not a readable GeoTIFF" in message
     (folder / "post.tif").unlink()
     with pytest.raises(SceneError, match=r"post\.tif: missing"):
-        plan_upload(SceneKind.CD, folder, "s")
+        plan_checked(SceneKind.CD, folder, "s")
 
 
 def test_symbolic_links_are_refused_or_followed_inside_the_folder_only(
@@ -105,18 +106,18 @@ def test_symbolic_links_are_refused_or_followed_inside_the_folder_only(
     secret.write_text("root:x:0:0::/root:/bin/bash\n")
     (folder / "label.tif").unlink()
     (folder / "label.tif").symlink_to(secret)
-    for validate in (True, False):  # before anything is opened, with --publish too
+    for check in (folder_check(SceneKind.CD), None):  # before anything is opened, --publish too
         with pytest.raises(SceneError, match=r"label\.tif is a symbolic link \(to .*passwd\)"):
-            plan_upload(SceneKind.CD, folder, "s", validate=validate)
+            plan_upload(SceneKind.CD, folder, "s", check)
     with pytest.raises(SceneError, match=r"label\.tif is a symbolic link to .*passwd, outside"):
-        plan_upload(SceneKind.CD, folder, "s", validate=False, follow_symlinks=True)
+        plan_upload(SceneKind.CD, folder, "s", None, follow_symlinks=True)
 
     (folder / "label.tif").unlink()
     shutil.copy(demo_cd_dir / "label.tif", folder / "original-label.tif")
     (folder / "label.tif").symlink_to("original-label.tif")
     with pytest.raises(SceneError, match="symbolic link"):
-        plan_upload(SceneKind.CD, folder, "s")
-    plan = plan_upload(SceneKind.CD, folder, "s", follow_symlinks=True)
+        plan_checked(SceneKind.CD, folder, "s")
+    plan = plan_checked(SceneKind.CD, folder, "s", follow_symlinks=True)
     assert (folder / "label.tif", "cd/s/label.tif") in plan.files
 
     nvs = tmp_path / "n"
@@ -124,17 +125,17 @@ def test_symbolic_links_are_refused_or_followed_inside_the_folder_only(
     shutil.rmtree(nvs / "images")
     (nvs / "images").symlink_to(MAUPERTUIS / "images")  # a linked folder is a link too
     with pytest.raises(SceneError, match=r"images is a symbolic link"):
-        plan_upload(SceneKind.NVS, nvs, "n", validate=False)
+        plan_upload(SceneKind.NVS, nvs, "n", None)
 
 
 def test_upload_to_missing_branch(store: EmbeddedStore, demo_cd_dir: Path) -> None:
-    plan = plan_upload(SceneKind.CD, demo_cd_dir, "farm")
+    plan = plan_checked(SceneKind.CD, demo_cd_dir, "farm")
     with pytest.raises(NotFoundError, match=r"branch 'nope' not found.*cd scene 'farm'"):
         ingest_scene(store, "nope", plan)
 
 
 def test_unchanged_scene_is_an_empty_commit(store: EmbeddedStore, demo_cd_dir: Path) -> None:
-    plan = plan_upload(SceneKind.CD, demo_cd_dir, "farm")
+    plan = plan_checked(SceneKind.CD, demo_cd_dir, "farm")
     first = ingest_scene(store, "main", plan)
     with pytest.raises(NoChangesError, match="cd/farm unchanged on branch 'main'"):
         ingest_scene(store, "main", plan)
@@ -145,11 +146,11 @@ def test_unchanged_scene_is_an_empty_commit(store: EmbeddedStore, demo_cd_dir: P
 def test_reingest_replaces_the_scene_exactly(
     store: EmbeddedStore, demo_cd_dir: Path, tmp_path: Path
 ) -> None:
-    ingest_scene(store, "main", plan_upload(SceneKind.CD, demo_cd_dir, "farm"))
+    ingest_scene(store, "main", plan_checked(SceneKind.CD, demo_cd_dir, "farm"))
     folder = tmp_path / "farm"
     shutil.copytree(demo_cd_dir, folder)
     (folder / "label.tif").unlink()
-    ingest_scene(store, "main", plan_upload(SceneKind.CD, folder, "farm"))
+    ingest_scene(store, "main", plan_checked(SceneKind.CD, folder, "farm"))
     assert not store.exists("main", "cd/farm/label.tif")
     assert store.exists("main~1", "cd/farm/label.tif")
 
@@ -159,10 +160,10 @@ def test_dirty_branch_is_refused_naming_the_way_out(
 ) -> None:
     store.put("main", "somebody/else.txt", io.BytesIO(b"x"))  # as an older version left it
     with pytest.raises(StoreError, match=r"uncommitted change.*`mlops-assets reset main`"):
-        ingest_scene(store, "main", plan_upload(SceneKind.CD, demo_cd_dir, "farm"))
+        ingest_scene(store, "main", plan_checked(SceneKind.CD, demo_cd_dir, "farm"))
     assert set(store.list_branches()) == {"main"}
     store.reset("main")
-    ingest_scene(store, "main", plan_upload(SceneKind.CD, demo_cd_dir, "farm"))
+    ingest_scene(store, "main", plan_checked(SceneKind.CD, demo_cd_dir, "farm"))
 
 
 class _FailingStore(EmbeddedStore):
@@ -191,11 +192,11 @@ def test_failed_upload_leaves_nothing_staged_or_committed(
 ) -> None:
     store = _FailingStore(tmp_path / "store", fail_at=6)
     store.ensure_repository()
-    ingest_scene(store, "main", plan_upload(SceneKind.CD, demo_cd_dir, "existing"))  # 3 + marker
+    ingest_scene(store, "main", plan_checked(SceneKind.CD, demo_cd_dir, "existing"))  # 3 + marker
     head = store.resolve("main")
     plans = [
-        plan_upload(SceneKind.CD, demo_cd_dir, "new-a"),  # puts 5-7: fails at 6
-        plan_upload(SceneKind.NVS, MAUPERTUIS, "new-b"),
+        plan_checked(SceneKind.CD, demo_cd_dir, "new-a"),  # puts 5-7: fails at 6
+        plan_checked(SceneKind.NVS, MAUPERTUIS, "new-b"),
     ]
     with pytest.raises(ConnectionError, match=r"new-a/post\.tif"):
         ingest_scenes(store, "main", plans, "two scenes")
@@ -209,7 +210,7 @@ def test_an_ingest_writes_on_its_own_branch_and_merges_once(
     store: EmbeddedStore, demo_cd_dir: Path
 ) -> None:
     before = store.resolve("main")
-    commit = ingest_scene(store, "main", plan_upload(SceneKind.CD, demo_cd_dir, "farm"))
+    commit = ingest_scene(store, "main", plan_checked(SceneKind.CD, demo_cd_dir, "farm"))
     assert store.resolve("main") == commit.id
     assert commit.parents[0] == before and len(commit.parents) == 2
     assert commit.metadata["merge_source"].startswith("write-farm-")
@@ -245,12 +246,12 @@ def test_two_ingests_at_once_never_see_each_others_files(tmp_path: Path, demo_cd
     store = _Interleaving(
         tmp_path / "store",
         lambda: committed.append(
-            ingest_scene(other, "main", plan_upload(SceneKind.CD, demo_cd_dir, "b"))
+            ingest_scene(other, "main", plan_checked(SceneKind.CD, demo_cd_dir, "b"))
         ),
     )
     store.ensure_repository()
 
-    first = ingest_scene(store, "main", plan_upload(SceneKind.CD, demo_cd_dir, "a"))
+    first = ingest_scene(store, "main", plan_checked(SceneKind.CD, demo_cd_dir, "a"))
 
     (second,) = committed  # committed while the first was half uploaded
     assert [s.path for s in store.list(second.id)] == [
@@ -276,13 +277,13 @@ def test_two_ingests_of_one_scene_never_mix_the_folders(
     store = _Interleaving(
         tmp_path / "store",
         lambda: committed.append(
-            ingest_scene(other, "main", plan_upload(SceneKind.CD, demo_cd_warped_dir, "farm"))
+            ingest_scene(other, "main", plan_checked(SceneKind.CD, demo_cd_warped_dir, "farm"))
         ),
     )
     store.ensure_repository()
 
     with pytest.raises(SceneConflictError) as info:
-        ingest_scene(store, "main", plan_upload(SceneKind.CD, demo_cd_dir, "farm"))
+        ingest_scene(store, "main", plan_checked(SceneKind.CD, demo_cd_dir, "farm"))
 
     (winner,) = committed
     assert f"cd/farm was changed on 'main' by commit {winner.id[:12]}" in str(info.value)
@@ -315,7 +316,7 @@ def one_file_edits(tmp_path: Path, demo_cd_dir: Path) -> tuple[Path, Path]:
 
 
 def _cd(folder: Path, scene_id: str = "farm") -> UploadPlan:
-    return plan_upload(SceneKind.CD, folder, scene_id)
+    return plan_checked(SceneKind.CD, folder, scene_id)
 
 
 def test_two_ingests_of_one_scene_editing_different_files_never_mix(
@@ -413,7 +414,7 @@ class _SlowStore(EmbeddedStore):
 
 def _concurrent_ingest(root: str, folder: str, scene: str, barrier: Barrier, results: Any) -> None:
     store = _SlowStore(Path(root), delay=0.02)
-    plan = plan_upload(SceneKind.CD, Path(folder), scene, validate=False)
+    plan = plan_upload(SceneKind.CD, Path(folder), scene, None)
     barrier.wait()
     try:
         commit = ingest_scene(store, "main", plan)
@@ -468,7 +469,7 @@ def test_eight_concurrent_ingests_of_four_scenes_leave_whole_scenes_only(
 
 def _killable_ingest(root: str, folder: str, ready: Any) -> None:
     store = _SlowStore(Path(root), delay=0.03)
-    plan = plan_upload(SceneKind.CD, Path(folder), "farm", validate=False)
+    plan = plan_upload(SceneKind.CD, Path(folder), "farm", None)
     ready.set()
     ingest_scene(store, "main", plan)
 
@@ -503,13 +504,13 @@ def test_ingests_killed_at_random_points_leave_main_as_it_was(
     assert killed >= 5  # the random points did land inside ingests, before their merge
 
     last = next(f for f in folders if _checksums(f) != farm)
-    commit = ingest_scene(store, "main", plan_upload(SceneKind.CD, last, "farm"))
+    commit = ingest_scene(store, "main", plan_checked(SceneKind.CD, last, "farm"))
     assert store.resolve("main") == commit.id
     assert store.fsck().clean
 
 
 def test_stage_scene_reports_changes(store: EmbeddedStore, demo_cd_dir: Path) -> None:
-    changes = stage_scene(store, "main", plan_upload(SceneKind.CD, demo_cd_dir, "farm"))
+    changes = stage_scene(store, "main", plan_checked(SceneKind.CD, demo_cd_dir, "farm"))
     assert [(c.path, c.type.value) for c in changes] == [
         ("cd/farm/label.tif", "added"),
         ("cd/farm/post.tif", "added"),
@@ -523,7 +524,7 @@ def test_without_validation_the_layout_files_are_planned_as_they_are(
     folder = tmp_path / "s"
     shutil.copytree(demo_cd_dir, folder)
     shutil.copy(DATA / "rasterio" / "corrupt.tif", folder / "post.tif")
-    plan = plan_upload(SceneKind.CD, folder, "s", validate=False)  # the branch's checks judge
+    plan = plan_upload(SceneKind.CD, folder, "s", None)  # the branch's checks judge
     assert [target for _, target in plan.files] == [
         "cd/s/pre.tif",
         "cd/s/post.tif",
@@ -532,7 +533,7 @@ def test_without_validation_the_layout_files_are_planned_as_they_are(
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(SceneError, match="holds no file of the layout"):
-        plan_upload(SceneKind.NVS, empty, "e", validate=False)
+        plan_upload(SceneKind.NVS, empty, "e", None)
 
 
 def test_the_lakefs_client_writes_isolated_and_atomic_too(
@@ -546,7 +547,7 @@ def test_the_lakefs_client_writes_isolated_and_atomic_too(
         client = LakeFSStore(double.endpoint, DOUBLE_KEY, DOUBLE_SECRET, "scenes")
         other = LakeFSStore(double.endpoint, DOUBLE_KEY, DOUBLE_SECRET, "scenes")
         client.ensure_repository()
-        first = ingest_scene(client, "main", plan_upload(SceneKind.CD, demo_cd_dir, "a"))
+        first = ingest_scene(client, "main", plan_checked(SceneKind.CD, demo_cd_dir, "a"))
         assert first.metadata["merge_source"].startswith("write-a-")
         assert set(client.list_branches()) == {"main"}
 
@@ -558,12 +559,12 @@ def test_the_lakefs_client_writes_isolated_and_atomic_too(
             stat = real_put(branch, path, *args, **kwargs)
             if not calls:
                 calls.append(path)
-                ingest_scene(other, "main", plan_upload(SceneKind.CD, demo_cd_warped_dir, "b"))
+                ingest_scene(other, "main", plan_checked(SceneKind.CD, demo_cd_warped_dir, "b"))
             return stat
 
         monkeypatch.setattr(client, "put", racing_put)
         with pytest.raises(SceneConflictError, match="cd/b was changed on 'main' by commit"):
-            ingest_scene(client, "main", plan_upload(SceneKind.CD, demo_cd_dir, "b"))
+            ingest_scene(client, "main", plan_checked(SceneKind.CD, demo_cd_dir, "b"))
         files = {s.path.rsplit("/", 1)[1]: s.checksum for s in client.list("main", "cd/b/")}
         assert files == _checksums(demo_cd_warped_dir)  # the double's checksums are SHA-256
         assert set(client.list_branches()) == {"main"}
@@ -578,7 +579,7 @@ def test_the_lakefs_client_writes_isolated_and_atomic_too(
 
         monkeypatch.setattr(client, "put", interrupted_put)
         with pytest.raises(KeyboardInterrupt):
-            ingest_scene(client, "main", plan_upload(SceneKind.CD, demo_cd_warped_dir, "c"))
+            ingest_scene(client, "main", plan_checked(SceneKind.CD, demo_cd_warped_dir, "c"))
         assert client.resolve("main") == head and client.uncommitted("main") == []
         assert set(client.list_branches()) == {"main"}
     finally:
