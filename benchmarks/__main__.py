@@ -44,7 +44,7 @@ def _benches() -> list[Bench]:
     from benchmarks.retry_cost import bench_retry_cost
     from benchmarks.sensor_latency import bench_sensor_latency
     from benchmarks.serving import bench_serving, bench_serving_rss
-    from benchmarks.sweep import bench_sweep
+    from benchmarks.sweep import bench_sweep, bench_sweep_workers
     from benchmarks.tiling import bench_tiling_rss, bench_tiling_throughput
     from benchmarks.training import bench_heldout_f1, bench_training_throughput
 
@@ -175,6 +175,13 @@ def _benches() -> list[Bench]:
                 scaling_epochs=1,
                 scaling_minutes=1,
             ),
+        ),
+        Bench(
+            "sweep-workers",
+            "the sweep's last row alone: trials/hour of one study with 2 worker processes vs 1, "
+            "6 min each (quick: 256 px, 1 min each)",
+            lambda: bench_sweep_workers(),
+            lambda: bench_sweep_workers(size=256, epochs=1, minutes=1),
         ),
     ]
 

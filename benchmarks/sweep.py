@@ -124,30 +124,61 @@ def bench_sweep(
             details={"model_s": model_s, "trial_s": trial_s},
         )
 
-        fast = dataclasses.replace(base, epochs=scaling_epochs)
-        rates: dict[int, float] = {}
-        for workers in (1, 2):
-            run, seconds = _sweep(
-                train,
-                fast,
-                work,
-                f"workers-{workers}",
-                tracker,
-                n_trials=10_000,
-                timeout_s=scaling_minutes * 60,
-                n_workers=workers,
-                pruner="none",
-            )
-            rates[workers] = len(run.evaluated) / (seconds / 3600)
-        scaling_row = BenchResult(
-            name=f"sweep: trials/hour, 2 workers vs 1 ({scaling_epochs} ep)",
-            unit="trials/h",
-            measured=rates[2],
-            reference=rates[1],
-            ratio=ratio(rates[2], rates[1]),
-            target=Target("ratio", ">=", 1.0),
-            judged=False,
-            note=f"{scaling_minutes:g} min budget each, no pruning, the same sampler seed",
-            details={"rates": rates},
-        )
+        scaling_row = _scaling_row(train, base, work, tracker, scaling_epochs, scaling_minutes)
     return [study_row, overhead_row, scaling_row]
+
+
+def _scaling_row(
+    train: Sequence[TileRef],
+    base: TrainConfig,
+    work: Path,
+    tracker: Tracker,
+    epochs: int,
+    minutes: float,
+) -> BenchResult:
+    """Trials per hour of one study with two worker processes against one, the same budget."""
+    fast = dataclasses.replace(base, epochs=epochs)
+    rates: dict[int, float] = {}
+    counts: dict[int, int] = {}
+    for workers in (1, 2):
+        run, seconds = _sweep(
+            train,
+            fast,
+            work,
+            f"workers-{workers}",
+            tracker,
+            n_trials=10_000,
+            timeout_s=minutes * 60,
+            n_workers=workers,
+            pruner="none",
+        )
+        counts[workers] = len(run.evaluated)
+        rates[workers] = counts[workers] / (seconds / 3600)
+    return BenchResult(
+        name=f"sweep: trials/hour, 2 workers vs 1 ({epochs} ep)",
+        unit="trials/h",
+        measured=rates[2],
+        reference=rates[1],
+        ratio=ratio(rates[2], rates[1]),
+        target=Target("ratio", ">=", 1.0),
+        judged=False,
+        note=(
+            f"{minutes:g} min budget each, no pruning, the same sampler seed; "
+            f"{counts[1]} vs {counts[2]} trials"
+        ),
+        details={"rates": rates, "trials": counts},
+    )
+
+
+def bench_sweep_workers(
+    size: int = 512, epochs: int = 2, minutes: float = 6.0
+) -> list[BenchResult]:
+    """Only the last row of `bench_sweep`: two worker processes against one."""
+    base = preset(TrainConfig, "default", epochs=epochs, patience=0, min_epochs=0)
+    held_id = DEMO_CD_SCENES[-1].scene_id
+    with tempfile.TemporaryDirectory(prefix="bench-sweep-workers-") as tmp:
+        work = Path(tmp)
+        refs = tile_demo_scenes(DEMO_CD_SCENES, size, TilingConfig(), work / "tiles")
+        train = [r for r in refs if r.index.scene_id != held_id]
+        tracker = Tracker(f"sqlite:///{work / 'mlflow.db'}", "bench-sweep", work / "art")
+        return [_scaling_row(train, base, work, tracker, epochs, minutes)]
