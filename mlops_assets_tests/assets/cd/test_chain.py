@@ -19,6 +19,14 @@ from mlops_assets.assets.cd.model import cd_model, cd_registered_model
 from mlops_assets.assets.cd.scene import cd_scene
 from mlops_assets.assets.cd.tiles import cd_tiles
 from mlops_assets.core.cd.config import TrainConfig
+from mlops_assets.core.cd.records import (
+    CDModelRecord,
+    CDRegistrationRecord,
+    ChangeMapRecord,
+    TilesRecord,
+)
+from mlops_assets.core.cd.report import EvaluationReport
+from mlops_assets.core.scenes.cd import CDScene
 from mlops_assets.core.store.embedded import EmbeddedStore
 from mlops_assets_tests.conftest import DEPLOYMENT_VARIABLES, commit_folder, embedded_resources
 
@@ -121,6 +129,37 @@ def instance(chain: dict[str, Any]) -> dg.DagsterInstance:
 def resources(chain: dict[str, Any]) -> dict[str, Any]:
     """The chain's resources."""
     return chain["resources"]
+
+
+def test_each_asset_hands_on_its_record_and_stores_its_json(
+    chain: dict[str, Any], instance: dg.DagsterInstance, resources: dict[str, Any]
+) -> None:
+    # First in the module: later tests write some of these assets again.
+    river = materialize([cd_scene, cd_tiles, cd_change_map], instance, resources, "river")
+    assert river.success, failure_message(river)
+    expected = {
+        ("cd__scene", "cd/scene/river.json"): (river, CDScene),
+        ("cd__tiles", "cd/tiles/river.json"): (river, TilesRecord),
+        ("cd__change_map", "cd/change_map/river.json"): (river, ChangeMapRecord),
+        ("cd__model", "cd/model.json"): (chain["model"], CDModelRecord),
+        ("cd__evaluation", "cd/evaluation.json"): (chain["model"], EvaluationReport),
+        ("cd__registered_model", "cd/registered_model.json"): (
+            chain["model"],
+            CDRegistrationRecord,
+        ),
+    }
+    root = Path(resources["json_io_manager"].base_dir)
+    for (node, path), (result, record_class) in expected.items():
+        value = result.output_for_node(node)
+        assert type(value) is record_class, node
+        text = (root / path).read_text()
+        assert text == json.dumps(value.to_dict(), indent=2, sort_keys=True, default=str), node
+        assert record_class.from_dict(json.loads(text)) == value, node  # what downstream reads
+    registered = chain["model"].output_for_node("cd__registered_model")
+    assert (registered.registered, registered.version) == (True, "1")
+    assert registered.aliases == ["challenger", "champion"]
+    assert registered.lakefs_commits["river"] == chain["commit"]
+    assert registered.run_id == chain["model"].output_for_node("cd__model").run_id
 
 
 def test_tiles_are_published_once_under_a_commit_and_config_key(
