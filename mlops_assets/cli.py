@@ -908,7 +908,7 @@ def sweep(
         why = redact_text("; ".join(reasons)) or "see the run in the UI"
         click.echo(f"error: cd_sweep run {result.run_id} failed: {why}", err=True)
         sys.exit(1)
-    record = SweepRecord.from_dict(result.output_for_node(SWEEP_OP))
+    record: SweepRecord = result.output_for_node(SWEEP_OP)  # the asset's value, in memory
     best = ", ".join(f"{k}={v}" for k, v in sorted(record.best_params.items()))
     click.echo(
         f"cd_sweep run {result.run_id} succeeded: study {record.study_name!r}, best trial "

@@ -7,15 +7,18 @@ the champion) alias, and report the gate as a blocking asset check.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import dagster as dg
 
 from mlops_assets.assets.common import metadata
+from mlops_assets.core.records import RegistrationRecord
 from mlops_assets.resources.mlflow import MLflowResource
 
 if TYPE_CHECKING:  # MLflow is imported where a step runs, not when the code location loads
     from mlops_assets.core.tracking import GateDecision, Tracker
+
+R = TypeVar("R", bound=RegistrationRecord)
 
 
 def champion_score(
@@ -34,26 +37,25 @@ def gated_registration(
     context: dg.AssetExecutionContext,
     tracker: Tracker,
     mlflow: MLflowResource,
+    record: R,
     *,
-    name: str,
     decision: GateDecision,
     model_uri: str,
-    run_id: str,
     tags: dict[str, str],
     description: str,
     aliases: list[str],
-    value: dict[str, Any],
     extra_metadata: dict[str, Any],
     check_name: str,
     check_metadata: dict[str, Any],
     label: str = "",
-) -> dg.MaterializeResult[Any]:
-    """Register ``model_uri`` as a new version of ``name`` if ``decision`` passed; alias it.
+) -> dg.MaterializeResult[R]:
+    """If ``decision`` passed, register ``model_uri`` as a version of ``record.model_name``.
 
-    ``aliases`` are set in order on the new version. ``value`` (the asset's output) gains
-    ``registered``, ``version`` and ``aliases``; the metadata and the gate check are the same for
-    every model family, plus ``extra_metadata`` and ``check_metadata``.
+    ``aliases`` are set in order on the new version. The asset's output is ``record`` with
+    ``registered``, ``version`` and ``aliases`` filled in; the metadata and the gate check are
+    the same for every model family, plus ``extra_metadata`` and ``check_metadata``.
     """
+    name, run_id = record.model_name, record.run_id
     version: str | None = None
     if decision.passed:
         version = str(tracker.register(name, model_uri, run_id, tags, description).version)
@@ -62,16 +64,15 @@ def gated_registration(
         context.log.info(f"Registered {name} v{version} as {', '.join(aliases)}")
     else:
         context.log.warning(f"{label}Not registered: {decision.reason}")
-    moved = list(aliases) if version is not None else []
-    value.update(registered=version is not None, version=version, aliases=moved)
+    record = record.registered_as(version, aliases)
     return dg.MaterializeResult(
-        value=value,
+        value=record,
         data_version=dg.DataVersion("none" if version is None else f"{name}-v{version}"),
         metadata=metadata(
             {
                 "model_name": name,
                 "version": version,
-                "aliases": moved,
+                "aliases": record.aliases,
                 "mlflow_run_id": run_id,
                 **(
                     {"model_version": dg.MetadataValue.url(mlflow.model_url(name, version))}

@@ -9,7 +9,7 @@ added.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Self
 
 
@@ -82,3 +82,28 @@ class ModelOutputRecord(Record):
         """The record in ``data`` (its ``model`` a nested dict)."""
         record = super().from_dict(data)
         return dataclasses.replace(record, model=ModelRef.from_dict(data["model"]))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RegistrationRecord(Record):
+    """A training put to the promotion gate: the decision and, if it passed, the version.
+
+    What ``cd/registered_model`` and ``nvs/registered_splats`` hand on; each model family adds
+    the lineage of what it trained on.
+    """
+
+    model_name: str
+    run_id: str
+    gate: str  # the gate's reason, whichever way it went
+    metrics: dict[str, float]
+    git_sha: str
+    registered: bool = False
+    version: str | None = None  # None: not registered
+    aliases: list[str] = dataclasses.field(default_factory=lambda: list[str]())
+
+    def registered_as(self, version: str | None, aliases: Sequence[str]) -> Self:
+        """This record after registering ``version`` (None: the gate failed) under ``aliases``."""
+        moved = list(aliases) if version is not None else []
+        return dataclasses.replace(
+            self, registered=version is not None, version=version, aliases=moved
+        )

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
-from mlops_assets.core.cd.records import ChangeMapRecord, TilesRecord, tiles_by_scene
-from mlops_assets.core.nvs.records import SplatsRecord
+from mlops_assets.core.cd.records import (
+    CDRegistrationRecord,
+    ChangeMapRecord,
+    TilesRecord,
+    tiles_by_scene,
+)
+from mlops_assets.core.nvs.records import SplatsRecord, SplatsRegistrationRecord
 from mlops_assets.core.records import ModelRef
 from mlops_assets.core.scenes.cd import read_cd_scene
 from mlops_assets.core.scenes.nvs import NVSScene, read_nvs_scene
@@ -70,11 +76,55 @@ def test_records_round_trip_through_json_and_ignore_unknown_keys() -> None:
     assert SplatsRecord.from_dict(json.loads(json.dumps(splats.to_dict()))) == splats
 
 
+#: What cd/registered_model and nvs/registered_splats stored before they had a record class.
+CD_REGISTRATION = {
+    "model_name": "change-detection-unet",
+    "run_id": "r1",
+    "gate": "no champion yet",
+    "metrics": {"val_f1": 0.8},
+    "lakefs_commits": {"farm": "c1"},
+    "git_sha": "sha",
+    "registered": True,
+    "version": "3",
+    "aliases": ["challenger", "champion"],
+}
+NVS_REGISTRATION = {
+    "scene_id": "room",
+    "model_name": "gaussian-splats",
+    "run_id": "r2",
+    "gate": "held-out PSNR 12.0 below the minimum 20.0",
+    "metrics": {"psnr": 12.0},
+    "lakefs_commit": "c2",
+    "git_sha": "sha",
+    "registered": False,
+    "version": None,
+    "aliases": [],
+}
+
+
+def test_registration_records_read_what_was_stored_and_ignore_unknown_keys() -> None:
+    cd = CDRegistrationRecord.from_dict({**CD_REGISTRATION, "added_later": 1})
+    assert cd.version == "3" and cd.lakefs_commits == {"farm": "c1"}
+    assert cd.to_dict() == CD_REGISTRATION  # the same keys and values as before
+    nvs = SplatsRegistrationRecord.from_dict(json.loads(json.dumps(NVS_REGISTRATION)))
+    assert not nvs.registered and nvs.scene_id == "room"
+    assert nvs.to_dict() == NVS_REGISTRATION
+    # Before the gate: nothing registered; after it, the version and the aliases moved.
+    gated = dataclasses.replace(cd, registered=False, version=None, aliases=[])
+    assert gated.registered_as("4", ["challenger"]) == dataclasses.replace(
+        cd, version="4", aliases=["challenger"]
+    )
+    assert gated.registered_as(None, ["challenger"]) == gated  # refused: no aliases moved
+
+
 def test_tiles_input_loads_as_one_value_many_or_none() -> None:
     assert tiles_by_scene(None) == {}
     assert list(tiles_by_scene(TILES)) == ["farm"]
     both = tiles_by_scene({"river": {**TILES, "scene_id": "river"}, "farm": TILES})
     assert list(both) == ["farm", "river"] and both["river"].scene_id == "river"
+    record = TilesRecord.from_dict(TILES)  # a memory IO manager hands on the record itself
+    assert tiles_by_scene(record) == {"farm": record}
+    assert tiles_by_scene({"farm": record}) == {"farm": record}
 
 
 def test_scene_records_read_back_what_the_assets_stored(

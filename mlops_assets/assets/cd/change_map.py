@@ -148,7 +148,7 @@ def cd_change_map(
     output_store: OutputStoreResource,
     mlflow: MLflowResource,
     lineage: LineageResource,
-) -> dg.MaterializeResult[dict[str, Any]]:
+) -> dg.MaterializeResult[ChangeMapRecord]:
     """Predict one scene with the aliased model and publish the GeoTIFF and overlay."""
     # PyTorch and MLflow load here, when the step runs, not with the code location.
     from mlops_assets.core.cd.registry import load_cd_model
@@ -171,7 +171,7 @@ def cd_change_map(
     )
     run_url = tracker.run_url(model.run_id, mlflow.ui_url)
     return dg.MaterializeResult(
-        value=record.to_dict(),
+        value=record,
         data_version=dg.DataVersion(keys.model_output_version(commit, model.name, model.version)),
         metadata=metadata(
             {

@@ -22,6 +22,7 @@ from mlops_assets.assets.common import image_md, metadata
 from mlops_assets.core.aliases import CHAMPION
 from mlops_assets.core.cd.config import InferenceConfig, preset
 from mlops_assets.core.cd.records import CDModelRecord
+from mlops_assets.core.cd.report import EvaluationReport
 from mlops_assets.resources.failures import failure_on
 from mlops_assets.resources.mlflow import MLflowResource
 from mlops_assets.resources.outputs import OutputStoreResource
@@ -68,7 +69,7 @@ def cd_evaluation(
     scene_store: SceneStoreResource,
     output_store: OutputStoreResource,
     mlflow: MLflowResource,
-) -> dg.MaterializeResult[dict[str, Any]]:
+) -> dg.MaterializeResult[EvaluationReport]:
     """Evaluate the challenger and the champion on the evaluation set; log it to MLflow."""
     from pathlib import Path
 
@@ -101,7 +102,7 @@ def cd_evaluation(
     champion_version = None if champion is None else champion.version
     run_url = tracker.run_url(model.run_id, mlflow.ui_url)
     return dg.MaterializeResult(
-        value=report.to_dict(),
+        value=report,
         data_version=dg.DataVersion(
             f"{model.run_id}-{eval_set.commit_id[:16]}-v{champion_version or 'none'}"
         ),

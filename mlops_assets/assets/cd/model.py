@@ -12,10 +12,22 @@ import dagster as dg
 
 from mlops_assets import keys
 from mlops_assets.assets.cd.config import EXPERIMENT, ModelConfig, ParamsFrom, RegistrationConfig
-from mlops_assets.assets.common import ProgressLog, image_md, markdown_table, metadata
+from mlops_assets.assets.common import (
+    ProgressLog,
+    image_md,
+    markdown_table,
+    metadata,
+    record_type,
+)
 from mlops_assets.assets.registration import champion_score, gated_registration
 from mlops_assets.core.aliases import CHALLENGER, CHAMPION
-from mlops_assets.core.cd.records import CDModelRecord, TilesRecord, tiles_by_scene
+from mlops_assets.core.cd.records import (
+    CDModelRecord,
+    CDRegistrationRecord,
+    TilesRecord,
+    tiles_by_scene,
+)
+from mlops_assets.core.cd.report import EvaluationReport
 from mlops_assets.core.cd.tiles import TileIndex
 from mlops_assets.resources.failures import failure_on
 from mlops_assets.resources.lineage import LineageResource
@@ -268,7 +280,7 @@ def cd_model(
     scene_store: SceneStoreResource,
     mlflow: MLflowResource,
     lineage: LineageResource,
-) -> dg.MaterializeResult[dict[str, Any]]:
+) -> dg.MaterializeResult[CDModelRecord]:
     """Train on every labelled scene's tiles but the evaluation scenes; log the run to MLflow."""
     # PyTorch and MLflow load here, when the step runs, not with the code location.
     from mlops_assets.core.cd.dataset import tile_refs
@@ -308,14 +320,14 @@ def cd_model(
     )  # fmt: skip
     run_url = tracker.run_url(run_id, mlflow.ui_url)
     return dg.MaterializeResult(
-        value=record.to_dict(),
+        value=record,
         data_version=dg.DataVersion(run_id),
         metadata=metadata(_model_metadata(record, result, train_config.split, run_url)),
     )
 
 
 def _decide(
-    tracker: Any, name: str, trained: CDModelRecord, evaluation: dict[str, Any], gate: Any
+    tracker: Any, name: str, trained: CDModelRecord, report: EvaluationReport, gate: Any
 ) -> tuple[Any, dict[str, Any]]:
     """The promotion decision (a `GateDecision`) and what the asset page shows of it.
 
@@ -323,11 +335,10 @@ def _decide(
     evaluation scenes (`promotion_decision`), naming the scenes that got worse. Without any: the
     validation F1 against the champion's, as before, and the reason says so.
     """
-    from mlops_assets.core.cd.evaluation import EvaluationReport, promotion_decision, stale_reason
+    from mlops_assets.core.cd.evaluation import promotion_decision, stale_reason
     from mlops_assets.core.tracking import gate as validation_gate
 
     val_f1 = float(trained.metrics["val_f1"])
-    report = EvaluationReport.from_dict(evaluation)
     current = tracker.version_by_alias(name, CHAMPION)
     now = None if current is None else (str(current.version), str(current.run_id))
     stale = stale_reason(report, trained.run_id, now)
@@ -361,6 +372,7 @@ def _decide(
     group_name=keys.CD_GROUP,
     kinds={"mlflow"},
     io_manager_key="json_io_manager",
+    dagster_type=record_type(CDRegistrationRecord),
     retry_policy=EXTERNAL_RETRY,
     check_specs=[
         dg.AssetCheckSpec(
@@ -382,7 +394,7 @@ def cd_registered_model(
     context: dg.AssetExecutionContext,
     config: RegistrationConfig,
     model: CDModelRecord,
-    evaluation: dict[str, Any],
+    evaluation: EvaluationReport,
     mlflow: MLflowResource,
 ):  # Dagster derives the outputs (value + checks) from the decorator
     """Gate the trained model on its evaluation against the champion; register and alias it."""
@@ -392,22 +404,26 @@ def cd_registered_model(
     tracker = mlflow.reachable_tracker(EXPERIMENT)
     name = config.model_name
     decision, shown = _decide(tracker, name, model, evaluation, gate_config)
-    lineage = {"lakefs_commits": model.lakefs_commits, "git_sha": model.git_sha}
+    record = CDRegistrationRecord(
+        model_name=name,
+        run_id=model.run_id,
+        gate=decision.reason,
+        metrics=model.metrics,
+        git_sha=model.git_sha,
+        lakefs_commits=model.lakefs_commits,
+    )
     tags = {**model.version_tags(), "dagster.run_id": context.run.run_id}
     tags[TRAINED_SCENES_TAG] = trained_scenes_tag(list(model.lakefs_commits))
     return gated_registration(
         context,
         tracker,
         mlflow,
-        name=name,
+        record,
         decision=decision,
         model_uri=model.model_uri,
-        run_id=model.run_id,
         tags=tags,
         description=decision.reason,
         aliases=[CHALLENGER, CHAMPION] if gate_config.auto_promote else [CHALLENGER],
-        value={"model_name": name, "run_id": model.run_id, "gate": decision.reason}
-        | {"metrics": model.metrics, **lineage},
         extra_metadata={
             "val_f1": round(float(model.metrics["val_f1"]), 4),
             "lakefs_commits": model.lakefs_commits,

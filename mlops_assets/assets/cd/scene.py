@@ -3,8 +3,20 @@
 import dagster as dg
 
 from mlops_assets import keys
-from mlops_assets.assets.common import SceneRefConfig, check_result, markdown_table, metadata
-from mlops_assets.core.scenes.cd import FILES_CHECK, OVERLAP_CHECK, check_cd_scene, read_cd_scene
+from mlops_assets.assets.common import (
+    SceneRefConfig,
+    check_result,
+    markdown_table,
+    metadata,
+    record_type,
+)
+from mlops_assets.core.scenes.cd import (
+    FILES_CHECK,
+    OVERLAP_CHECK,
+    CDScene,
+    check_cd_scene,
+    read_cd_scene,
+)
 from mlops_assets.partitions import cd_scenes
 from mlops_assets.resources.lineage import LineageResource
 from mlops_assets.resources.scene_store import SceneStoreResource
@@ -19,6 +31,7 @@ KEY = keys.CD_SCENE
     group_name=keys.CD_GROUP,
     kinds={"lakefs", "geotiff"},
     io_manager_key="json_io_manager",
+    dagster_type=record_type(CDScene),
     retry_policy=EXTERNAL_RETRY,
     check_specs=[
         dg.AssetCheckSpec(
@@ -52,7 +65,7 @@ def cd_scene(
         for r in scene.rasters
     ]
     return dg.MaterializeResult(
-        value=scene.to_dict(),
+        value=scene,
         data_version=dg.DataVersion(scene.content_hash),
         metadata=metadata(
             {

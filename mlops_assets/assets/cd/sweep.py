@@ -15,7 +15,7 @@ from mlops_assets.assets.cd.config import EXPERIMENT, PRESET_FIELD, Device, Pres
 from mlops_assets.assets.cd.model import training_sets, without_evaluation_scenes
 from mlops_assets.assets.common import ProgressLog, image_md, markdown_table, metadata
 from mlops_assets.core.cd.config import TrainConfig, preset
-from mlops_assets.core.cd.records import tiles_by_scene
+from mlops_assets.core.cd.records import SweepRecord, tiles_by_scene
 from mlops_assets.resources.failures import failure_on
 from mlops_assets.resources.lineage import LineageResource
 from mlops_assets.resources.mlflow import MLflowResource
@@ -157,7 +157,7 @@ def cd_sweep(
     mlflow: MLflowResource,
     lineage: LineageResource,
     optuna_storage: OptunaStorageResource,
-) -> dg.MaterializeResult[dict[str, Any]]:
+) -> dg.MaterializeResult[SweepRecord]:
     """Run or resume the study under a parent MLflow run; show the best trials."""
     # PyTorch, Optuna and MLflow load here, when the step runs, not with the code location.
     from mlops_assets.core.cd.dataset import tile_refs
@@ -202,7 +202,7 @@ def cd_sweep(
     record = result.record(git_sha)
     run_url = tracker.run_url(result.run_id, mlflow.ui_url)
     return dg.MaterializeResult(
-        value=record.to_dict(),
+        value=record,
         data_version=dg.DataVersion(result.run_id),
         metadata=_metadata(result, git_sha, run_url),
     )

@@ -10,7 +10,7 @@ from PIL import Image
 
 from mlops_assets import keys
 from mlops_assets.assets.cd.config import TilesConfig
-from mlops_assets.assets.common import image_md, markdown_table, metadata
+from mlops_assets.assets.common import image_md, markdown_table, metadata, record_type
 from mlops_assets.core.cd.raster import AlignedPair, AlignmentError, open_aligned
 from mlops_assets.core.cd.records import TilesRecord
 from mlops_assets.core.cd.tiles import (
@@ -171,6 +171,7 @@ def _stats_table(index: TileIndex) -> dg.MetadataValue[Any]:
     group_name=keys.CD_GROUP,
     kinds={"numpy", "rasterio"},
     io_manager_key="json_io_manager",
+    dagster_type=record_type(TilesRecord),
     retry_policy=EXTERNAL_RETRY,
     check_specs=[
         dg.AssetCheckSpec(
@@ -220,7 +221,7 @@ def cd_tiles(
         sources=index.sources,
     )
     return dg.MaterializeResult(
-        value=tiles.to_dict(),
+        value=tiles,
         data_version=dg.DataVersion(tiles.data_version),
         metadata=metadata(
             {

@@ -138,7 +138,7 @@ def nvs_render(
     scene_store: SceneStoreResource,
     mlflow: MLflowResource,
     lineage: LineageResource,
-) -> dg.MaterializeResult[dict[str, Any]]:
+) -> dg.MaterializeResult[RenderRecord]:
     """Export and render the scene's aliased splats and publish them."""
     # PyTorch and MLflow load here, when the step runs, not with the code location.
     from mlops_assets.core.nvs.registry import load_splat_model, scene_alias
@@ -157,7 +157,7 @@ def nvs_render(
     )
     run_url = tracker.run_url(model.run_id, mlflow.ui_url)
     return dg.MaterializeResult(
-        value=record.to_dict(),
+        value=record,
         data_version=dg.DataVersion(keys.model_output_version(commit, model.name, model.version)),
         metadata=metadata(
             {

@@ -18,6 +18,7 @@ from mlops_assets.assets.common import (
     lakefs_links,
     markdown_table,
     metadata,
+    record_type,
 )
 from mlops_assets.core.nvs.recover import SfMSettings, recover_model_with_sfm
 from mlops_assets.core.scenes.nvs import (
@@ -111,6 +112,7 @@ def _model_table(scene: NVSScene) -> dg.MetadataValue[Any] | str:
     group_name=keys.NVS_GROUP,
     kinds={"lakefs", "colmap"},
     io_manager_key="json_io_manager",
+    dagster_type=record_type(NVSScene),
     retry_policy=EXTERNAL_RETRY,
     check_specs=[
         dg.AssetCheckSpec(
@@ -158,7 +160,7 @@ def nvs_scene(
                 },
             )
     return dg.MaterializeResult(
-        value=scene.to_dict(),
+        value=scene,
         data_version=dg.DataVersion(scene.content_hash),
         metadata=metadata(
             {

@@ -14,11 +14,17 @@ import dagster as dg
 from PIL import Image
 
 from mlops_assets import keys
-from mlops_assets.assets.common import ProgressLog, image_md, markdown_table, metadata
+from mlops_assets.assets.common import (
+    ProgressLog,
+    image_md,
+    markdown_table,
+    metadata,
+    record_type,
+)
 from mlops_assets.assets.nvs.config import EXPERIMENT, SplatsConfig, SplatsRegistrationConfig
 from mlops_assets.assets.registration import champion_score, gated_registration
 from mlops_assets.core.aliases import CHALLENGER, CHAMPION
-from mlops_assets.core.nvs.records import SplatsRecord
+from mlops_assets.core.nvs.records import SplatsRecord, SplatsRegistrationRecord
 from mlops_assets.core.scenes.colmap import read_model
 from mlops_assets.core.scenes.nvs import NVSScene, materialize_nvs_scene
 from mlops_assets.partitions import nvs_scenes
@@ -305,7 +311,7 @@ def nvs_splats(
     scene_store: SceneStoreResource,
     mlflow: MLflowResource,
     lineage: LineageResource,
-) -> dg.MaterializeResult[dict[str, Any]]:
+) -> dg.MaterializeResult[SplatsRecord]:
     """Train one scene's Gaussians and log the run and the model to MLflow."""
     # PyTorch, gsplat and MLflow load here, when the step runs, not with the code location.
     from mlops_assets.core.nvs.data import NVSDataError, dataset_from_config
@@ -341,7 +347,7 @@ def nvs_splats(
     )
     run_url = tracker.run_url(run_id, mlflow.ui_url)
     return dg.MaterializeResult(
-        value=record.to_dict(),
+        value=record,
         data_version=dg.DataVersion(run_id),
         metadata=metadata(_splats_metadata(record, result, dataset, train_config, run_url)),
     )
@@ -354,6 +360,7 @@ def nvs_splats(
     group_name=keys.NVS_GROUP,
     kinds={"mlflow"},
     io_manager_key="json_io_manager",
+    dagster_type=record_type(SplatsRegistrationRecord),
     retry_policy=EXTERNAL_RETRY,
     check_specs=[
         dg.AssetCheckSpec(
@@ -392,21 +399,26 @@ def nvs_registered_splats(
         metric="held-out PSNR",
         champion_version=champion_version,
     )
-    lineage = {"lakefs_commit": splats.lakefs_commit, "git_sha": splats.git_sha}
+    record = SplatsRegistrationRecord(
+        model_name=name,
+        run_id=splats.run_id,
+        gate=decision.reason,
+        metrics=splats.metrics,
+        git_sha=splats.git_sha,
+        scene_id=scene_id,
+        lakefs_commit=splats.lakefs_commit,
+    )
     challenger_alias = scene_alias(CHALLENGER, scene_id)
     return gated_registration(
         context,
         tracker,
         mlflow,
-        name=name,
+        record,
         decision=decision,
         model_uri=splats.model_uri,
-        run_id=splats.run_id,
         tags={**splats.version_tags(), "dagster.run_id": context.run.run_id},
         description=f"nvs/{scene_id}: {decision.reason}",
         aliases=[challenger_alias, champion_alias] if config.auto_promote else [challenger_alias],
-        value={"scene_id": scene_id, "model_name": name, "run_id": splats.run_id}
-        | {"gate": decision.reason, "metrics": splats.metrics, **lineage},
         extra_metadata={
             "psnr": round(decision.candidate, 3),
             "lakefs_commit": splats.lakefs_commit,

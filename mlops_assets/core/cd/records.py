@@ -1,6 +1,8 @@
 """What the change-detection assets hand each other (``cd/tiles``, ``cd/model``, ``cd/change_map``).
 
-``cd/scene`` hands on a `mlops_assets.core.scenes.cd.CDScene`.
+``cd/scene`` hands on a `mlops_assets.core.scenes.cd.CDScene`, ``cd/evaluation`` a
+`mlops_assets.core.cd.report.EvaluationReport`, ``cd/registered_model`` a
+`CDRegistrationRecord`.
 """
 
 from __future__ import annotations
@@ -10,7 +12,12 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from mlops_assets.core.records import ModelOutputRecord, Record, TrainingRecord
+from mlops_assets.core.records import (
+    ModelOutputRecord,
+    Record,
+    RegistrationRecord,
+    TrainingRecord,
+)
 
 #: Tags of a model run and version trained from a sweep's best params.
 SWEEP_RUN_TAG = "sweep.run_id"
@@ -39,18 +46,23 @@ class TilesRecord(Record):
         return f"{self.commit_id[:16]}-{self.config_hash}"
 
 
-def tiles_by_scene(loaded: Mapping[str, Any] | None) -> dict[str, TilesRecord]:
+def tiles_by_scene(loaded: TilesRecord | Mapping[str, Any] | None) -> dict[str, TilesRecord]:
     """``cd/model``'s ``tiles`` input, whatever shape Dagster loaded it in, by scene.
 
     Several partitions load as a dict of values by partition, a single one as its value alone,
-    and no partition at all as None.
+    and no partition at all as None; a value is a `TilesRecord` or its `TilesRecord.to_dict`
+    form (as the JSON IO manager loads it).
     """
     if not loaded:
         return {}
-    if isinstance(loaded.get("scene_id"), str):
-        record = TilesRecord.from_dict(loaded)
+    if isinstance(loaded, TilesRecord) or isinstance(loaded.get("scene_id"), str):
+        record = _tiles(loaded)
         return {record.scene_id: record}
-    return {scene: TilesRecord.from_dict(value) for scene, value in sorted(loaded.items())}
+    return {scene: _tiles(value) for scene, value in sorted(loaded.items())}
+
+
+def _tiles(value: TilesRecord | Mapping[str, Any]) -> TilesRecord:
+    return value if isinstance(value, TilesRecord) else TilesRecord.from_dict(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +85,13 @@ class CDModelRecord(TrainingRecord):
         if self.sweep_run_id:
             tags |= {SWEEP_RUN_TAG: self.sweep_run_id, SWEEP_STUDY_TAG: self.sweep_study}
         return tags
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CDRegistrationRecord(RegistrationRecord):
+    """``cd/registered_model``: the gate on ``cd/model``'s training, and the scenes it used."""
+
+    lakefs_commits: dict[str, str]  # scene -> commit trained on
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,13 +1,14 @@
 """What the novel-view-synthesis assets hand each other (``nvs/splats``, ``nvs/render``).
 
-``nvs/scene`` hands on a `mlops_assets.core.scenes.nvs.NVSScene`.
+``nvs/scene`` hands on a `mlops_assets.core.scenes.nvs.NVSScene`, ``nvs/registered_splats`` a
+`SplatsRegistrationRecord`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from mlops_assets.core.records import ModelOutputRecord, TrainingRecord
+from mlops_assets.core.records import ModelOutputRecord, RegistrationRecord, TrainingRecord
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,6 +25,14 @@ class SplatsRecord(TrainingRecord):
             **super().lineage_tags(),
             "lakefs.commit": self.lakefs_commit,
         }
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SplatsRegistrationRecord(RegistrationRecord):
+    """``nvs/registered_splats``: the gate on one scene's splats, and the commit they used."""
+
+    scene_id: str
+    lakefs_commit: str
 
 
 @dataclasses.dataclass(frozen=True)

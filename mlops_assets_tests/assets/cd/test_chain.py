@@ -19,6 +19,14 @@ from mlops_assets.assets.cd.model import cd_model, cd_registered_model
 from mlops_assets.assets.cd.scene import cd_scene
 from mlops_assets.assets.cd.tiles import cd_tiles
 from mlops_assets.core.cd.config import TrainConfig
+from mlops_assets.core.cd.records import (
+    CDModelRecord,
+    CDRegistrationRecord,
+    ChangeMapRecord,
+    TilesRecord,
+)
+from mlops_assets.core.cd.report import EvaluationReport
+from mlops_assets.core.scenes.cd import CDScene
 from mlops_assets.core.store.embedded import EmbeddedStore
 from mlops_assets_tests.conftest import DEPLOYMENT_VARIABLES, commit_folder, embedded_resources
 
@@ -123,6 +131,45 @@ def resources(chain: dict[str, Any]) -> dict[str, Any]:
     return chain["resources"]
 
 
+def assert_hands_on(
+    result: dg.ExecuteInJobResult, node: str, record_class: type[Any], stored: Path
+) -> Any:
+    """``node``'s value in ``result``: a ``record_class``, stored in ``stored`` as its to_dict."""
+    value = result.output_for_node(node)
+    assert type(value) is record_class, node
+    text = stored.read_text()
+    assert text == json.dumps(value.to_dict(), indent=2, sort_keys=True, default=str), node
+    assert record_class.from_dict(json.loads(text)) == value, node  # what downstream reads
+    return value
+
+
+def test_each_asset_hands_on_its_record_and_stores_its_json(
+    chain: dict[str, Any], instance: dg.DagsterInstance, resources: dict[str, Any]
+) -> None:
+    # First in the module: later tests write some of these assets again (and the change map
+    # test checks its own record).
+    river = materialize([cd_scene, cd_tiles], instance, resources, "river")
+    assert river.success, failure_message(river)
+    expected = {
+        ("cd__scene", "cd/scene/river.json"): (river, CDScene),
+        ("cd__tiles", "cd/tiles/river.json"): (river, TilesRecord),
+        ("cd__model", "cd/model.json"): (chain["model"], CDModelRecord),
+        ("cd__evaluation", "cd/evaluation.json"): (chain["model"], EvaluationReport),
+        ("cd__registered_model", "cd/registered_model.json"): (
+            chain["model"],
+            CDRegistrationRecord,
+        ),
+    }
+    root = Path(resources["json_io_manager"].base_dir)
+    for (node, path), (result, record_class) in expected.items():
+        assert_hands_on(result, node, record_class, root / path)
+    registered = chain["model"].output_for_node("cd__registered_model")
+    assert (registered.registered, registered.version) == (True, "1")
+    assert registered.aliases == ["challenger", "champion"]
+    assert registered.lakefs_commits["river"] == chain["commit"]
+    assert registered.run_id == chain["model"].output_for_node("cd__model").run_id
+
+
 def test_tiles_are_published_once_under_a_commit_and_config_key(
     chain: dict[str, Any], instance: dg.DagsterInstance, resources: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -223,6 +270,9 @@ def test_change_map_is_georeferenced_and_committed_to_outputs(
     assert meta["source_commit"].value == chain["commit"]
     assert 0.0 <= meta["changed_percent"].value <= 100.0
     assert meta["f1_vs_label"].value is not None
+    stored = Path(resources["json_io_manager"].base_dir) / "cd/change_map/river.json"
+    record = assert_hands_on(result, "cd__change_map", ChangeMapRecord, stored)
+    assert record.outputs_commit == meta["outputs_commit"].value and record.model.version == "1"
     # The quality check runs with the map: labelled, so judged against min_f1 (a warning).
     (check,) = result.get_asset_check_evaluations()
     assert (check.check_name, check.severity) == ("f1_against_label", dg.AssetCheckSeverity.WARN)

@@ -10,6 +10,7 @@ import rasterio
 from rasterio.transform import from_origin
 
 from mlops_assets.assets.cd.scene import cd_scene
+from mlops_assets.core.scenes.cd import CDScene
 from mlops_assets.core.store.embedded import EmbeddedStore
 from mlops_assets.resources.scene_store import scene_store_resource
 from mlops_assets.settings import Settings
@@ -50,6 +51,10 @@ def test_scene_is_pinned_to_a_commit(
     # The manifest downstream assets read, as JSON under the IO manager's directory.
     manifest = json.loads((tmp_path / "assets" / "cd" / "scene" / "farm.json").read_text())
     assert manifest["commit_id"] == commit and manifest["problems"] == {}
+    # In memory the value is the record itself; the file is its to_dict.
+    scene = result.output_for_node("cd__scene")
+    assert isinstance(scene, CDScene) and scene.commit_id == commit
+    assert manifest == json.loads(json.dumps(scene.to_dict()))
     # The data version depends on the scene's files only.
     version = materialization.tags["dagster/data_version"]
     commit_folder(store, demo_cd_dir, "cd/other/", "unrelated scene")

@@ -85,7 +85,8 @@ def test_a_sweep_shows_its_best_trials_and_hands_on_its_run(
     assert "![optimisation history](data:image/png;base64," in str(meta["history"].value)
     assert set(meta["lakefs_commits"].value) == {"farm", "river"}  # type: ignore[arg-type]
 
-    record = SweepRecord.from_dict(result.output_for_node("cd__sweep"))
+    record = result.output_for_node("cd__sweep")
+    assert isinstance(record, SweepRecord)
     assert record.run_id == meta["mlflow_run_id"].value and record.git_sha == "0123abc"
     tracker = tiled["mlflow"].tracker("change-detection")
     choice = latest_sweep(tracker, "cd-unet-tiny", preset="tiny")
@@ -155,14 +156,14 @@ def test_the_model_trained_from_the_best_params_names_the_sweep(
     space = {"learning_rate": {"low": 1e-3, "high": 3e-2, "log": True}}
     swept = _sweep(instance, tiled, n_trials=2, epochs=1, search_space=space)
     assert swept.success, failure_message(swept)
-    record = SweepRecord.from_dict(swept.output_for_node("cd__sweep"))
+    record = swept.output_for_node("cd__sweep")
 
     trained = _train(instance, tiled, params_from="sweep")
     assert trained.success, failure_message(trained)
     model = trained.output_for_node("cd__model")
-    assert (model["sweep_run_id"], model["sweep_study"]) == (record.run_id, "cd-unet-tiny")
+    assert (model.sweep_run_id, model.sweep_study) == (record.run_id, "cd-unet-tiny")
     client = tiled["mlflow"].tracker("change-detection").client
-    run = client.get_run(model["run_id"])
+    run = client.get_run(model.run_id)
     assert run.data.tags["sweep.run_id"] == record.run_id
     assert float(run.data.params["learning_rate"]) == record.best_params["learning_rate"]
     (version,) = client.search_model_versions("name = 'change-detection-unet'")
@@ -180,7 +181,7 @@ def test_the_model_trained_from_the_best_params_names_the_sweep(
 
     plain = _train(instance, tiled, learning_rate=0.004)
     assert plain.success, failure_message(plain)
-    assert plain.output_for_node("cd__model")["sweep_run_id"] == ""
+    assert plain.output_for_node("cd__model").sweep_run_id == ""
 
 
 @pytest.mark.parametrize(

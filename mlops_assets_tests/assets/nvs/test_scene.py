@@ -10,7 +10,7 @@ import numpy as np
 
 from mlops_assets.assets.nvs.scene import nvs_scene
 from mlops_assets.core.scenes.colmap import read_model, write_model
-from mlops_assets.core.scenes.nvs import materialize_nvs_scene
+from mlops_assets.core.scenes.nvs import NVSScene, materialize_nvs_scene
 from mlops_assets.core.store.embedded import EmbeddedStore
 from mlops_assets.resources.scene_store import EmbeddedSceneStore
 from mlops_assets_tests.conftest import DATA, commit_folder, materialize_partition
@@ -150,8 +150,9 @@ def test_photos_without_poses_are_posed_by_sfm(
     assert lineage["git_sha"] == "0123abc"
     # The record downstream assets read says where the model lives, and it can be fetched.
     record = result.output_for_node("nvs__scene")
-    assert record["model_location"]["source"] == "sfm"
-    assert record["model_location"]["commit_id"] == outputs_commit
+    assert isinstance(record, NVSScene) and record.model_location is not None
+    assert record.model_location.source == "sfm"
+    assert record.model_location.commit_id == outputs_commit
     model_dir, images_dir = materialize_nvs_scene(store, record, tmp_path / "local")
     assert len(read_model(model_dir).images) == 3 and len(list(images_dir.iterdir())) == 4
 

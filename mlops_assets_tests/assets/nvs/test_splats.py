@@ -19,6 +19,7 @@ from mlops_assets.assets.nvs.scene import nvs_scene
 from mlops_assets.assets.nvs.splats import nvs_registered_splats, nvs_splats
 from mlops_assets.core.nvs.config import NVS_PRESETS, nvs_preset
 from mlops_assets.core.nvs.ply import inria_property_names
+from mlops_assets.core.nvs.records import SplatsRecord, SplatsRegistrationRecord
 from mlops_assets.core.nvs.train import load_checkpoint
 from mlops_assets.core.store.embedded import EmbeddedStore
 from mlops_assets_tests.conftest import commit_folder, materialize_partition
@@ -71,6 +72,16 @@ def test_chain_registers_and_publishes_a_viewer_ready_splat(
 
     registered = _meta(result, "nvs__registered_splats")
     assert registered["version"] == "1"
+    # Each asset hands on its record: the splats' training, then the registration of it.
+    splats = result.output_for_node("nvs__splats")
+    assert isinstance(splats, SplatsRecord) and splats.run_id == trained["mlflow_run_id"]
+    record = result.output_for_node("nvs__registered_splats")
+    assert isinstance(record, SplatsRegistrationRecord) and record.version == "1"
+    assert (record.scene_id, record.lakefs_commit, record.run_id) == (
+        scene_id,
+        commit,
+        splats.run_id,
+    )
     assert registered["aliases"] == [f"challenger-{scene_id}", f"champion-{scene_id}"]
     version = client.get_model_version_by_alias("gaussian-splats", f"champion-{scene_id}")
     assert version.tags["scene_id"] == scene_id and version.tags["lakefs.commit"] == commit
