@@ -60,6 +60,19 @@ def _sweep(
     return result, time.perf_counter() - started
 
 
+def _demo_tiles(work: Path, size: int) -> tuple[list[TileRef], list[TileRef], str, Tracker]:
+    """The demo scenes tiled under ``work``: (sweep tiles, held-out tiles, held-out id, tracker).
+
+    The last demo scene is held out of every sweep and training.
+    """
+    held_id = DEMO_CD_SCENES[-1].scene_id
+    refs = tile_demo_scenes(DEMO_CD_SCENES, size, TilingConfig(), work / "tiles")
+    train = [r for r in refs if r.index.scene_id != held_id]
+    held = [r for r in refs if r.index.scene_id == held_id]
+    tracker = Tracker(f"sqlite:///{work / 'mlflow.db'}", "bench-sweep", work / "art")
+    return train, held, held_id, tracker
+
+
 def bench_sweep(
     size: int = 512,
     epochs: int = 10,
@@ -70,14 +83,9 @@ def bench_sweep(
 ) -> list[BenchResult]:
     """The three rows (see the module docstring); ``minutes`` bounds the study."""
     base = preset(TrainConfig, "default", epochs=epochs, patience=0, min_epochs=0)
-    held_id = DEMO_CD_SCENES[-1].scene_id
     with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
         work = Path(tmp)
-        refs = tile_demo_scenes(DEMO_CD_SCENES, size, TilingConfig(), work / "tiles")
-        train = [r for r in refs if r.index.scene_id != held_id]
-        held = [r for r in refs if r.index.scene_id == held_id]
-        tracker = Tracker(f"sqlite:///{work / 'mlflow.db'}", "bench-sweep", work / "art")
-
+        train, held, held_id, tracker = _demo_tiles(work, size)
         study, study_s = _sweep(
             train, base, work, "study", tracker, n_trials=10_000, timeout_s=minutes * 60
         )
@@ -175,10 +183,6 @@ def bench_sweep_workers(
 ) -> list[BenchResult]:
     """Only the last row of `bench_sweep`: two worker processes against one."""
     base = preset(TrainConfig, "default", epochs=epochs, patience=0, min_epochs=0)
-    held_id = DEMO_CD_SCENES[-1].scene_id
     with tempfile.TemporaryDirectory(prefix="bench-sweep-workers-") as tmp:
-        work = Path(tmp)
-        refs = tile_demo_scenes(DEMO_CD_SCENES, size, TilingConfig(), work / "tiles")
-        train = [r for r in refs if r.index.scene_id != held_id]
-        tracker = Tracker(f"sqlite:///{work / 'mlflow.db'}", "bench-sweep", work / "art")
-        return [_scaling_row(train, base, work, tracker, epochs, minutes)]
+        train, _, _, tracker = _demo_tiles(Path(tmp), size)
+        return [_scaling_row(train, base, Path(tmp), tracker, epochs, minutes)]
