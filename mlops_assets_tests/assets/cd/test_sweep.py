@@ -8,6 +8,7 @@ from typing import Any
 import dagster as dg
 import optuna
 import pytest
+from mlflow import MlflowClient
 
 from mlops_assets.assets.cd.config import Preset
 from mlops_assets.assets.cd.evaluation import cd_evaluation
@@ -217,6 +218,24 @@ def test_bad_settings_fail_with_one_line_and_log_no_run(
     text = failure_message(result)
     assert message in text and "Traceback" not in text
     assert not (tmp_path / "journal.log").exists()  # no study was created
+
+
+def test_an_unreachable_study_database_fails_with_one_line_and_logs_no_run(
+    instance: dg.DagsterInstance, tiled: dict[str, Any]
+) -> None:
+    """Production's ``MLOPS_OPTUNA_STORAGE`` pointing at a PostgreSQL that does not answer."""
+    url = "postgresql+psycopg2://optuna:s3cret-pw@127.0.0.1:9/optuna"
+    result = _sweep(instance, tiled | {"optuna_storage": OptunaStorageResource(storage=url)})
+    assert not result.success
+    text = failure_message(result)
+    assert "(MLOPS_OPTUNA_STORAGE) is unreachable" in text and "optuna:***@127.0.0.1:9" in text
+    assert "s3cret-pw" not in text and "Traceback" not in text and "\n" not in text.strip()
+    attempts = [e for e in result.all_events if e.event_type_value == "STEP_RESTARTED"]
+    assert attempts == []  # a setting to fix, not an outage to wait out
+    uri = tiled["mlflow"].tracking_uri
+    client = MlflowClient(tracking_uri=uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    assert client.search_runs(experiments) == []  # no parent run, no trial run
 
 
 def test_every_knob_of_the_run_config_reaches_the_core() -> None:
