@@ -333,8 +333,9 @@ def nvs_splats(
             args = (train_config, scene_id, preset, Path(tmp))
             result = _train(context, tracker, run_id, dataset, *args)
             model_uri = _log_model(tracker, run_id, result, train_config, dataset, scene)
-            args = (train_config, scene_id, config.model_name)
-            _compare_with_champion(tracker, run_id, result, dataset, *args)
+            _compare_with_champion(
+                tracker, run_id, result, dataset, train_config, scene_id, config.model_name
+            )
     record = SplatsRecord(
         scene_id=scene_id,
         run_id=run_id,
